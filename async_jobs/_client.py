@@ -1,0 +1,84 @@
+"""What every API client shares: configuration from arguments or the environment, the
+transport it owns, and the async context manager protocol."""
+
+from __future__ import annotations
+
+import os
+from types import TracebackType
+from typing import TypeVar
+
+import aiohttp
+
+from ._http import Auth, HttpTransport
+from ._policy import PollPolicy, RetryPolicy
+
+__all__ = ["BaseClient", "from_env"]
+
+C = TypeVar("C", bound="BaseClient")
+
+
+def from_env(value: str | None, *names: str) -> str | None:
+    """``value`` if given, else the first non-empty environment variable of ``names``."""
+    if value:
+        return value
+    for name in names:
+        found = os.environ.get(name)
+        if found:
+            return found
+    return None
+
+
+class BaseClient:
+    """Shared behaviour of :class:`ZooClient` and :class:`MetafoldClient`."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        auth: Auth,
+        session: aiohttp.ClientSession | None,
+        timeout: float,
+        retry: RetryPolicy | None,
+        poll: PollPolicy | None,
+        max_body_size: int,
+        allow_insecure_http: bool,
+    ) -> None:
+        self._http = HttpTransport(
+            base_url,
+            auth=auth,
+            session=session,
+            timeout=timeout,
+            retry=retry,
+            max_body_size=max_body_size,
+            allow_insecure_http=allow_insecure_http,
+        )
+        self.poll = poll or PollPolicy()
+
+    @property
+    def base_url(self) -> str:
+        """The API's base URL, without a trailing slash."""
+        return self._http.base_url
+
+    @property
+    def retry(self) -> RetryPolicy:
+        """The retry policy of every request this client sends."""
+        return self._http.retry
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={self.base_url!r})"
+
+    async def aclose(self) -> None:
+        """Close the HTTP session if the client created it (a caller's session stays open)."""
+        await self._http.aclose()
+
+    async def __aenter__(self: C) -> C:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+

@@ -1,0 +1,466 @@
+"""The HTTP transport: the only module that imports aiohttp.
+
+API clients build a path and query and hand over a msgspec decoder; this module sends the
+request (auth header, user agent, timeout, redirects, retries with backoff) and turns whatever
+comes back into a decoded value or a typed error from :mod:`async_jobs._errors`. The pieces that
+decide (error mapping, excerpts, URL building) are plain functions tested without a network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Protocol, TypeVar
+from urllib.parse import quote
+
+import aiohttp
+import anyio
+import msgspec
+from yarl import URL
+
+from ._errors import (
+    ApiError,
+    AuthenticationError,
+    BadRequestError,
+    DecodeError,
+    NotFoundError,
+    RateLimitedError,
+    ServerError,
+    TransportError,
+)
+from ._policy import RetryPolicy, next_delay, parse_retry_after
+from ._version import __version__
+
+__all__ = [
+    "Auth",
+    "api_path",
+    "HttpTransport",
+    "QueryValue",
+    "Response",
+    "StaticTokenAuth",
+    "build_url",
+    "error_for_response",
+]
+
+T = TypeVar("T")
+QueryValue = str | int | float | bool | None
+logger = logging.getLogger("async_jobs")
+
+USER_AGENT = f"async-jobs/{__version__}"
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_MAX_BODY_SIZE = 32 * 1024 * 1024
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 5
+EXCERPT_CHARS = 200
+
+
+class Auth(Protocol):
+    """Supplies the Authorization header; may refresh a credential after a 401."""
+
+    async def authorization(self) -> str | None:
+        """The value of the Authorization header, or None to send none."""
+        ...
+
+    async def refresh(self) -> bool:
+        """Renew the credential after a 401; True if a retry is worth it."""
+        ...
+
+    def secrets(self) -> Sequence[str]:
+        """Strings that must never appear in a message or log line."""
+        ...
+
+
+class StaticTokenAuth:
+    """A fixed bearer token (or none)."""
+
+    __slots__ = ("_token",)
+
+    def __init__(self, token: str | None) -> None:
+        self._token = token or None
+
+    async def authorization(self) -> str | None:
+        """``Bearer <token>`` or None when there is no token."""
+        return f"Bearer {self._token}" if self._token else None
+
+    async def refresh(self) -> bool:
+        """A static token cannot be renewed."""
+        return False
+
+    def secrets(self) -> Sequence[str]:
+        """The token itself."""
+        return (self._token,) if self._token else ()
+
+    def __repr__(self) -> str:
+        return f"StaticTokenAuth(token={'***' if self._token else None})"
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """A fully read HTTP response."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    method: str
+    url: str
+
+
+def api_path(*segments: str) -> str:
+    """An encoded path from raw segments: ``api_path("async", "operations", op_id)``. Each
+    segment is percent-encoded whole, so an id can never add a path level."""
+    for segment in segments:
+        if not isinstance(segment, str) or not segment:
+            raise ValueError(f"path segments must be non-empty strings, got {segment!r}")
+    return "/" + "/".join(quote(segment, safe="") for segment in segments)
+
+
+def build_url(base_url: str, path: str, params: Mapping[str, QueryValue] | None = None) -> URL:
+    """``base_url`` + an already encoded ``path`` + ``params`` percent-encoded byte for byte
+    (``+``, ``&``, ``=``, ``/`` included); None values are left out."""
+    text = base_url.rstrip("/") + path
+    if params:
+        pairs = []
+        for key, value in params.items():
+            if value is None:
+                continue
+            if isinstance(value, bool):
+                value = "true" if value else "false"
+            pairs.append(f"{quote(key, safe='')}={quote(str(value), safe='')}")
+        if pairs:
+            text += "?" + "&".join(pairs)
+    return URL(text, encoded=True)
+
+
+def _redact(text: str, secrets: Sequence[str]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def excerpt(body: bytes, secrets: Sequence[str] = ()) -> str:
+    """A short printable excerpt of a body, with secrets masked."""
+    text = body[: EXCERPT_CHARS * 4].decode("utf-8", errors="replace")
+    text = _redact(text, secrets)
+    if len(text) > EXCERPT_CHARS:
+        text = text[:EXCERPT_CHARS] + "…"
+    return text
+
+
+class _FieldError(msgspec.Struct):
+    field: str | None = None
+    msg: str | None = None
+
+
+class _ErrorBody(msgspec.Struct):
+    """Every error body shape the supported APIs send, in one lenient struct."""
+
+    error_code: str | None = None  # Zoo
+    message: str | None = None  # Zoo
+    request_id: str | None = None  # Zoo
+    code: int | str | None = None  # Metafold (HTTP status as int)
+    name: str | None = None  # Metafold
+    description: str | None = None  # Metafold
+    msg: str | None = None  # Metafold, legacy
+    errors: list[_FieldError] | None = None  # Metafold, legacy
+
+
+_error_decoder = msgspec.json.Decoder(_ErrorBody)
+_ERROR_CLASSES: dict[int, type[ApiError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: AuthenticationError,
+    404: NotFoundError,
+    429: RateLimitedError,
+}
+
+
+def _error_class(status: int) -> type[ApiError]:
+    if status >= 500:
+        return ServerError
+    return _ERROR_CLASSES.get(status, ApiError)
+
+
+def error_for_response(response: Response, secrets: Sequence[str] = ()) -> ApiError:
+    """The typed error for a non-2xx response, reading whichever error body the API sent."""
+    try:
+        parsed: _ErrorBody | None = _error_decoder.decode(response.body)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        parsed = None
+    message = ""
+    code: str | None = None
+    request_id = response.headers.get("X-Api-Call-Id")
+    if parsed is not None:
+        field_errors = "; ".join(
+            f"{e.field}: {e.msg}" if e.field else (e.msg or "") for e in parsed.errors or ()
+        )
+        message = parsed.message or parsed.description or parsed.msg or field_errors or ""
+        if parsed.error_code:
+            code = parsed.error_code
+        elif parsed.name:
+            code = parsed.name
+        elif isinstance(parsed.code, str):
+            code = parsed.code
+        request_id = parsed.request_id or request_id
+    if not message:
+        message = excerpt(response.body, secrets) or "(empty body)"
+    message = _redact(message, secrets)
+    kw: dict[str, Any] = {
+        "code": code,
+        "request_id": request_id,
+        "method": response.method,
+        "url": _redact(response.url, secrets),
+    }
+    cls = _error_class(response.status)
+    if cls is RateLimitedError:
+        hint = parse_retry_after(response.headers.get("Retry-After"), datetime.now(timezone.utc))
+        return RateLimitedError(response.status, message, retry_after=hint, **kw)
+    return cls(response.status, message, **kw)
+
+
+def _same_origin(a: URL, b: URL) -> bool:
+    return (a.scheme, a.host, a.port) == (b.scheme, b.host, b.port)
+
+
+def _is_loopback(host: str | None) -> bool:
+    if host is None:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_base_url(base_url: str, *, allow_insecure_http: bool = False) -> str:
+    """Validate a base URL: http(s) only, and plain http only to loopback unless allowed."""
+    url = URL(base_url)
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(f"base_url must be an http(s) URL, got {base_url!r}")
+    if url.scheme == "http" and not allow_insecure_http and not _is_loopback(url.host):
+        raise ValueError(
+            f"refusing to send credentials over plain http to {url.host}; use https or pass "
+            "allow_insecure_http=True"
+        )
+    return base_url.rstrip("/")
+
+
+class _Transient(Exception):
+    """A failure worth another attempt (internal)."""
+
+    def __init__(self, error: Exception, hint: float | None = None) -> None:
+        self.error = error
+        self.hint = hint
+
+
+class HttpTransport:
+    """Sends requests for one API client: one aiohttp session (the caller's, if given, which
+    is then never closed here), bearer auth, retries, and typed errors."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        auth: Auth,
+        session: aiohttp.ClientSession | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        retry: RetryPolicy | None = None,
+        max_body_size: int = DEFAULT_MAX_BODY_SIZE,
+        allow_insecure_http: bool = False,
+    ) -> None:
+        self.base_url = check_base_url(base_url, allow_insecure_http=allow_insecure_http)
+        self._auth = auth
+        self._session = session
+        self._owns_session = session is None
+        self._timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self._max_body_size = max_body_size
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"HttpTransport(base_url={self.base_url!r})"
+
+    @property
+    def secrets(self) -> Sequence[str]:
+        """Strings masked in every message this transport produces."""
+        return self._auth.secrets()
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise RuntimeError("this client is closed")
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=100, ttl_dns_cache=300),
+                auto_decompress=True,
+            )
+        return self._session
+
+    async def aclose(self) -> None:
+        """Close the session if this transport created it."""
+        self._closed = True
+        session, self._session = self._session, None
+        if session is not None and self._owns_session and not session.closed:
+            with anyio.CancelScope(shield=True):
+                await session.close()
+
+    async def get(
+        self,
+        path: str,
+        decoder: msgspec.json.Decoder[T],
+        params: Mapping[str, QueryValue] | None = None,
+    ) -> T:
+        """GET ``path`` and decode the body, retrying transient failures."""
+        response = await self.request("GET", path, params=params)
+        return self.decode(response, decoder)
+
+    def decode(self, response: Response, decoder: msgspec.json.Decoder[T]) -> T:
+        """Decode a 2xx body, or raise DecodeError with the status and a short excerpt."""
+        try:
+            return decoder.decode(response.body)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            reason = _redact(str(exc), self.secrets)
+            raise DecodeError(
+                f"unexpected response body for {response.method} {response.url}: {reason}",
+                status=response.status,
+                excerpt=excerpt(response.body, self.secrets),
+            ) from None
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, QueryValue] | None = None,
+        data: Mapping[str, str] | None = None,
+        json: Any = None,
+        idempotent: bool | None = None,
+        authenticate: bool = True,
+        absolute_url: str | None = None,
+    ) -> Response:
+        """Send a request and return the 2xx response, or raise the typed error.
+
+        Idempotent requests (GET by default) are retried on connection errors, timeouts, a
+        body cut in transit, 429, 502, 503 and 504, honouring ``Retry-After``.
+        """
+        url = URL(absolute_url, encoded=True) if absolute_url else build_url(
+            self.base_url, path, params
+        )
+        retryable = method == "GET" if idempotent is None else idempotent
+        attempts = self.retry.max_attempts if retryable else 1
+        refreshed = False
+        attempt = 0
+        while True:
+            try:
+                response = await self._send_once(method, url, data, json, authenticate)
+                if response.status == 401 and authenticate and not refreshed:
+                    refreshed = True
+                    if await self._auth.refresh():
+                        continue
+                if 200 <= response.status < 300:
+                    return response
+                error = error_for_response(response, self.secrets)
+                if response.status in RETRY_STATUSES:
+                    hint = error.retry_after if isinstance(error, RateLimitedError) else None
+                    if hint is None:
+                        hint = parse_retry_after(
+                            response.headers.get("Retry-After"), datetime.now(timezone.utc)
+                        )
+                    raise _Transient(error, hint)
+                raise error
+            except _Transient as transient:
+                attempt += 1
+                if attempt >= attempts:
+                    raise transient.error from None
+                delay = next_delay(self.retry, attempt - 1, hint=transient.hint, rand=random.random())
+                logger.debug(
+                    "%s %s failed (%s); retry %d/%d in %.2fs",
+                    method,
+                    url,
+                    transient.error,
+                    attempt,
+                    attempts - 1,
+                    delay,
+                )
+                await anyio.sleep(delay)
+
+    async def _send_once(
+        self, method: str, url: URL, data: Any, json: Any, authenticate: bool
+    ) -> Response:
+        """One attempt, following redirects by hand so credentials never cross origins."""
+        session = self._get_session()
+        headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
+        authorization = await self._auth.authorization() if authenticate else None
+        origin = url
+        for _ in range(MAX_REDIRECTS + 1):
+            send_headers = dict(headers)
+            if authorization and _same_origin(url, origin):
+                send_headers["Authorization"] = authorization
+            try:
+                response = await self._exchange(session, method, url, send_headers, data, json)
+            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+                raise _Transient(
+                    TransportError(f"{method} {url}: {type(exc).__name__}: {exc}")
+                ) from None
+            except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+                raise _Transient(
+                    TransportError(f"{method} {url}: no response within {self._timeout:g}s")
+                ) from None
+            except aiohttp.ClientError as exc:
+                raise TransportError(f"{method} {url}: {type(exc).__name__}: {exc}") from None
+            if response.status in REDIRECT_STATUSES and "Location" in response.headers:
+                url = url.join(URL(response.headers["Location"]))
+                if response.status == 303:
+                    method, data, json = "GET", None, None
+                continue
+            return response
+        raise TransportError(f"{method} {origin}: more than {MAX_REDIRECTS} redirects")
+
+    async def _exchange(
+        self,
+        session: aiohttp.ClientSession,
+        method: str,
+        url: URL,
+        headers: dict[str, str],
+        data: Any,
+        json: Any,
+    ) -> Response:
+        timeout = aiohttp.ClientTimeout(total=self._timeout)
+        logger.debug("%s %s", method, url)
+        async with session.request(
+            method,
+            url,
+            headers=headers,
+            data=data,
+            json=json,
+            allow_redirects=False,
+            timeout=timeout,
+        ) as resp:
+            body = await self._read_capped(resp, method, url)
+            logger.debug("%s %s -> %d (%d bytes)", method, url, resp.status, len(body))
+            return Response(resp.status, resp.headers, body, method, str(url))
+
+    async def _read_capped(self, resp: aiohttp.ClientResponse, method: str, url: URL) -> bytes:
+        cap = self._max_body_size
+        if resp.content_length is not None and resp.content_length > cap:
+            raise DecodeError(
+                f"{method} {url}: response of {resp.content_length} bytes exceeds the "
+                f"{cap}-byte limit",
+                status=resp.status,
+            )
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.content.iter_chunked(64 * 1024):
+            size += len(chunk)
+            if size > cap:
+                raise DecodeError(
+                    f"{method} {url}: response exceeds the {cap}-byte limit", status=resp.status
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)

@@ -1,0 +1,1 @@
+"""msgspec models of the supported APIs, each with its own status table."""

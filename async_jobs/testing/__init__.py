@@ -1,0 +1,17 @@
+"""Test helpers: :class:`FakeApiServer`, a real HTTP server on loopback that speaks the
+supported APIs with scripted job lifecycles and injectable faults."""
+
+from ._clock import FakeClock
+from ._faults import Fault, FaultKind
+from ._server import FakeApiServer, RecordedRequest
+from ._zoo import FakeOperation, FakeZoo
+
+__all__ = [
+    "FakeApiServer",
+    "FakeClock",
+    "FakeOperation",
+    "FakeZoo",
+    "Fault",
+    "FaultKind",
+    "RecordedRequest",
+]

@@ -1,0 +1,74 @@
+"""Fault injection for the fake server: errors, latency, broken bodies, dropped connections."""
+
+from __future__ import annotations
+
+import fnmatch
+import random
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = ["Fault", "FaultKind", "FaultPlan"]
+
+FaultKind = Literal["status", "latency", "malformed", "truncated", "drop", "html", "redirect"]
+
+
+@dataclass
+class Fault:
+    """One injected misbehaviour.
+
+    ``route`` is a glob on the request path (``/async/operations/*``); ``times`` how many
+    requests it hits (None: every one), each with ``probability``. Kinds:
+
+    - ``status``: answer ``status`` with the API's error body (and ``retry_after``, if set);
+    - ``latency``: wait ``delay`` seconds, then answer normally;
+    - ``malformed``: 200 with a body that is not JSON;
+    - ``truncated``: the real answer cut in half with the full Content-Length, then close;
+    - ``drop``: close the connection without answering;
+    - ``html``: ``status`` (default 502) with an HTML error page;
+    - ``redirect``: 307 to ``location``.
+    """
+
+    kind: FaultKind
+    route: str = "*"
+    times: int | None = 1
+    probability: float = 1.0
+    status: int | None = None
+    retry_after: str | None = None
+    delay: float = 0.0
+    location: str | None = None
+    hits: int = field(default=0, init=False)
+
+    def matches(self, path: str) -> bool:
+        """True if this fault covers ``path`` and has hits left."""
+        if self.times is not None and self.hits >= self.times:
+            return False
+        return fnmatch.fnmatchcase(path, self.route)
+
+
+class FaultPlan:
+    """The faults armed on a server, first match wins."""
+
+    def __init__(self, seed: int | None = 0) -> None:
+        self.faults: list[Fault] = []
+        self.injected: dict[str, int] = {}
+        self._random = random.Random(seed)
+
+    def add(self, fault: Fault) -> Fault:
+        """Arm ``fault``."""
+        self.faults.append(fault)
+        return fault
+
+    def clear(self) -> None:
+        """Disarm every fault."""
+        self.faults.clear()
+
+    def pick(self, path: str) -> Fault | None:
+        """The fault to apply to a request for ``path``, counting the hit."""
+        for fault in self.faults:
+            if fault.matches(path) and (
+                fault.probability >= 1.0 or self._random.random() < fault.probability
+            ):
+                fault.hits += 1
+                self.injected[fault.kind] = self.injected.get(fault.kind, 0) + 1
+                return fault
+        return None

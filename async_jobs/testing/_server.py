@@ -1,0 +1,182 @@
+"""FakeApiServer: a real aiohttp.web server on 127.0.0.1 that speaks the supported APIs."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from aiohttp import web
+
+from ._clock import FakeClock
+from ._faults import Fault, FaultKind, FaultPlan
+from ._zoo import FakeZoo, zoo_error
+
+__all__ = ["FakeApiServer", "RecordedRequest"]
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+DEFAULT_TOKEN = "test-token"
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """A request as the server received it (query values decoded, as a server sees them)."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    authorization: str | None
+    user_agent: str | None
+
+
+class FakeApiServer:
+    """A real HTTP server on loopback serving the Zoo API (and more), for tests and demos.
+
+    ``async with FakeApiServer() as server:`` then point a client at ``server.url`` with
+    ``token=server.token``. Jobs are scripted through ``server.zoo``; misbehaviour through
+    :meth:`inject`; time through ``server.clock``. Every request is kept in ``server.requests``.
+    """
+
+    def __init__(
+        self,
+        *,
+        token: str | None = DEFAULT_TOKEN,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        clock: FakeClock | None = None,
+        seed: int | None = 0,
+    ) -> None:
+        self.token = token
+        self.host = host
+        self.port = port
+        self.clock = clock or FakeClock()
+        self.faults = FaultPlan(seed)
+        self.requests: list[RecordedRequest] = []
+        self.zoo = FakeZoo(self.clock)
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        """The server's base URL, e.g. ``http://127.0.0.1:54321``."""
+        if self._runner is None:
+            raise RuntimeError("the server is not running")
+        return f"http://{self.host}:{self.port}"
+
+    def inject(self, kind: FaultKind, **options: Any) -> Fault:
+        """Arm a fault (see :class:`Fault` for kinds and options) and return it."""
+        return self.faults.add(Fault(kind, **options))
+
+    def _app(self) -> web.Application:
+        app = web.Application(middlewares=[self._middleware])
+        self.zoo.add_routes(app)
+        return app
+
+    async def start(self) -> None:
+        """Bind (to ``port``, or a free one the first time) and start serving."""
+        if self._runner is not None:
+            return
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.port))
+        self.port = sock.getsockname()[1]
+        runner = web.AppRunner(self._app(), access_log=None, handle_signals=False)
+        await runner.setup()
+        await web.SockSite(runner, sock, shutdown_timeout=0.1).start()
+        self._runner = runner
+
+    async def stop(self) -> None:
+        """Stop serving (the port is kept, so :meth:`start` binds it again)."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def __aenter__(self) -> FakeApiServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # -- request pipeline -------------------------------------------------------------------
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        self.requests.append(
+            RecordedRequest(
+                request.method,
+                request.path,
+                dict(request.query),
+                request.headers.get("Authorization"),
+                request.headers.get("User-Agent"),
+            )
+        )
+        fault = self.faults.pick(request.path)
+        if fault is not None:
+            return await self._apply(fault, request, handler)
+        return await self._serve(request, handler)
+
+    async def _serve(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if self.token is not None and request.headers.get("Authorization") != f"Bearer {self.token}":
+            return self.error(request, 401, "invalid or missing API token", "unauthorized")
+        response = await handler(request)
+        response.headers.setdefault("X-Api-Call-Id", str(uuid.uuid4()))
+        return response
+
+    def error(
+        self, request: web.Request, status: int, message: str, code: str | None = None
+    ) -> web.Response:
+        """The error response the API behind ``request.path`` would send."""
+        return zoo_error(status, message, code)
+
+    async def _apply(
+        self, fault: Fault, request: web.Request, handler: Handler
+    ) -> web.StreamResponse:
+        kind = fault.kind
+        if kind == "latency":
+            await asyncio.sleep(fault.delay)
+            return await self._serve(request, handler)
+        if kind == "status":
+            response = self.error(request, fault.status or 503, "injected fault", "fault")
+            if fault.retry_after is not None:
+                response.headers["Retry-After"] = fault.retry_after
+            return response
+        if kind == "malformed":
+            return web.Response(body=b'{"id": "x", "status": ', content_type="application/json")
+        if kind == "html":
+            return web.Response(
+                status=fault.status or 502,
+                text="<html><head><title>502 Bad Gateway</title></head>"
+                "<body><h1>Bad Gateway</h1></body></html>",
+                content_type="text/html",
+            )
+        if kind == "redirect":
+            return web.Response(status=307, headers={"Location": fault.location or "/"})
+        if kind == "drop":
+            _close(request)
+            raise asyncio.CancelledError  # aiohttp drops the handler; nothing is sent
+        if kind == "truncated":
+            real = await self._serve(request, handler)
+            body = real.body if isinstance(real, web.Response) and isinstance(real.body, bytes) else b"{}"
+            response = web.StreamResponse(status=real.status)
+            response.content_type = "application/json"
+            response.content_length = len(body)
+            await response.prepare(request)
+            await response.write(body[: len(body) // 2])
+            _close(request)
+            return response
+        raise ValueError(f"unknown fault kind {kind!r}")
+
+
+def _close(request: web.Request) -> None:
+    transport = request.transport
+    if transport is not None:
+        transport.close()

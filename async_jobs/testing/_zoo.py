@@ -1,0 +1,252 @@
+"""The Zoo half of the fake server: async operations with scripted lifecycles."""
+
+from __future__ import annotations
+
+import base64
+import bisect
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from aiohttp import web
+
+from ..models.zoo import OPERATION_SORT_MODES, OPERATION_STATES, OPERATION_STATUSES
+from ._clock import FakeClock
+
+__all__ = ["FakeOperation", "FakeZoo", "zoo_error", "zoo_time"]
+
+Timeline = Sequence[tuple[str, float | None]]
+DEFAULT_TIMELINE: Timeline = (("queued", 0.05), ("in_progress", 0.2), ("completed", None))
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+_TOKEN = re.compile(r"^o=(\d+)&s=([a-z_]+)\+([a-z_]+)/==$")
+
+# What each operation type carries in GET /async/operations/{id} (the AsyncApiCallOutput
+# variants), before and after it completes.
+_TYPE_FIELDS: dict[str, dict[str, Any]] = {
+    "file_conversion": {"src_format": "obj", "output_format": "stl"},
+    "file_volume": {"src_format": "obj", "output_unit": "cm3"},
+    "file_center_of_mass": {"src_format": "obj", "output_unit": "mm"},
+    "file_mass": {
+        "src_format": "obj",
+        "output_unit": "g",
+        "material_density": 1.05,
+        "material_density_unit": "kg:m3",
+    },
+    "file_density": {
+        "src_format": "obj",
+        "output_unit": "kg:m3",
+        "material_mass": 12.5,
+        "material_mass_unit": "g",
+    },
+    "file_surface_area": {"src_format": "obj", "output_unit": "mm2"},
+    "text_to_cad": {
+        "model": "cad",
+        "model_version": "v1.4",
+        "output_format": "step",
+        "prompt": "a 12-tooth spur gear",
+    },
+}
+_RESULTS: dict[str, dict[str, Any]] = {
+    "file_conversion": {
+        "outputs": {"output.stl": base64.urlsafe_b64encode(b"solid fake\nendsolid").decode()}
+    },
+    "file_volume": {"volume": 42.5},
+    "file_center_of_mass": {"center_of_mass": {"x": 1.0, "y": 2.0, "z": 3.0}},
+    "file_mass": {"mass": 44.6},
+    "file_density": {"density": 0.29},
+    "file_surface_area": {"surface_area": 1234.5},
+    "text_to_cad": {"code": "const gear = startSketchOn(XY)", "kcl_version": "0.2.0"},
+}
+
+
+def zoo_time(moment: datetime | None) -> str | None:
+    """A datetime as Zoo writes it: ISO 8601 with a ``Z``."""
+    return None if moment is None else moment.isoformat().replace("+00:00", "Z")
+
+
+def zoo_error(status: int, message: str, error_code: str | None = None) -> web.Response:
+    """A Zoo-style error response: ``{error_code, message, request_id}``."""
+    request_id = str(uuid.uuid4())
+    body: dict[str, Any] = {"message": message, "request_id": request_id}
+    if error_code:
+        body["error_code"] = error_code
+    return web.json_response(body, status=status, headers={"X-Api-Call-Id": request_id})
+
+
+@dataclass
+class FakeOperation:
+    """One scripted async operation: it enters ``steps[i][1]`` at fake time ``steps[i][0]``."""
+
+    id: str
+    type: str
+    created: float
+    created_at: datetime
+    steps: list[tuple[float, str]]
+    error: str | None = None
+    user_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    input: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def status_at(self, now: float) -> tuple[str, float | None, float | None, float]:
+        """(status, started, completed, last change) at fake time ``now``."""
+        index = max(bisect.bisect_right([t for t, _ in self.steps], now) - 1, 0)
+        status = self.steps[index][1]
+        started = completed = None
+        for at, name in self.steps[: index + 1]:
+            state = OPERATION_STATES.get(name)
+            if started is None and name not in ("queued", "uploaded"):
+                started = at
+            if state is not None and state.is_terminal:
+                completed = at
+        return status, started, completed, self.steps[index][0]
+
+
+class FakeZoo:
+    """The Zoo API's async operations, served from memory."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.operations: dict[str, FakeOperation] = {}
+        self._last_created: datetime | None = None
+
+    def _creation_time(self) -> datetime:
+        created_at = self.clock.wall()
+        # Keep creation times distinct so created_at order is total, as it is for the real API.
+        if self._last_created is not None and created_at <= self._last_created:
+            created_at = self._last_created + timedelta(microseconds=1)
+        self._last_created = created_at
+        return created_at
+
+    def add_operation(
+        self,
+        type: str = "file_conversion",
+        timeline: Timeline = DEFAULT_TIMELINE,
+        *,
+        error: str | None = None,
+        id: str | None = None,
+        input: Any = None,
+        extra: dict[str, Any] | None = None,
+    ) -> FakeOperation:
+        """Create an operation that walks ``timeline``: (status, seconds in it) pairs, the last
+        one's duration None (it stays there). A ``failed`` step reports ``error``."""
+        if not timeline:
+            raise ValueError("timeline must have at least one step")
+        now = self.clock.now()
+        steps: list[tuple[float, str]] = []
+        at = now
+        for status, duration in timeline:
+            steps.append((at, status))
+            if duration is None:
+                break
+            at += duration
+        op = FakeOperation(
+            id=id or str(uuid.uuid4()),
+            type=type,
+            created=now,
+            created_at=self._creation_time(),
+            steps=steps,
+            error=error,
+            input=input if input is not None else {"src_format": "obj"},
+            extra=dict(extra or {}),
+        )
+        self.operations[op.id] = op
+        return op
+
+    def set_status(self, op_id: str, status: str, *, error: str | None = None) -> None:
+        """Move an operation to ``status`` now, dropping the rest of its timeline."""
+        op = self.operations[op_id]
+        now = self.clock.now()
+        op.steps = [s for s in op.steps if s[0] <= now] + [(now, status)]
+        if error is not None:
+            op.error = error
+
+    def status(self, op_id: str) -> str:
+        """The operation's status right now (the server's truth)."""
+        return self.operations[op_id].status_at(self.clock.now())[0]
+
+    # -- wire format ------------------------------------------------------------------------
+
+    def _common(self, op: FakeOperation) -> dict[str, Any]:
+        status, started, completed, changed = op.status_at(self.clock.now())
+        return {
+            "id": op.id,
+            "type": op.type,
+            "status": status,
+            "created_at": zoo_time(op.created_at),
+            "updated_at": zoo_time(self.clock.wall(changed) if changed > op.created else op.created_at),
+            "started_at": zoo_time(None if started is None else self.clock.wall(started)),
+            "completed_at": zoo_time(None if completed is None else self.clock.wall(completed)),
+            "error": op.error if status == "failed" else None,
+            "user_id": op.user_id,
+        }
+
+    def list_item(self, op: FakeOperation) -> dict[str, Any]:
+        """The operation as ``GET /async/operations`` lists it (``AsyncApiCall``)."""
+        body = self._common(op)
+        done = body["status"] == "completed"
+        body.update(
+            attempts=1 if body["started_at"] else 0,
+            input=op.input,
+            output=_RESULTS.get(op.type) if done else None,
+            worker="fake-worker-1" if body["started_at"] else None,
+        )
+        return body
+
+    def detail(self, op: FakeOperation) -> dict[str, Any]:
+        """The operation as ``GET /async/operations/{id}`` returns it (``AsyncApiCallOutput``)."""
+        body = self._common(op)
+        body.update(_TYPE_FIELDS.get(op.type, {}))
+        if body["status"] == "completed":
+            body.update(_RESULTS.get(op.type, {}))
+        body.update(op.extra)
+        return body
+
+    # -- handlers ---------------------------------------------------------------------------
+
+    async def handle_list(self, request: web.Request) -> web.Response:
+        """``GET /async/operations``: status and sort_by required, as in the seed doc."""
+        query = request.query
+        status, sort_by = query.get("status"), query.get("sort_by")
+        if status not in OPERATION_STATUSES:
+            return zoo_error(400, f"invalid or missing status: {status!r}", "invalid_request")
+        if sort_by not in OPERATION_SORT_MODES:
+            return zoo_error(400, f"invalid or missing sort_by: {sort_by!r}", "invalid_request")
+        try:
+            limit = int(query.get("limit", DEFAULT_PAGE_SIZE))
+        except ValueError:
+            return zoo_error(400, "limit must be an integer", "invalid_request")
+        if limit < 1:
+            return zoo_error(400, "limit must be >= 1", "invalid_request")
+        limit = min(limit, MAX_PAGE_SIZE)
+        offset = 0
+        token = query.get("page_token")
+        if token is not None:
+            match = _TOKEN.match(token)
+            if match is None or match.group(2) != status or match.group(3) != sort_by:
+                return zoo_error(400, "invalid page_token", "invalid_request")
+            offset = int(match.group(1))
+        now = self.clock.now()
+        chosen = [op for op in self.operations.values() if op.status_at(now)[0] == status]
+        chosen.sort(key=lambda op: op.created_at, reverse=sort_by == "created_at_descending")
+        page = chosen[offset : offset + limit]
+        end = offset + len(page)
+        next_page = f"o={end}&s={status}+{sort_by}/==" if end < len(chosen) else None
+        return web.json_response(
+            {"items": [self.list_item(op) for op in page], "next_page": next_page}
+        )
+
+    async def handle_get(self, request: web.Request) -> web.Response:
+        """``GET /async/operations/{id}``."""
+        op = self.operations.get(request.match_info["id"])
+        if op is None:
+            return zoo_error(404, "async operation not found", "not_found")
+        return web.json_response(self.detail(op))
+
+    def add_routes(self, app: web.Application) -> None:
+        """Register the Zoo routes on ``app``."""
+        app.router.add_get("/async/operations", self.handle_list)
+        app.router.add_get("/async/operations/{id}", self.handle_get)
