@@ -18,8 +18,8 @@ from ._errors import (
     WaitTimeout,
 )
 from ._paging import Page
-from ._poll import Job, JobRef, wait_until_terminal, watch
 from ._policy import PollPolicy, RetryPolicy, next_delay
+from ._poll import Job, JobRef, wait_until_terminal, watch
 from ._version import __version__
 from .models._state import TERMINAL_STATES, JobState
 from .models.zoo import AsyncOperation

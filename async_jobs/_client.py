@@ -7,9 +7,7 @@ import os
 from types import TracebackType
 from typing import TypeVar
 
-import aiohttp
-
-from ._http import Auth, HttpTransport
+from ._http import Auth, ClientSession, HttpTransport
 from ._policy import PollPolicy, RetryPolicy
 
 __all__ = ["BaseClient", "from_env"]
@@ -36,7 +34,7 @@ class BaseClient:
         *,
         base_url: str,
         auth: Auth,
-        session: aiohttp.ClientSession | None,
+        session: ClientSession | None,
         timeout: float,
         retry: RetryPolicy | None,
         poll: PollPolicy | None,
@@ -81,4 +79,3 @@ class BaseClient:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
-

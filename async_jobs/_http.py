@@ -34,10 +34,12 @@ from ._errors import (
     TransportError,
 )
 from ._policy import RetryPolicy, next_delay, parse_retry_after
+from ._redact import redact, register_secret, unregister_secret
 from ._version import __version__
 
 __all__ = [
     "Auth",
+    "ClientSession",
     "api_path",
     "HttpTransport",
     "QueryValue",
@@ -48,6 +50,9 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+#: The session type callers may pass as ``session=`` (re-exported so no other module imports
+#: aiohttp).
+ClientSession = aiohttp.ClientSession
 QueryValue = str | int | float | bool | None
 logger = logging.getLogger("async_jobs")
 
@@ -137,17 +142,10 @@ def build_url(base_url: str, path: str, params: Mapping[str, QueryValue] | None 
     return URL(text, encoded=True)
 
 
-def _redact(text: str, secrets: Sequence[str]) -> str:
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text
-
-
 def excerpt(body: bytes, secrets: Sequence[str] = ()) -> str:
     """A short printable excerpt of a body, with secrets masked."""
     text = body[: EXCERPT_CHARS * 4].decode("utf-8", errors="replace")
-    text = _redact(text, secrets)
+    text = redact(text, secrets)
     if len(text) > EXCERPT_CHARS:
         text = text[:EXCERPT_CHARS] + "…"
     return text
@@ -210,12 +208,12 @@ def error_for_response(response: Response, secrets: Sequence[str] = ()) -> ApiEr
         request_id = parsed.request_id or request_id
     if not message:
         message = excerpt(response.body, secrets) or "(empty body)"
-    message = _redact(message, secrets)
+    message = redact(message, secrets)
     kw: dict[str, Any] = {
         "code": code,
         "request_id": request_id,
         "method": response.method,
-        "url": _redact(response.url, secrets),
+        "url": redact(response.url, secrets),
     }
     cls = _error_class(response.status)
     if cls is RateLimitedError:
@@ -277,6 +275,8 @@ class HttpTransport:
     ) -> None:
         self.base_url = check_base_url(base_url, allow_insecure_http=allow_insecure_http)
         self._auth = auth
+        for secret in auth.secrets():
+            register_secret(secret)
         self._session = session
         self._owns_session = session is None
         self._timeout = timeout
@@ -304,6 +304,9 @@ class HttpTransport:
 
     async def aclose(self) -> None:
         """Close the session if this transport created it."""
+        if not self._closed:
+            for secret in self._auth.secrets():
+                unregister_secret(secret)
         self._closed = True
         session, self._session = self._session, None
         if session is not None and self._owns_session and not session.closed:
@@ -325,7 +328,7 @@ class HttpTransport:
         try:
             return decoder.decode(response.body)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            reason = _redact(str(exc), self.secrets)
+            reason = redact(str(exc), self.secrets)
             raise DecodeError(
                 f"unexpected response body for {response.method} {response.url}: {reason}",
                 status=response.status,
@@ -349,8 +352,10 @@ class HttpTransport:
         Idempotent requests (GET by default) are retried on connection errors, timeouts, a
         body cut in transit, 429, 502, 503 and 504, honouring ``Retry-After``.
         """
-        url = URL(absolute_url, encoded=True) if absolute_url else build_url(
-            self.base_url, path, params
+        url = (
+            URL(absolute_url, encoded=True)
+            if absolute_url
+            else build_url(self.base_url, path, params)
         )
         retryable = method == "GET" if idempotent is None else idempotent
         attempts = self.retry.max_attempts if retryable else 1
@@ -378,7 +383,9 @@ class HttpTransport:
                 attempt += 1
                 if attempt >= attempts:
                     raise transient.error from None
-                delay = next_delay(self.retry, attempt - 1, hint=transient.hint, rand=random.random())
+                delay = next_delay(
+                    self.retry, attempt - 1, hint=transient.hint, rand=random.random()
+                )
                 logger.debug(
                     "%s %s failed (%s); retry %d/%d in %.2fs",
                     method,

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import heapq
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 import anyio
@@ -51,11 +51,11 @@ class _Cursor(Generic[T]):
         async with self._limiter:
             return await self._fetch(token)
 
-    async def next(self) -> tuple[bool, T | None]:
-        """(True, item) or (False, None) at the end of the stream."""
+    async def next(self) -> list[T]:
+        """``[item]``, or ``[]`` at the end of the stream."""
         while not self._buffer:
             if self._pending is None:
-                return False, None
+                return []
             task = self._pending
             page = await task
             self._pending = None
@@ -66,7 +66,7 @@ class _Cursor(Generic[T]):
                     raise DecodeError(f"the server repeated page token {token[:40]!r}")
                 self._seen_tokens.add(token)
                 self._pending = asyncio.ensure_future(self._fetch_limited(token))
-        return True, self._buffer.popleft()
+        return [self._buffer.popleft()]
 
     async def aclose(self) -> None:
         task, self._pending = self._pending, None
@@ -79,9 +79,7 @@ class _Cursor(Generic[T]):
             await task
 
 
-async def iter_items(
-    fetch: FetchPage[T], *, max_items: int | None = None
-) -> AsyncIterator[T]:
+async def iter_items(fetch: FetchPage[T], *, max_items: int | None = None) -> AsyncGenerator[T, None]:
     """Every item of one paginated stream, fetching the next page ahead."""
     async for item in merge_streams([fetch], key=None, max_items=max_items):
         yield item
@@ -94,7 +92,7 @@ async def merge_streams(
     descending: bool = False,
     max_items: int | None = None,
     max_concurrency: int = 8,
-) -> AsyncIterator[T]:
+) -> AsyncGenerator[T, None]:
     """Merge streams that are each sorted by ``key`` into one sorted stream.
 
     Streams are fetched concurrently (at most ``max_concurrency`` requests at once); each
@@ -111,10 +109,9 @@ async def merge_streams(
         sign = -1.0 if descending else 1.0
 
         async def push(index: int) -> None:
-            has_item, item = await cursors[index].next()
-            if has_item:
-                rank = sign * key(item) if key is not None else 0.0  # type: ignore[arg-type]
-                heapq.heappush(heap, (rank, index, item))  # type: ignore[arg-type]
+            for item in await cursors[index].next():
+                rank = sign * key(item) if key is not None else 0.0
+                heapq.heappush(heap, (rank, index, item))
 
         for index in range(len(cursors)):
             await push(index)

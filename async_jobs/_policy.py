@@ -86,7 +86,7 @@ def next_delay(
     ``rand`` in [0, 1] applies jitter (``None``: no jitter): full jitter for a RetryPolicy,
     +/- ``policy.jitter`` for a PollPolicy. The result always lies in ``[0, policy.maximum]``.
     """
-    if hint is not None and math.isfinite(hint):
+    if hint is not None and not math.isnan(hint):
         return min(max(hint, 0.0), policy.maximum)
     base = _backoff(policy.initial, policy.multiplier, policy.maximum, attempt)
     if rand is None:

@@ -10,7 +10,7 @@ import inspect
 import logging
 import math
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -114,7 +114,7 @@ class JobRef(Generic[J_co]):
         return hash(self.key)
 
 
-async def watch(ref: JobRef[J], *, poll: PollPolicy | None = None) -> AsyncIterator[J]:
+async def watch(ref: JobRef[J], *, poll: PollPolicy | None = None) -> AsyncGenerator[J, None]:
     """Yield the job each time it is seen to change (the first look included), ending with
     the terminal one.
 
@@ -171,7 +171,7 @@ async def wait_until_terminal(
     if timeout is not None and (math.isnan(timeout) or timeout < 0):
         raise ValueError("timeout must be >= 0 or None")
     last: J | None = None
-    with anyio.move_on_after(timeout) as scope:
+    with anyio.move_on_after(timeout):
         async with aclosing(watch(ref, poll=poll)) as updates:
             async for job in updates:
                 last = job

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from functools import partial
 
-import aiohttp
 import msgspec
 
 from ._client import BaseClient, from_env
-from ._http import DEFAULT_MAX_BODY_SIZE, DEFAULT_TIMEOUT, StaticTokenAuth, api_path
+from ._http import DEFAULT_MAX_BODY_SIZE, DEFAULT_TIMEOUT, ClientSession, StaticTokenAuth, api_path
 from ._paging import Page, merge_streams
-from ._poll import JobRef
 from ._policy import PollPolicy, RetryPolicy
+from ._poll import JobRef
 from .models.zoo import OPERATION_SORT_MODES, OPERATION_STATUSES, AsyncOperation
 
 __all__ = ["ZooClient"]
@@ -48,7 +47,7 @@ class ZooClient(BaseClient):
 
     ``token`` defaults to ``ZOO_API_TOKEN``, then ``KITTYCAD_API_TOKEN``; ``base_url`` to
     ``ZOO_HOST``, then ``https://api.zoo.dev``. Pass ``session=`` to reuse your own
-    ``aiohttp.ClientSession`` (it is never closed by the client). Use as
+    ``ClientSession`` (it is never closed by the client). Use as
     ``async with ZooClient() as zoo:`` or call :meth:`aclose`.
     """
 
@@ -56,7 +55,7 @@ class ZooClient(BaseClient):
         self,
         token: str | None = None,
         base_url: str | None = None,
-        session: aiohttp.ClientSession | None = None,
+        session: ClientSession | None = None,
         *,
         poll: PollPolicy | None = None,
         retry: RetryPolicy | None = None,
@@ -101,7 +100,7 @@ class ZooClient(BaseClient):
         sort_by: str = "created_at_descending",
         limit: int | None = None,
         max_items: int | None = None,
-    ) -> AsyncIterator[AsyncOperation]:
+    ) -> AsyncGenerator[AsyncOperation, None]:
         """Every operation with the given status(es), in ``sort_by`` order.
 
         ``status=None`` means every known status. Each status is its own stream, fetched

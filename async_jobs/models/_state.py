@@ -42,5 +42,5 @@ def map_state(api: str, table: Mapping[str, JobState], value: str) -> JobState:
         return state
     if (api, value) not in _warned:
         _warned.add((api, value))
-        logger.warning("%s: unknown status %r; treating it as not terminal", api, value)
+        logger.warning("%s: unknown status %r; treating it as not terminal", api, value[:100])
     return JobState.UNKNOWN

@@ -83,9 +83,16 @@ class FakeApiServer:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self.port))
         self.port = sock.getsockname()[1]
-        runner = web.AppRunner(self._app(), access_log=None, handle_signals=False)
-        await runner.setup()
-        await web.SockSite(runner, sock, shutdown_timeout=0.1).start()
+        runner = web.AppRunner(
+            self._app(), access_log=None, handle_signals=False, shutdown_timeout=0.1
+        )
+        try:
+            await runner.setup()
+            await web.SockSite(runner, sock).start()
+        except BaseException:
+            sock.close()
+            await runner.cleanup()
+            raise
         self._runner = runner
 
     async def stop(self) -> None:
@@ -125,7 +132,10 @@ class FakeApiServer:
         return await self._serve(request, handler)
 
     async def _serve(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if self.token is not None and request.headers.get("Authorization") != f"Bearer {self.token}":
+        if (
+            self.token is not None
+            and request.headers.get("Authorization") != f"Bearer {self.token}"
+        ):
             return self.error(request, 401, "invalid or missing API token", "unauthorized")
         response = await handler(request)
         response.headers.setdefault("X-Api-Call-Id", str(uuid.uuid4()))
@@ -165,14 +175,18 @@ class FakeApiServer:
             raise asyncio.CancelledError  # aiohttp drops the handler; nothing is sent
         if kind == "truncated":
             real = await self._serve(request, handler)
-            body = real.body if isinstance(real, web.Response) and isinstance(real.body, bytes) else b"{}"
-            response = web.StreamResponse(status=real.status)
-            response.content_type = "application/json"
-            response.content_length = len(body)
-            await response.prepare(request)
-            await response.write(body[: len(body) // 2])
+            body = (
+                real.body
+                if isinstance(real, web.Response) and isinstance(real.body, bytes)
+                else b"{}"
+            )
+            partial = web.StreamResponse(status=real.status)
+            partial.content_type = "application/json"
+            partial.content_length = len(body)
+            await partial.prepare(request)
+            await partial.write(body[: len(body) // 2])
             _close(request)
-            return response
+            return partial
         raise ValueError(f"unknown fault kind {kind!r}")
 
 

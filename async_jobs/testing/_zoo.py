@@ -49,6 +49,18 @@ _TYPE_FIELDS: dict[str, dict[str, Any]] = {
         "output_format": "step",
         "prompt": "a 12-tooth spur gear",
     },
+    "text_to_cad_iteration": {
+        "code": "const gear = startSketchOn(XY)",
+        "model": "kcl_iteration",
+        "model_version": "v1.4",
+        "original_source_code": "const part = startSketchOn(XY)",
+        "source_ranges": [],
+    },
+    "text_to_cad_multi_file_iteration": {
+        "model": "kcl_iteration",
+        "model_version": "v1.4",
+        "source_ranges": [],
+    },
 }
 _RESULTS: dict[str, dict[str, Any]] = {
     "file_conversion": {
@@ -177,7 +189,9 @@ class FakeZoo:
             "type": op.type,
             "status": status,
             "created_at": zoo_time(op.created_at),
-            "updated_at": zoo_time(self.clock.wall(changed) if changed > op.created else op.created_at),
+            "updated_at": zoo_time(
+                self.clock.wall(changed) if changed > op.created else op.created_at
+            ),
             "started_at": zoo_time(None if started is None else self.clock.wall(started)),
             "completed_at": zoo_time(None if completed is None else self.clock.wall(completed)),
             "error": op.error if status == "failed" else None,
@@ -200,6 +214,8 @@ class FakeZoo:
         """The operation as ``GET /async/operations/{id}`` returns it (``AsyncApiCallOutput``)."""
         body = self._common(op)
         body.update(_TYPE_FIELDS.get(op.type, {}))
+        if op.type.startswith("text_to_cad"):
+            body["conversation_id"] = str(uuid.uuid5(uuid.NAMESPACE_URL, op.id))
         if body["status"] == "completed":
             body.update(_RESULTS.get(op.type, {}))
         body.update(op.extra)

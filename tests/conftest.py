@@ -1,0 +1,74 @@
+"""Shared fixtures: a FakeApiServer per test, a fast ZooClient, and a token-leak guard."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+import async_jobs as aj
+from async_jobs.testing import FakeApiServer
+
+#: A token unlikely to appear anywhere by accident, so finding it anywhere is a leak.
+TOKEN = "tok-" + secrets.token_hex(16)
+FAST_RETRY = aj.RetryPolicy(max_attempts=4, initial=0.001, maximum=0.01)
+FAST_POLL = aj.PollPolicy(initial=0.005, multiplier=1.5, maximum=0.02, jitter=0.1)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class _LeakCatcher(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.leaks: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage() + (self.format(record) if record.exc_info else "")
+        if TOKEN in text:
+            self.leaks.append(text)
+
+
+@pytest.fixture(autouse=True)
+def no_token_in_logs() -> Iterator[None]:
+    """Every test runs with async_jobs logging at DEBUG; no record may contain the token."""
+    logger = logging.getLogger("async_jobs")
+    catcher = _LeakCatcher()
+    old_level = logger.level
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(catcher)
+    try:
+        yield
+    finally:
+        logger.removeHandler(catcher)
+        logger.setLevel(old_level)
+    assert not catcher.leaks, f"token leaked into logs: {catcher.leaks[:3]}"
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[FakeApiServer]:
+    async with FakeApiServer(token=TOKEN) as fake:
+        yield fake
+
+
+@pytest.fixture
+async def zoo(server: FakeApiServer) -> AsyncIterator[aj.ZooClient]:
+    async with aj.ZooClient(
+        token=TOKEN, base_url=server.url, retry=FAST_RETRY, poll=FAST_POLL, timeout=5
+    ) as client:
+        yield client
+
+
+def client_tasks() -> set[object]:
+    """The running asyncio tasks, minus the fake server's own connection handlers."""
+    import asyncio
+
+    return {
+        task
+        for task in asyncio.all_tasks()
+        if not task.get_coro().__qualname__.startswith("RequestHandler.")  # type: ignore[union-attr]
+    }

@@ -1,0 +1,136 @@
+"""The transport's pure pieces: URL building, error mapping, excerpts, base URL checks."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from yarl import URL
+
+import async_jobs as aj
+from async_jobs._http import (
+    Response,
+    api_path,
+    build_url,
+    check_base_url,
+    error_for_response,
+    excerpt,
+)
+
+
+def _response(status: int, body: bytes, headers: dict[str, str] | None = None) -> Response:
+    return Response(status, headers or {}, body, "GET", "https://api.example/x")
+
+
+def test_query_values_are_encoded_byte_for_byte() -> None:
+    url = build_url("https://api.zoo.dev/", "/async/operations", {"page_token": "a+b&c=d/=="})
+    assert url.raw_query_string == "page_token=a%2Bb%26c%3Dd%2F%3D%3D"
+    assert url.query["page_token"] == "a+b&c=d/=="
+
+
+@given(st.text(min_size=1, max_size=40))
+def test_any_query_value_round_trips(value: str) -> None:
+    url = build_url("https://h", "/p", {"q": value, "skip": None})
+    assert URL(str(url), encoded=True).query.getall("q") == [value]
+    assert "skip" not in url.query
+
+
+def test_path_segments_cannot_add_levels() -> None:
+    assert api_path("async", "operations", "../admin") == "/async/operations/..%2Fadmin"
+    assert api_path("a", "b/c") == "/a/b%2Fc"
+    with pytest.raises(ValueError):
+        api_path("async", "")
+
+
+def test_zoo_error_body_maps_to_typed_error() -> None:
+    body = b'{"error_code": "not_found", "message": "no such op", "request_id": "r-1"}'
+    error = error_for_response(_response(404, body, {"X-Api-Call-Id": "h-1"}))
+    assert isinstance(error, aj.NotFoundError)
+    assert (error.status, error.code, error.message, error.request_id) == (
+        404,
+        "not_found",
+        "no such op",
+        "r-1",
+    )
+
+
+def test_request_id_falls_back_to_header() -> None:
+    error = error_for_response(_response(500, b"oops", {"X-Api-Call-Id": "h-2"}))
+    assert isinstance(error, aj.ServerError)
+    assert error.request_id == "h-2"
+    assert error.message == "oops"
+
+
+@pytest.mark.parametrize(
+    ("body", "message", "code"),
+    [
+        (
+            b'{"code": 401, "name": "Unauthorized", "description": "Token has expired"}',
+            "Token has expired",
+            "Unauthorized",
+        ),
+        (b'{"msg": "Field is required"}', "Field is required", None),
+        (
+            b'{"errors": [{"field": "type", "msg": "Field is required"}]}',
+            "type: Field is required",
+            None,
+        ),
+    ],
+)
+def test_metafold_error_bodies(body: bytes, message: str, code: str | None) -> None:
+    error = error_for_response(_response(401, body))
+    assert isinstance(error, aj.AuthenticationError)
+    assert error.message == message
+    assert error.code == code
+
+
+@pytest.mark.parametrize(
+    ("status", "cls"),
+    [
+        (400, aj.BadRequestError),
+        (401, aj.AuthenticationError),
+        (403, aj.AuthenticationError),
+        (404, aj.NotFoundError),
+        (409, aj.ApiError),
+        (429, aj.RateLimitedError),
+        (500, aj.ServerError),
+        (503, aj.ServerError),
+    ],
+)
+def test_status_to_class(status: int, cls: type[aj.ApiError]) -> None:
+    error = error_for_response(_response(status, b"<html>nope</html>"))
+    assert type(error) is cls
+    assert "nope" in error.message
+
+
+def test_rate_limit_carries_retry_after() -> None:
+    error = error_for_response(_response(429, b"{}", {"Retry-After": "7"}))
+    assert isinstance(error, aj.RateLimitedError)
+    assert error.retry_after == 7.0
+
+
+def test_secrets_are_masked_everywhere() -> None:
+    body = b'{"message": "bad token s3cr3t-token", "request_id": "r"}'
+    error = error_for_response(_response(401, body), secrets=["s3cr3t-token"])
+    assert "s3cr3t-token" not in str(error)
+    assert "s3cr3t-token" not in repr(error.message)
+    assert excerpt(b"xx s3cr3t-token yy", ["s3cr3t-token"]) == "xx *** yy"
+
+
+@given(st.binary(max_size=2000))
+def test_error_mapping_never_raises(body: bytes) -> None:
+    error = error_for_response(_response(502, body))
+    assert isinstance(error, aj.ServerError)
+    assert len(excerpt(body)) <= 201
+
+
+def test_base_url_checks() -> None:
+    assert check_base_url("https://api.zoo.dev/") == "https://api.zoo.dev"
+    assert check_base_url("http://127.0.0.1:8080") == "http://127.0.0.1:8080"
+    assert check_base_url("http://localhost:1") == "http://localhost:1"
+    assert check_base_url("http://[::1]:1") == "http://[::1]:1"
+    with pytest.raises(ValueError, match="plain http"):
+        check_base_url("http://api.example.com")
+    assert check_base_url("http://api.example.com", allow_insecure_http=True)
+    with pytest.raises(ValueError):
+        check_base_url("ftp://api.example.com")

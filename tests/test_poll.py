@@ -1,0 +1,183 @@
+"""wait_until_terminal and watch end to end against FakeApiServer."""
+
+from __future__ import annotations
+
+import gc
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+import async_jobs as aj
+from async_jobs.testing import FakeApiServer
+
+from .conftest import FAST_POLL, client_tasks
+
+pytestmark = pytest.mark.anyio
+
+WALK = [("queued", 0.03), ("uploaded", 0.03), ("in_progress", 0.05), ("completed", None)]
+
+
+async def test_wait_ends_completed_reporting_each_change(
+    server: FakeApiServer, zoo: aj.ZooClient
+) -> None:
+    fake = server.zoo.add_operation("file_volume", WALK)
+    seen: list[str] = []
+    final = await aj.wait_until_terminal(
+        zoo.async_operation(fake.id), timeout=5, on_update=lambda op: seen.append(op.status)
+    )
+    assert final.status == "completed"
+    assert final.job_state is aj.JobState.SUCCEEDED
+    assert final.volume == 42.5
+    assert seen == ["queued", "uploaded", "in_progress", "completed"]
+
+
+async def test_async_on_update(server: FakeApiServer, zoo: aj.ZooClient) -> None:
+    fake = server.zoo.add_operation(timeline=[("queued", 0.02), ("completed", None)])
+    seen: list[aj.JobState] = []
+
+    async def record(op: aj.AsyncOperation) -> None:
+        await anyio.lowlevel.checkpoint()
+        seen.append(op.job_state)
+
+    await aj.wait_until_terminal(zoo.async_operation(fake.id), timeout=5, on_update=record)
+    assert seen == [aj.JobState.PENDING, aj.JobState.SUCCEEDED]
+
+
+async def test_failure_is_a_result(server: FakeApiServer, zoo: aj.ZooClient) -> None:
+    fake = server.zoo.add_operation(
+        timeline=[("in_progress", 0.02), ("failed", None)], error="mesh is not watertight"
+    )
+    final = await aj.wait_until_terminal(zoo.async_operation(fake.id), timeout=5)
+    assert final.job_state is aj.JobState.FAILED
+    assert final.error == "mesh is not watertight"
+
+
+async def test_failure_raises_when_asked(server: FakeApiServer, zoo: aj.ZooClient) -> None:
+    fake = server.zoo.add_operation(timeline=[("failed", None)], error="boom")
+    with pytest.raises(aj.JobFailed) as info:
+        await aj.wait_until_terminal(zoo.async_operation(fake.id), raise_on_failure=True)
+    assert info.value.job.id == fake.id
+    assert "boom" in str(info.value)
+
+
+async def test_timeout_carries_last_job(server: FakeApiServer, zoo: aj.ZooClient) -> None:
+    fake = server.zoo.add_operation(timeline=[("in_progress", None)])
+    with pytest.raises(aj.WaitTimeout) as info:
+        await aj.wait_until_terminal(zoo.async_operation(fake.id), timeout=0.1)
+    assert isinstance(info.value, TimeoutError)
+    assert info.value.last is not None
+    assert info.value.last.status == "in_progress"
+
+
+async def test_timeout_before_first_look(server: FakeApiServer, zoo: aj.ZooClient) -> None:
+    fake = server.zoo.add_operation()
+    server.inject("latency", delay=1.0, route="/async/operations/*")
+    with pytest.raises(aj.WaitTimeout) as info:
+        await aj.wait_until_terminal(zoo.async_operation(fake.id), timeout=0.05)
+    assert info.value.last is None
+
+
+async def test_watch_yields_changes_and_ends_terminal(
+    server: FakeApiServer, zoo: aj.ZooClient
+) -> None:
+    fake = server.zoo.add_operation(timeline=WALK)
+    statuses = [op.status async for op in aj.watch(zoo.async_operation(fake.id), poll=FAST_POLL)]
+    assert statuses == ["queued", "uploaded", "in_progress", "completed"]
+
+
+async def test_wait_survives_transient_trouble(server: FakeApiServer, zoo: aj.ZooClient) -> None:
+    fake = server.zoo.add_operation(timeline=[("in_progress", 0.1), ("completed", None)])
+    route = f"/async/operations/{fake.id}"
+    # More failures in a row than one request's retries: the wait must absorb them.
+    server.inject("status", status=503, times=6, route=route)
+    server.inject("malformed", times=2, route=route)
+    server.inject("drop", times=2, route=route)
+    server.inject("status", status=429, retry_after="0.01", times=3, route=route)
+    final = await aj.wait_until_terminal(zoo.async_operation(fake.id), timeout=10)
+    assert final.status == "completed"
+    assert all(f.hits == f.times for f in server.faults.faults)
+
+
+async def test_not_found_ends_the_wait(server: FakeApiServer, zoo: aj.ZooClient) -> None:
+    with pytest.raises(aj.NotFoundError):
+        await aj.wait_until_terminal(zoo.async_operation("missing"), timeout=5)
+
+
+async def test_expired_token_ends_the_wait(server: FakeApiServer, zoo: aj.ZooClient) -> None:
+    fake = server.zoo.add_operation(timeline=[("in_progress", None)])
+    seen: list[str] = []
+
+    def expire(op: aj.AsyncOperation) -> None:
+        seen.append(op.status)
+        server.token = "rotated"
+
+    with pytest.raises(aj.AuthenticationError):
+        await aj.wait_until_terminal(zoo.async_operation(fake.id), timeout=5, on_update=expire)
+    assert seen == ["in_progress"]
+
+
+async def test_unknown_status_keeps_waiting(server: FakeApiServer, zoo: aj.ZooClient) -> None:
+    fake = server.zoo.add_operation(timeline=[("paused", 0.05), ("completed", None)])
+    states: list[aj.JobState] = []
+    final = await aj.wait_until_terminal(
+        zoo.async_operation(fake.id), timeout=5, on_update=lambda op: states.append(op.job_state)
+    )
+    assert states == [aj.JobState.UNKNOWN, aj.JobState.SUCCEEDED]
+    assert final.status == "completed"
+
+
+async def test_fake_clock_moves_jobs_without_sleeping(
+    server: FakeApiServer, zoo: aj.ZooClient
+) -> None:
+    fake = server.zoo.add_operation(timeline=[("queued", 3600.0), ("completed", None)])
+    ref = zoo.async_operation(fake.id)
+    assert (await ref.fetch()).status == "queued"
+    server.clock.advance(3600)
+    assert (await aj.wait_until_terminal(ref, timeout=5)).status == "completed"
+
+
+async def test_poll_interval_backs_off_and_resets(server: FakeApiServer, zoo: aj.ZooClient) -> None:
+    fake = server.zoo.add_operation(timeline=[("in_progress", None)])
+    policy = aj.PollPolicy(initial=0.01, multiplier=2.0, maximum=0.08, jitter=0.0)
+    with anyio.move_on_after(0.5):
+        async for _ in aj.watch(zoo.async_operation(fake.id), poll=policy):
+            pass
+    polls = sum(1 for r in server.requests if r.path.endswith(fake.id))
+    # Backing off 0.01, 0.02, 0.04, 0.08, 0.08, ... gives far fewer than 0.5/0.01 = 50 polls.
+    assert 5 <= polls <= 12
+
+
+async def test_cancellation_leaves_nothing_behind(server: FakeApiServer, zoo: aj.ZooClient) -> None:
+    fake = server.zoo.add_operation(timeline=[("in_progress", None)])
+    before = client_tasks()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(aj.wait_until_terminal, zoo.async_operation(fake.id))
+        await anyio.sleep(0.05)
+        tg.cancel_scope.cancel()
+    gc.collect()
+    assert client_tasks() == before
+    # The client still works after a cancelled wait.
+    assert (await zoo.get_async_operation(fake.id)).status == "in_progress"
+
+
+async def test_cancel_mid_request(server: FakeApiServer, zoo: aj.ZooClient) -> None:
+    fake = server.zoo.add_operation(timeline=[("in_progress", None)])
+    server.inject("latency", delay=5.0, route="/async/operations/*")
+    before = client_tasks()
+    with anyio.move_on_after(0.05) as scope:
+        await aj.wait_until_terminal(zoo.async_operation(fake.id))
+    assert scope.cancelled_caught
+    assert client_tasks() == before
+
+
+async def test_negative_timeout_is_rejected(zoo: aj.ZooClient) -> None:
+    with pytest.raises(ValueError):
+        await aj.wait_until_terminal(zoo.async_operation("x"), timeout=-1)
+
+
+def test_job_refs_compare_by_identity() -> None:
+    client = aj.ZooClient(token="t", base_url="http://127.0.0.1:9")
+    assert client.async_operation("a") == client.async_operation("a")
+    assert len({client.async_operation("a"), client.async_operation("b")}) == 2
+    assert repr(client.async_operation("a")) == "JobRef('zoo.async_operation:a')"

@@ -1,0 +1,175 @@
+"""ZooClient against FakeApiServer: listing, paging, merging, validation, sessions."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import aiohttp
+import pytest
+
+import async_jobs as aj
+from async_jobs.testing import FakeApiServer
+
+from .conftest import FAST_RETRY, TOKEN, client_tasks
+
+pytestmark = pytest.mark.anyio
+
+STATUSES = ["queued", "uploaded", "in_progress", "completed", "failed"]
+
+
+def _populate(server: FakeApiServer, count: int) -> dict[str, str]:
+    """``count`` operations spread at random over the five statuses; id -> status."""
+    rng = random.Random(7)
+    truth = {}
+    for _ in range(count):
+        status = rng.choice(STATUSES)
+        op = server.zoo.add_operation("file_mass", [(status, None)], error="bad mesh")
+        truth[op.id] = status
+    return truth
+
+
+async def test_get_async_operation(server: FakeApiServer, zoo: aj.ZooClient) -> None:
+    fake = server.zoo.add_operation("file_volume", [("completed", None)])
+    op = await zoo.get_async_operation(fake.id)
+    assert isinstance(op, aj.AsyncOperation)
+    assert (op.id, op.status, op.type) == (fake.id, "completed", "file_volume")
+    assert op.volume == 42.5
+    assert op.job_state is aj.JobState.SUCCEEDED
+    request = server.requests[-1]
+    assert request.authorization == f"Bearer {TOKEN}"
+    assert request.user_agent == f"async-jobs/{aj.__version__}"
+
+
+async def test_list_one_page(server: FakeApiServer, zoo: aj.ZooClient) -> None:
+    truth = _populate(server, 30)
+    page = await zoo.list_async_operations("queued", limit=5)
+    assert len(page.items) == min(5, Counter(truth.values())["queued"])
+    assert all(op.status == "queued" for op in page.items)
+    assert page.next_page is not None
+    follow = await zoo.list_async_operations("queued", limit=5, page_token=page.next_page)
+    assert {op.id for op in follow.items}.isdisjoint(op.id for op in page.items)
+
+
+@pytest.mark.parametrize("sort_by", ["created_at_descending", "created_at_ascending"])
+async def test_thousand_operations_over_five_statuses(
+    server: FakeApiServer, zoo: aj.ZooClient, sort_by: str
+) -> None:
+    truth = _populate(server, 1000)
+    seen = [op async for op in zoo.iter_async_operations(sort_by=sort_by, limit=7)]
+    ids = [op.id for op in seen]
+    assert len(ids) == len(set(ids)) == 1000  # no loss, no duplicate
+    assert {op.id: op.status for op in seen} == truth
+    stamps = [op.created_at for op in seen]
+    assert stamps == sorted(stamps, reverse=sort_by == "created_at_descending")  # type: ignore[type-var]
+    pages = [r for r in server.requests if r.path == "/async/operations"]
+    expected_pages = sum(-(-n // 7) for n in Counter(truth.values()).values())
+    assert len(pages) == expected_pages
+
+
+async def test_iter_several_statuses_and_max_items(
+    server: FakeApiServer, zoo: aj.ZooClient
+) -> None:
+    truth = _populate(server, 100)
+    wanted = {k for k, v in truth.items() if v in ("completed", "failed")}
+    got = [op.id async for op in zoo.iter_async_operations(["completed", "failed"], limit=3)]
+    assert set(got) == wanted and len(got) == len(wanted)
+    first = [op async for op in zoo.iter_async_operations(limit=4, max_items=10)]
+    assert len(first) == 10
+    stamps = [op.created_at for op in first]
+    assert stamps == sorted(stamps, reverse=True)  # type: ignore[type-var]
+
+
+async def test_breaking_out_early_leaves_no_task(server: FakeApiServer, zoo: aj.ZooClient) -> None:
+    _populate(server, 200)
+    before = client_tasks()
+    iterator = zoo.iter_async_operations(limit=5)
+    async for _ in iterator:
+        break
+    await iterator.aclose()
+    assert client_tasks() == before
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda z: z.list_async_operations("done"),
+        lambda z: z.list_async_operations("queued", sort_by="newest"),
+        lambda z: z.list_async_operations("queued", limit=0),
+        lambda z: z.list_async_operations("queued", limit=True),
+    ],
+)
+async def test_bad_arguments_raise_before_any_request(
+    server: FakeApiServer, zoo: aj.ZooClient, call: object
+) -> None:
+    with pytest.raises(ValueError):
+        await call(zoo)  # type: ignore[operator]
+    assert server.requests == []
+
+
+def test_bad_iter_arguments_raise_at_call_time() -> None:
+    client = aj.ZooClient(token="t", base_url="http://127.0.0.1:9")
+    with pytest.raises(ValueError):
+        client.iter_async_operations(status=["queued", "nope"])
+    with pytest.raises(ValueError):
+        client.iter_async_operations(status=[])
+    with pytest.raises(ValueError):
+        client.iter_async_operations(sort_by="by_size")
+    with pytest.raises(ValueError):
+        client.iter_async_operations(limit=-1)
+    with pytest.raises(ValueError):
+        client.iter_async_operations(max_items=-1)
+
+
+async def test_page_token_reaches_server_byte_for_byte(
+    server: FakeApiServer, zoo: aj.ZooClient
+) -> None:
+    with pytest.raises(aj.BadRequestError):
+        await zoo.list_async_operations("queued", page_token="a+b&c=d/==")
+    assert server.requests[-1].query["page_token"] == "a+b&c=d/=="
+    assert server.requests[-1].query["status"] == "queued"
+
+
+async def test_callers_session_is_used_and_left_open(server: FakeApiServer) -> None:
+    fake = server.zoo.add_operation(timeline=[("queued", None)])
+    async with aiohttp.ClientSession() as session:
+        async with aj.ZooClient(token=TOKEN, base_url=server.url, session=session) as zoo:
+            assert (await zoo.get_async_operation(fake.id)).status == "queued"
+        assert not session.closed
+        async with session.get(f"{server.url}/async/operations/{fake.id}") as resp:
+            assert resp.status == 401  # still usable; carries no token of ours
+
+
+async def test_own_session_is_closed(server: FakeApiServer) -> None:
+    fake = server.zoo.add_operation(timeline=[("queued", None)])
+    zoo = aj.ZooClient(token=TOKEN, base_url=server.url)
+    await zoo.get_async_operation(fake.id)
+    session = zoo._http._session
+    assert session is not None
+    await zoo.aclose()
+    assert session.closed
+    with pytest.raises(RuntimeError):
+        await zoo.get_async_operation(fake.id)
+
+
+async def test_environment_configuration(
+    server: FakeApiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ZOO_API_TOKEN", raising=False)
+    monkeypatch.setenv("KITTYCAD_API_TOKEN", TOKEN)
+    monkeypatch.setenv("ZOO_HOST", server.url)
+    fake = server.zoo.add_operation(timeline=[("queued", None)])
+    async with aj.ZooClient(retry=FAST_RETRY) as zoo:
+        assert zoo.base_url == server.url
+        assert (await zoo.get_async_operation(fake.id)).id == fake.id
+    monkeypatch.setenv("ZOO_API_TOKEN", "wrong")
+    async with aj.ZooClient(retry=FAST_RETRY) as zoo:
+        with pytest.raises(aj.AuthenticationError) as info:
+            await zoo.get_async_operation(fake.id)
+    assert info.value.status == 401
+    assert info.value.request_id
+
+
+def test_default_base_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ZOO_HOST", raising=False)
+    assert aj.ZooClient(token="x").base_url == "https://api.zoo.dev"
