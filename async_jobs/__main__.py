@@ -14,8 +14,8 @@ import time
 import anyio
 
 from . import __version__
-from ._poll import wait_until_terminal
 from ._policy import PollPolicy
+from ._poll import wait_until_terminal
 from .models.zoo import AsyncOperation
 from .testing import FakeApiServer
 from .zoo import ZooClient

@@ -79,7 +79,9 @@ class _Cursor(Generic[T]):
             await task
 
 
-async def iter_items(fetch: FetchPage[T], *, max_items: int | None = None) -> AsyncGenerator[T, None]:
+async def iter_items(
+    fetch: FetchPage[T], *, max_items: int | None = None
+) -> AsyncGenerator[T, None]:
     """Every item of one paginated stream, fetching the next page ahead."""
     async for item in merge_streams([fetch], key=None, max_items=max_items):
         yield item

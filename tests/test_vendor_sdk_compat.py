@@ -12,6 +12,7 @@ from .conftest import TOKEN
 kittycad = pytest.importorskip("kittycad")
 pytestmark = pytest.mark.anyio
 
+
 @pytest.mark.parametrize("op_type", OPERATION_TYPES)
 @pytest.mark.parametrize("status", ["queued", "in_progress", "completed", "failed"])
 async def test_kittycad_sdk_gets_operations_from_the_fake(
