@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
@@ -72,3 +72,12 @@ def client_tasks() -> set[object]:
         for task in asyncio.all_tasks()
         if not task.get_coro().__qualname__.startswith("RequestHandler.")  # type: ignore[union-attr]
     }
+
+
+async def eventually(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+    """Wait until ``predicate()`` holds: for effects of another process, where no event exists."""
+    import anyio
+
+    with anyio.fail_after(timeout):
+        while not predicate():  # noqa: ASYNC110
+            await anyio.sleep(0.02)

@@ -1,0 +1,234 @@
+"""How the ``async-jobs`` command shows jobs: rich tables and progress bars on a terminal,
+one JSON object per line otherwise (or with ``--json``).
+
+JSON lines (stable, for scripts): every object has ``event`` (``item``, ``job``, ``update``,
+``final`` or ``summary``), ``kind``, ``id``, ``state`` (a JobState value), ``status`` (the API's
+raw status), ``progress`` (0-1 or null), ``error`` and ``job`` (the record as the API sent it).
+"""
+
+from __future__ import annotations
+
+import abc
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO, Any
+
+import msgspec
+
+from ._poll import Job
+
+__all__ = ["JsonOutput", "Output", "RichOutput", "job_record", "raw_status"]
+
+
+def raw_status(job: Any) -> str | None:
+    """The API's own status string of a job model (``status`` or Metafold's ``state``)."""
+    value = getattr(job, "status", None)
+    if value is None:
+        value = getattr(job, "state", None)
+    return value if isinstance(value, str) else None
+
+
+def job_record(event: str, kind: str, job: Any) -> dict[str, Any]:
+    """The JSON-lines record of ``job`` for ``event``."""
+    return {
+        "event": event,
+        "kind": kind,
+        "id": job.id,
+        "state": job.job_state.value,
+        "status": raw_status(job),
+        "progress": job.progress,
+        "error": job.error,
+        "job": msgspec.to_builtins(job),
+    }
+
+
+def _label(job: Any) -> str:
+    phase = getattr(job, "phase", None)
+    status = raw_status(job) or "?"
+    return f"{status} · {phase}" if isinstance(phase, str) and phase else status
+
+
+class Output(abc.ABC):
+    """The renderer interface the CLI writes through."""
+
+    @abc.abstractmethod
+    def item(self, kind: str, job: Any) -> None:
+        """One item of a listing."""
+
+    def end_items(self) -> None:  # noqa: B027 - optional hook; most outputs stream items
+        """The listing is complete."""
+
+    @abc.abstractmethod
+    def job(self, kind: str, job: Any) -> None:
+        """One fetched job, in full."""
+
+    @abc.abstractmethod
+    def update(self, kind: str, job: Any) -> None:
+        """A watched job changed."""
+
+    @abc.abstractmethod
+    def final(self, kind: str, job: Any) -> None:
+        """A watched job reached its final state."""
+
+    @abc.abstractmethod
+    def summary(self, rows: list[dict[str, Any]]) -> None:
+        """The closing table of a demo or multi-job wait."""
+
+    @contextmanager
+    def watching(self) -> Iterator[None]:
+        """Wraps a wait (live progress display on a terminal)."""
+        yield
+
+    def error(self, message: str) -> None:
+        """One line on standard error."""
+        print(f"error: {message}", file=sys.stderr, flush=True)
+
+
+class JsonOutput(Output):
+    """One JSON object per line on ``stream``."""
+
+    def __init__(self, stream: IO[str] | None = None) -> None:
+        self._stream = stream or sys.stdout
+        self._encoder = msgspec.json.Encoder()
+
+    def _write(self, record: dict[str, Any]) -> None:
+        self._stream.write(self._encoder.encode(record).decode() + "\n")
+        self._stream.flush()
+
+    def item(self, kind: str, job: Any) -> None:
+        """One ``item`` line."""
+        self._write(job_record("item", kind, job))
+
+    def job(self, kind: str, job: Any) -> None:
+        """One ``job`` line."""
+        self._write(job_record("job", kind, job))
+
+    def update(self, kind: str, job: Any) -> None:
+        """One ``update`` line."""
+        self._write(job_record("update", kind, job))
+
+    def final(self, kind: str, job: Any) -> None:
+        """One ``final`` line."""
+        self._write(job_record("final", kind, job))
+
+    def summary(self, rows: list[dict[str, Any]]) -> None:
+        """One ``summary`` line per row."""
+        for row in rows:
+            self._write({"event": "summary", **row})
+
+
+class RichOutput(Output):
+    """Tables and live progress bars for a terminal (needs the ``cli`` extra: rich)."""
+
+    def __init__(self, console: Any = None) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.console = console or Console()
+        self._progress = Progress(
+            TextColumn("{task.fields[kind]:<22} {task.fields[short]:<10}"),
+            BarColumn(bar_width=30),
+            TextColumn("{task.percentage:>5.0f}%"),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=False,
+        )
+        self._tasks: dict[tuple[str, str], Any] = {}
+        self._table: Any = None
+        self._started = time.monotonic()
+
+    def item(self, kind: str, job: Any) -> None:
+        """A row of the listing table."""
+        from rich.table import Table
+
+        if self._table is None:
+            self._table = Table("id", "state", "status", "progress", "created", "error")
+        created = getattr(job, "created_at", None) or getattr(job, "created", None)
+        progress = "" if job.progress is None else f"{job.progress:.0%}"
+        self._table.add_row(
+            job.id, job.job_state.value, _label(job), progress, str(created or ""), job.error or ""
+        )
+
+    def end_items(self) -> None:
+        """Print the table."""
+        if self._table is None:
+            self.console.print("(no items)")
+        else:
+            self.console.print(self._table)
+        self._table = None
+
+    def job(self, kind: str, job: Any) -> None:
+        """A key/value view of one job."""
+        from rich.table import Table
+
+        table = Table(show_header=False, title=f"{kind} {job.id}")
+        table.add_row("state", job.job_state.value)
+        for key, value in msgspec.to_builtins(job).items():
+            if value not in (None, [], {}, ""):
+                text = str(value)
+                table.add_row(key, text if len(text) < 200 else text[:200] + "…")
+        self.console.print(table)
+
+    def _task(self, kind: str, job: Job) -> Any:
+        key = (kind, job.id)
+        if key not in self._tasks:
+            self._tasks[key] = self._progress.add_task(
+                _label(job), total=1.0, kind=kind, short=job.id[:8]
+            )
+        return self._tasks[key]
+
+    def update(self, kind: str, job: Any) -> None:
+        """Move the job's progress bar."""
+        task = self._task(kind, job)
+        done = 1.0 if job.is_terminal else (job.progress or 0.0)
+        self._progress.update(task, completed=done, description=_label(job))
+
+    def final(self, kind: str, job: Any) -> None:
+        """Mark the job's bar with its outcome."""
+        task = self._task(kind, job)
+        colour = {"succeeded": "green", "failed": "red", "canceled": "yellow"}.get(
+            job.job_state.value, "white"
+        )
+        outcome = f"[{colour}]{job.job_state.value}[/]"
+        if job.error:
+            outcome += f" ({job.error})"
+        self._progress.update(task, completed=1.0, description=outcome)
+
+    @contextmanager
+    def watching(self) -> Iterator[None]:
+        """Show live bars while the wait runs."""
+        with self._progress:
+            yield
+
+    def summary(self, rows: list[dict[str, Any]]) -> None:
+        """The closing table."""
+        from rich.table import Table
+
+        table = Table("id", "kind", "final state", "duration", "error", title="summary")
+        for row in rows:
+            table.add_row(
+                row["id"][:8],
+                row["kind"],
+                row["state"],
+                f"{row['duration']:.2f}s",
+                row.get("error") or "",
+            )
+        self.console.print(table)
+
+
+class PlainOutput(JsonOutput):
+    """Fallback for a terminal without rich installed: JSON lines too."""
+
+
+def make_output(json_mode: bool, stream: IO[str] | None = None) -> Output:
+    """JSON lines unless writing to a terminal with rich available."""
+    stream = stream or sys.stdout
+    if json_mode or not stream.isatty():
+        return JsonOutput(stream)
+    try:
+        return RichOutput()
+    except ImportError:
+        return PlainOutput(stream)

@@ -1,0 +1,286 @@
+"""The ``async-jobs`` command (also ``python -m async_jobs``).
+
+Exit codes: 0 the job succeeded (or the command worked), 1 the job failed or was canceled,
+2 usage error, 3 timeout, 4 API, network or authentication error (a missing token included),
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from ._cli_output import Output, make_output
+from ._client import from_env
+from ._errors import ApiError, AsyncJobsError, WaitTimeout
+from ._poll import JobRef, wait_until_terminal
+from ._version import __version__
+from .models._state import JobState
+from .models.zoo import OPERATION_SORT_MODES, OPERATION_STATUSES
+from .zoo import ZooClient
+
+__all__ = ["EXIT_CODES", "main"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_TIMEOUT = 3
+EXIT_API = 4
+EXIT_INTERRUPTED = 130
+EXIT_CODES = {
+    EXIT_OK: "succeeded",
+    EXIT_FAILED: "the job failed or was canceled",
+    EXIT_USAGE: "usage error",
+    EXIT_TIMEOUT: "timeout",
+    EXIT_API: "API, network or authentication error",
+    EXIT_INTERRUPTED: "interrupted",
+}
+EPILOG = "exit codes:\n" + "\n".join(f"  {code:>3}  {text}" for code, text in EXIT_CODES.items())
+
+Handler = Callable[[argparse.Namespace, Output], Awaitable[int]]
+
+
+class MissingToken(AsyncJobsError):
+    """No credential was found for the API a command talks to."""
+
+
+def _read_token_file(path: str | None) -> str | None:
+    if not path:
+        return None
+    try:
+        return Path(path).read_text().strip() or None
+    except OSError as exc:
+        raise MissingToken(f"cannot read --token-file {path}: {exc.strerror}") from None
+
+
+def zoo_client(args: argparse.Namespace) -> ZooClient:
+    """A ZooClient from --token-file / --base-url or the environment."""
+    token = _read_token_file(args.token_file) or from_env(
+        None, "ZOO_API_TOKEN", "KITTYCAD_API_TOKEN"
+    )
+    if not token:
+        raise MissingToken(
+            "no Zoo API token: set ZOO_API_TOKEN (or KITTYCAD_API_TOKEN), or pass --token-file"
+        )
+    return ZooClient(token=token, base_url=args.base_url)
+
+
+def exit_code_for(job: Any) -> int:
+    """0 for a succeeded job, 1 for a failed or canceled one."""
+    return EXIT_OK if job.job_state is JobState.SUCCEEDED else EXIT_FAILED
+
+
+async def wait_and_show(
+    ref: JobRef[Any], out: Output, timeout: float | None, poll: Any = None
+) -> int:
+    """Wait for ``ref`` showing every change, then the final record; the exit code."""
+    with out.watching():
+        final = await wait_until_terminal(
+            ref, timeout=timeout, poll=poll, on_update=lambda job: out.update(ref.kind, job)
+        )
+        out.final(ref.kind, final)
+    return exit_code_for(final)
+
+
+# -- zoo ops ----------------------------------------------------------------------------------
+
+
+async def zoo_ops_list(args: argparse.Namespace, out: Output) -> int:
+    """``zoo ops list``."""
+    async with zoo_client(args) as zoo:
+        async for op in zoo.iter_async_operations(
+            status=args.status or None,
+            sort_by=args.sort,
+            limit=args.limit,
+            max_items=args.max_items,
+        ):
+            out.item("zoo.async_operation", op)
+    out.end_items()
+    return EXIT_OK
+
+
+async def zoo_ops_get(args: argparse.Namespace, out: Output) -> int:
+    """``zoo ops get ID``."""
+    async with zoo_client(args) as zoo:
+        out.job("zoo.async_operation", await zoo.get_async_operation(args.id))
+    return EXIT_OK
+
+
+async def zoo_ops_wait(args: argparse.Namespace, out: Output) -> int:
+    """``zoo ops wait ID``."""
+    async with zoo_client(args) as zoo:
+        return await wait_and_show(zoo.async_operation(args.id), out, args.timeout)
+
+
+# -- demo and fake server ---------------------------------------------------------------------
+
+
+async def demo(args: argparse.Namespace, out: Output) -> int:
+    """``demo``: the embedded fake server, a realistic mix of jobs, watched to the end."""
+    from ._demo import run_demo
+
+    await run_demo(out, speed=args.speed)
+    return EXIT_OK
+
+
+async def fake_server(args: argparse.Namespace, out: Output) -> int:
+    """``fake-server``: serve until interrupted."""
+    from .testing import FakeApiServer
+    from .testing._scenarios import populate
+
+    token = _read_token_file(args.token_file) or os.environ.get("ASYNC_JOBS_FAKE_TOKEN")
+    server = FakeApiServer(host=args.host, port=args.port)
+    if token:
+        server.token = token
+    async with server:
+        server.clock.speed = args.speed
+        populate(server, args.scenario)
+        print(f"FakeApiServer listening on {server.url}", flush=True)
+        print(f"token: {'(from --token-file)' if token else server.token}", flush=True)
+        await anyio.sleep_forever()
+    return EXIT_OK  # pragma: no cover - only interruption ends the server
+
+
+# -- parser -----------------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be >= 1")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError("must be >= 0 seconds")
+    return value
+
+
+def _global_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--base-url", default=argparse.SUPPRESS, help="API base URL")
+    common.add_argument(
+        "--token-file",
+        default=argparse.SUPPRESS,
+        help="read the API token from this file (otherwise from the environment)",
+    )
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="JSON lines output"
+    )
+    common.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging"
+    )
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``async-jobs``."""
+    common = _global_options()
+    parser = argparse.ArgumentParser(
+        prog="async-jobs",
+        description="Watch remote long-running jobs: Zoo async operations, Zoo dataset "
+        "conversions, Metafold jobs and workflows.",
+        epilog=EPILOG,
+        parents=[common],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"async-jobs {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def leaf(group: Any, name: str, handler: Handler, help: str) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = group.add_parser(
+            name,
+            help=help,
+            description=help,
+            epilog=EPILOG,
+            parents=[common],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        sub.set_defaults(handler=handler)
+        return sub
+
+    p = leaf(commands, "demo", demo, "run a demo against the embedded fake server (no token)")
+    p.add_argument("--speed", type=float, default=1.0, help="scale the fake's timelines")
+
+    p = leaf(commands, "fake-server", fake_server, "run the fake API server until interrupted")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    p.add_argument("--scenario", choices=["demo", "empty"], default="demo")
+    p.add_argument("--speed", type=float, default=1.0, help="scale the fake's timelines")
+
+    zoo = commands.add_parser("zoo", help="the Zoo API", parents=[common])
+    zoo_groups = zoo.add_subparsers(dest="group", metavar="GROUP", required=True)
+    ops = zoo_groups.add_parser("ops", help="async operations", parents=[common])
+    ops_cmds = ops.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = leaf(ops_cmds, "list", zoo_ops_list, "list async operations")
+    p.add_argument(
+        "--status", action="append", choices=OPERATION_STATUSES, help="repeatable; default all"
+    )
+    p.add_argument("--sort", choices=OPERATION_SORT_MODES, default="created_at_descending")
+    p.add_argument("--limit", type=_positive_int, help="page size")
+    p.add_argument("--max-items", type=_positive_int)
+    p = leaf(ops_cmds, "get", zoo_ops_get, "get one async operation")
+    p.add_argument("id")
+    p = leaf(ops_cmds, "wait", zoo_ops_wait, "wait for an async operation to finish")
+    p.add_argument("id")
+    p.add_argument("--timeout", type=_seconds, help="seconds (default: no limit)")
+    return parser
+
+
+def _configure_logging(verbose: bool) -> None:
+    if verbose:
+        logging.basicConfig(
+            level=logging.DEBUG, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        logging.getLogger("async_jobs").setLevel(logging.DEBUG)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ApiError):
+        text = f"HTTP {exc.status}: {exc.message}"
+        if exc.code:
+            text += f" [{exc.code}]"
+        if exc.request_id:
+            text += f" (request id {exc.request_id})"
+        return text
+    return str(exc)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name, default in (
+        ("base_url", None),
+        ("token_file", None),
+        ("json", False),
+        ("verbose", False),
+    ):
+        if not hasattr(args, name):
+            setattr(args, name, default)
+    _configure_logging(args.verbose)
+    out = make_output(args.json)
+    handler: Handler = args.handler
+    try:
+        return anyio.run(handler, args, out)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+    except WaitTimeout as exc:
+        out.error(str(exc))
+        return EXIT_TIMEOUT
+    except (AsyncJobsError, ValueError) as exc:
+        if args.verbose:
+            traceback.print_exc()
+        out.error(_describe(exc))
+        return EXIT_USAGE if isinstance(exc, ValueError) else EXIT_API

@@ -1,0 +1,220 @@
+"""The real ``async-jobs`` console script, run in subprocesses against FakeApiServer."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+import async_jobs as aj
+from async_jobs.testing import FakeApiServer
+
+from .conftest import TOKEN, eventually
+
+SCRIPT = Path(sys.executable).with_name("async-jobs")
+TOKEN_VARIABLES = ("ZOO_API_TOKEN", "KITTYCAD_API_TOKEN", "ZOO_HOST")
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in TOKEN_VARIABLES}
+    env.update(extra)
+    return env
+
+
+def _command(*args: str) -> list[str]:
+    if SCRIPT.exists():
+        return [str(SCRIPT), *args]
+    return [sys.executable, "-m", "async_jobs", *args]
+
+
+def _lines(stdout: bytes) -> list[dict[str, object]]:
+    return [json.loads(line) for line in stdout.decode().splitlines() if line.strip()]
+
+
+def test_console_script_is_installed() -> None:
+    assert SCRIPT.exists(), "pip install should have created the async-jobs script"
+
+
+def test_demo_json_ends_with_every_job_in_its_expected_state() -> None:
+    result = subprocess.run(
+        _command("demo", "--json", "--speed", "4"), capture_output=True, env=_env(), timeout=60
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    records = _lines(result.stdout)
+    summary = [r for r in records if r["event"] == "summary"]
+    assert len(summary) >= 5
+    assert all(r["state"] == r["expected_state"] for r in summary), summary
+    finals = {r["id"] for r in records if r["event"] == "final"}
+    assert finals == {r["id"] for r in summary}
+    assert b"Traceback" not in result.stderr
+
+
+def test_help_documents_exit_codes() -> None:
+    result = subprocess.run(_command("--help"), capture_output=True, env=_env(), timeout=30)
+    assert result.returncode == 0
+    text = " ".join(result.stdout.decode().split())
+    for code in ("0 succeeded", "1 the job failed", "2 usage", "3 timeout", "4 API", "130"):
+        assert code in text
+
+
+def test_usage_error_exits_2() -> None:
+    result = subprocess.run(
+        _command("zoo", "ops", "list", "--limit", "0"), capture_output=True, env=_env(), timeout=30
+    )
+    assert result.returncode == 2
+
+
+def test_missing_token_is_one_clear_line() -> None:
+    result = subprocess.run(
+        _command("zoo", "ops", "get", "x", "--base-url", "http://127.0.0.1:9"),
+        capture_output=True,
+        env=_env(),
+        timeout=30,
+    )
+    assert result.returncode == 4
+    lines = result.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and "ZOO_API_TOKEN" in lines[0]
+
+
+@pytest.mark.anyio
+async def test_wait_exit_codes(server: FakeApiServer) -> None:
+    done = server.zoo.add_operation(timeline=[("in_progress", 0.05), ("completed", None)])
+    failed = server.zoo.add_operation(timeline=[("failed", None)], error="boom")
+    stuck = server.zoo.add_operation(timeline=[("in_progress", None)])
+    env = _env(ZOO_API_TOKEN=TOKEN, ZOO_HOST=server.url)
+    cases = [
+        (done.id, [], 0),
+        (failed.id, [], 1),
+        (stuck.id, ["--timeout", "0.3"], 3),
+        ("no-such-op", [], 4),
+    ]
+    for op_id, extra, expected in cases:
+        result = await anyio.run_process(
+            _command("zoo", "ops", "wait", op_id, "--json", *extra), env=env, check=False
+        )
+        assert result.returncode == expected, (op_id, result.stderr.decode())
+        assert b"Traceback" not in result.stderr
+        assert TOKEN.encode() not in result.stdout + result.stderr
+        if expected in (0, 1):
+            final = _lines(result.stdout)[-1]
+            assert final["event"] == "final" and final["id"] == op_id
+    not_found = result.stderr.decode()
+    assert "HTTP 404" in not_found and "request id" in not_found
+
+
+@pytest.mark.anyio
+async def test_list_and_get(server: FakeApiServer, tmp_path: Path) -> None:
+    ops = [server.zoo.add_operation(timeline=[("completed", None)]) for _ in range(5)]
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    env = _env()
+    common = ["--base-url", server.url, "--token-file", str(token_file), "--json"]
+    listed = await anyio.run_process(
+        _command("zoo", "ops", "list", "--status", "completed", "--limit", "2", *common), env=env
+    )
+    items = _lines(listed.stdout)
+    assert [i["id"] for i in items] == [op.id for op in reversed(ops)]
+    got = await anyio.run_process(_command("zoo", "ops", "get", ops[0].id, *common), env=env)
+    (record,) = _lines(got.stdout)
+    assert record["event"] == "job" and record["state"] == "succeeded"
+
+
+def test_fake_server_answers_cli_and_library(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    proc = subprocess.Popen(
+        _command(
+            "fake-server", "--port", "0", "--scenario", "demo", "--token-file", str(token_file)
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_env(),
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline().decode()
+        assert "listening on" in first
+        url = first.split()[-1]
+        assert TOKEN.encode() not in proc.stdout.readline()
+        common = ["--base-url", url, "--token-file", str(token_file), "--json"]
+        listed = subprocess.run(
+            _command("zoo", "ops", "list", *common), capture_output=True, env=_env(), timeout=30
+        )
+        assert listed.returncode == 0, listed.stderr.decode()
+        op_id = _lines(listed.stdout)[0]["id"]
+        got = subprocess.run(
+            _command("zoo", "ops", "get", str(op_id), *common),
+            capture_output=True,
+            env=_env(),
+            timeout=30,
+        )
+        assert got.returncode == 0 and _lines(got.stdout)[0]["id"] == op_id
+
+        async def library_get() -> aj.AsyncOperation:
+            async with aj.ZooClient(token=TOKEN, base_url=url) as zoo:
+                return await zoo.get_async_operation(str(op_id))
+
+        assert anyio.run(library_get).id == op_id
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 130
+    assert b"Traceback" not in err
+
+
+@pytest.mark.anyio
+async def test_sigint_during_wait_exits_130_promptly(server: FakeApiServer) -> None:
+    stuck = server.zoo.add_operation(timeline=[("in_progress", None)])
+    env = _env(ZOO_API_TOKEN=TOKEN, ZOO_HOST=server.url)
+    async with await anyio.open_process(
+        _command("zoo", "ops", "wait", stuck.id, "--json"), env=env
+    ) as proc:
+        await eventually(lambda: any(r.path.endswith(stuck.id) for r in server.requests))
+        proc.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        with anyio.fail_after(5):
+            code = await proc.wait()
+        elapsed = time.monotonic() - sent
+        assert proc.stderr is not None
+        err = await proc.stderr.receive() if code else b""
+    assert code == 130
+    assert elapsed < 1.0
+    assert b"Traceback" not in err and b"Task was destroyed" not in err
+
+
+def test_terminal_rendering_with_rich_recording_console() -> None:
+    rich_console = pytest.importorskip("rich.console")
+    from async_jobs._cli_output import RichOutput
+
+    console = rich_console.Console(record=True, width=120, file=io.StringIO())
+    out = RichOutput(console=console)
+    op = aj.AsyncOperation(id="0ca1531a-ac9b", status="in_progress", type="file_volume")
+    done = aj.AsyncOperation(id="0ca1531a-ac9b", status="failed", error="bad mesh")
+    with out.watching():
+        out.update("zoo.async_operation", op)
+        out.final("zoo.async_operation", done)
+    out.summary(
+        [
+            {
+                "id": done.id,
+                "kind": "zoo.async_operation",
+                "state": "failed",
+                "duration": 1.5,
+                "error": "bad mesh",
+            }
+        ]
+    )
+    out.item("zoo.async_operation", done)
+    out.end_items()
+    text = console.export_text()
+    assert "0ca1531a" in text and "failed (bad mesh)" in text
+    assert "summary" in text and "1.50s" in text
+    assert "final state" in text
