@@ -40,6 +40,8 @@ class BaseClient:
         poll: PollPolicy | None,
         max_body_size: int,
         allow_insecure_http: bool,
+        rate_limit: float | None = None,
+        max_concurrency: int | None = None,
     ) -> None:
         self._http = HttpTransport(
             base_url,
@@ -49,6 +51,8 @@ class BaseClient:
             retry=retry,
             max_body_size=max_body_size,
             allow_insecure_http=allow_insecure_http,
+            rate_limit=rate_limit,
+            max_concurrency=max_concurrency,
         )
         self.poll = poll or PollPolicy()
 
@@ -61,6 +65,13 @@ class BaseClient:
     def retry(self) -> RetryPolicy:
         """The retry policy of every request this client sends."""
         return self._http.retry
+
+    def set_limits(
+        self, *, rate_limit: float | None = None, max_concurrency: int | None = None
+    ) -> None:
+        """Cap this client's requests per second and requests in flight, shared by every call
+        and every wait that uses it (None leaves a limit as it is)."""
+        self._http.set_limits(rate_limit=rate_limit, max_concurrency=max_concurrency)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self.base_url!r})"

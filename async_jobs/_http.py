@@ -34,6 +34,7 @@ from ._errors import (
     TransportError,
 )
 from ._policy import RetryPolicy, next_delay, parse_retry_after
+from ._ratelimit import RateLimiter
 from ._redact import redact, register_secret, unregister_secret
 from ._version import __version__
 
@@ -167,6 +168,8 @@ class _ErrorBody(msgspec.Struct):
     description: str | None = None  # Metafold
     msg: str | None = None  # Metafold, legacy
     errors: list[_FieldError] | None = None  # Metafold, legacy
+    error: Any = None  # OAuth2 token endpoints (RFC 6749 5.2): a string code
+    error_description: str | None = None  # OAuth2 token endpoints
 
 
 _error_decoder = msgspec.json.Decoder(_ErrorBody)
@@ -198,9 +201,18 @@ def error_for_response(response: Response, secrets: Sequence[str] = ()) -> ApiEr
         field_errors = "; ".join(
             f"{e.field}: {e.msg}" if e.field else (e.msg or "") for e in parsed.errors or ()
         )
-        message = parsed.message or parsed.description or parsed.msg or field_errors or ""
+        message = (
+            parsed.message
+            or parsed.description
+            or parsed.msg
+            or field_errors
+            or parsed.error_description
+            or ""
+        )
         if parsed.error_code:
             code = parsed.error_code
+        elif isinstance(parsed.error, str) and parsed.error:
+            code = parsed.error
         elif parsed.name:
             code = parsed.name
         elif isinstance(parsed.code, str):
@@ -272,8 +284,13 @@ class HttpTransport:
         retry: RetryPolicy | None = None,
         max_body_size: int = DEFAULT_MAX_BODY_SIZE,
         allow_insecure_http: bool = False,
+        rate_limit: float | None = None,
+        max_concurrency: int | None = None,
     ) -> None:
         self.base_url = check_base_url(base_url, allow_insecure_http=allow_insecure_http)
+        self.limiter = RateLimiter(rate_limit)
+        self._concurrency: anyio.CapacityLimiter | None = None
+        self.set_limits(rate_limit=rate_limit, max_concurrency=max_concurrency)
         self._auth = auth
         for secret in auth.secrets():
             register_secret(secret)
@@ -286,6 +303,18 @@ class HttpTransport:
 
     def __repr__(self) -> str:
         return f"HttpTransport(base_url={self.base_url!r})"
+
+    def set_limits(
+        self, *, rate_limit: float | None = None, max_concurrency: int | None = None
+    ) -> None:
+        """Cap this client's requests per second and requests in flight (None: no cap; a 429
+        still slows the client down by itself)."""
+        if rate_limit is not None:
+            self.limiter = RateLimiter(rate_limit)
+        if max_concurrency is not None:
+            if max_concurrency < 1:
+                raise ValueError("max_concurrency must be >= 1")
+            self._concurrency = anyio.CapacityLimiter(max_concurrency)
 
     @property
     def secrets(self) -> Sequence[str]:
@@ -363,7 +392,19 @@ class HttpTransport:
         attempt = 0
         while True:
             try:
-                response = await self._send_once(method, url, data, json, authenticate)
+                await self.limiter.acquire()
+                if self._concurrency is None:
+                    response = await self._send_once(method, url, data, json, authenticate)
+                else:
+                    async with self._concurrency:
+                        response = await self._send_once(method, url, data, json, authenticate)
+                if response.status == 429:
+                    self.limiter.throttled(
+                        anyio.current_time(),
+                        parse_retry_after(
+                            response.headers.get("Retry-After"), datetime.now(timezone.utc)
+                        ),
+                    )
                 if response.status == 401 and authenticate and not refreshed:
                     refreshed = True
                     if await self._auth.refresh():
