@@ -19,23 +19,38 @@ from ._errors import (
 )
 from ._paging import Page
 from ._policy import PollPolicy, RetryPolicy, next_delay
-from ._poll import Job, JobRef, wait_until_terminal, watch
+from ._poll import ActiveListing, Job, JobRef, wait_until_terminal, watch
 from ._version import __version__
+from ._watcher import Watcher
+from .metafold import MetafoldClient, MetafoldQuery, wait_for_workflow_jobs
+from .metafold import Not as MetafoldNot
+from .metafold import q as metafold_q
 from .models._state import TERMINAL_STATES, JobState
-from .models.zoo import AsyncOperation
+from .models.metafold import MetafoldAsset, MetafoldIO, MetafoldJob, MetafoldWorkflow
+from .models.zoo import AsyncOperation, DatasetConversion, DatasetSnapshotImage
 from .zoo import ZooClient
 
 __all__ = [
+    "ActiveListing",
     "ApiError",
     "AsyncJobsError",
     "AsyncOperation",
     "AuthenticationError",
     "BadRequestError",
+    "DatasetConversion",
+    "DatasetSnapshotImage",
     "DecodeError",
     "Job",
     "JobFailed",
     "JobRef",
     "JobState",
+    "MetafoldAsset",
+    "MetafoldClient",
+    "MetafoldIO",
+    "MetafoldJob",
+    "MetafoldNot",
+    "MetafoldQuery",
+    "MetafoldWorkflow",
     "NotFoundError",
     "Page",
     "PollPolicy",
@@ -45,9 +60,12 @@ __all__ = [
     "TERMINAL_STATES",
     "TransportError",
     "WaitTimeout",
+    "Watcher",
     "ZooClient",
     "__version__",
+    "metafold_q",
     "next_delay",
+    "wait_for_workflow_jobs",
     "wait_until_terminal",
     "watch",
 ]

@@ -4,11 +4,13 @@ transport it owns, and the async context manager protocol."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ._http import Auth, ClientSession, HttpTransport
 from ._policy import PollPolicy, RetryPolicy
+from ._poll import ActiveListing, JobRef
 
 __all__ = ["BaseClient", "from_env"]
 
@@ -55,6 +57,17 @@ class BaseClient:
             max_concurrency=max_concurrency,
         )
         self.poll = poll or PollPolicy()
+        self._listings: dict[Hashable, ActiveListing[Any]] = {}
+
+    def _ref_factories(self) -> Mapping[str, Callable[..., JobRef[Any]]]:
+        """JobRef kind -> the method that makes such a ref from its ids."""
+        return {}
+
+    def job_ref(self, kind: str, ids: Sequence[str]) -> JobRef[Any] | None:
+        """The ref of ``kind`` with ``ids`` if this client serves that kind, else None (how
+        :meth:`JobRef.from_token` and :meth:`Watcher.restore` find a job's client)."""
+        factory = self._ref_factories().get(kind)
+        return factory(*ids) if factory is not None else None
 
     @property
     def base_url(self) -> str:

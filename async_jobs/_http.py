@@ -392,12 +392,15 @@ class HttpTransport:
         attempt = 0
         while True:
             try:
+                # The credential comes first, outside the concurrency slot: getting it may
+                # itself send a request through this transport (an OAuth2 token exchange).
+                authorization = await self._auth.authorization() if authenticate else None
                 await self.limiter.acquire()
                 if self._concurrency is None:
-                    response = await self._send_once(method, url, data, json, authenticate)
+                    response = await self._send_once(method, url, data, json, authorization)
                 else:
                     async with self._concurrency:
-                        response = await self._send_once(method, url, data, json, authenticate)
+                        response = await self._send_once(method, url, data, json, authorization)
                 if response.status == 429:
                     self.limiter.throttled(
                         anyio.current_time(),
@@ -439,12 +442,11 @@ class HttpTransport:
                 await anyio.sleep(delay)
 
     async def _send_once(
-        self, method: str, url: URL, data: Any, json: Any, authenticate: bool
+        self, method: str, url: URL, data: Any, json: Any, authorization: str | None
     ) -> Response:
         """One attempt, following redirects by hand so credentials never cross origins."""
         session = self._get_session()
         headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
-        authorization = await self._auth.authorization() if authenticate else None
         origin = url
         for _ in range(MAX_REDIRECTS + 1):
             send_headers = dict(headers)

@@ -83,8 +83,11 @@ async def iter_items(
     fetch: FetchPage[T], *, max_items: int | None = None
 ) -> AsyncGenerator[T, None]:
     """Every item of one paginated stream, fetching the next page ahead."""
-    async for item in merge_streams([fetch], key=None, max_items=max_items):
-        yield item
+    # aclosing: leaving early must close the inner stream (and cancel its prefetch) now,
+    # not whenever the garbage collector finalises it.
+    async with contextlib.aclosing(merge_streams([fetch], key=None, max_items=max_items)) as items:
+        async for item in items:
+            yield item
 
 
 async def merge_streams(

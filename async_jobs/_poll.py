@@ -6,15 +6,24 @@ The poller knows only how to fetch a job (the ref) and what the job says about i
 
 from __future__ import annotations
 
+import base64
 import inspect
 import logging
 import math
 import random
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Hashable,
+    Sequence,
+)
 from contextlib import aclosing
 from typing import Any, Generic, Protocol, TypeVar
 
 import anyio
+import msgspec
 
 from ._errors import (
     ApiError,
@@ -30,7 +39,7 @@ from ._errors import (
 from ._policy import PollPolicy, next_delay
 from .models._state import JobState
 
-__all__ = ["Job", "JobRef", "watch", "wait_until_terminal"]
+__all__ = ["ActiveListing", "Job", "JobRef", "wait_all", "wait_until_terminal", "watch"]
 
 logger = logging.getLogger("async_jobs")
 
@@ -74,13 +83,31 @@ FATAL_ERRORS: tuple[type[Exception], ...] = (BadRequestError, AuthenticationErro
 MISSED_POLL_ERRORS: tuple[type[Exception], ...] = (ApiError, TransportError, DecodeError)
 
 
+TOKEN_VERSION = 1
+
+
+class ActiveListing(Generic[J_co]):
+    """How to list, in one paged sweep, every active job of a group (a Zoo dataset, a
+    Metafold project, ...); a :class:`~async_jobs.Watcher` polls such a group through it.
+    Jobs are matched to refs by ``job.id == ref.ids[-1]``."""
+
+    __slots__ = ("key", "list_active")
+
+    def __init__(self, key: Hashable, list_active: Callable[[], AsyncIterator[J_co]]) -> None:
+        self.key = key
+        self.list_active = list_active
+
+    def __repr__(self) -> str:
+        return f"ActiveListing({self.key!r})"
+
+
 class JobRef(Generic[J_co]):
     """A handle on one remote job: its kind, its ids, and how to fetch it.
 
     Clients make these (``zoo.async_operation(id)``, ``mf.job(id)``, ...); anything with an
     async ``fetch`` returning a job model can be waited on."""
 
-    __slots__ = ("_fetch", "ids", "kind", "poll")
+    __slots__ = ("_fetch", "ids", "kind", "listing", "poll")
 
     def __init__(
         self,
@@ -89,11 +116,37 @@ class JobRef(Generic[J_co]):
         fetch: Callable[[], Awaitable[J_co]],
         *,
         poll: PollPolicy | None = None,
+        listing: ActiveListing[Any] | None = None,
     ) -> None:
         self.kind = kind
         self.ids = ids
         self.poll = poll  # the client's default schedule, used when a wait names none
+        self.listing = listing  # how a Watcher lists this job with its active siblings
         self._fetch = fetch
+
+    def to_token(self) -> str:
+        """A resume token: the job's kind and ids, never a credential. Rebuild the ref in
+        another process with :meth:`from_token`."""
+        payload = msgspec.json.encode([TOKEN_VERSION, self.kind, list(self.ids)])
+        return base64.urlsafe_b64encode(payload).decode().rstrip("=")
+
+    @staticmethod
+    def from_token(token: str, *clients: Any) -> JobRef[Any]:
+        """The ref a :meth:`to_token` token names, made by whichever of ``clients`` serves
+        its kind (``ValueError`` if the token is malformed or no client serves it)."""
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+            version, kind, ids = msgspec.json.decode(raw, type=tuple[int, str, tuple[str, ...]])
+        except (ValueError, msgspec.DecodeError, msgspec.ValidationError):
+            raise ValueError("not a JobRef token") from None
+        if version != TOKEN_VERSION:
+            raise ValueError(f"unsupported JobRef token version {version}")
+        for client in clients:
+            make = getattr(client, "job_ref", None)
+            ref = make(kind, ids) if make is not None else None
+            if ref is not None:
+                return ref  # type: ignore[no-any-return]
+        raise ValueError(f"none of the given clients serves {kind!r} jobs")
 
     @property
     def key(self) -> str:
@@ -184,3 +237,72 @@ async def wait_until_terminal(
     # watch() only ends after a terminal job, so the deadline is what stopped us.
     state = last.job_state.value if last is not None else "never seen"
     raise WaitTimeout(f"{ref.key} not terminal after {timeout}s (last: {state})", last=last)
+
+
+async def wait_all(
+    refs: Sequence[JobRef[J]],
+    *,
+    timeout: float | None = None,
+    poll: PollPolicy | None = None,
+    on_update: OnUpdate[J] | None = None,
+    fail_fast: bool = False,
+    max_concurrency: int = 8,
+) -> list[J]:
+    """Wait for every ref concurrently and return the terminal jobs in the order of ``refs``.
+
+    Every job is watched from the start, with at most ``max_concurrency`` requests in flight
+    at once (so a slow job never holds up the others). A failed or canceled job is a result,
+    unless ``fail_fast``: then the first one seen raises :class:`~async_jobs.JobFailed` and
+    every other wait is cancelled. A fatal error of one wait (400, 401/403, 404) cancels the
+    rest and is raised as is (never inside an exception group). Past ``timeout`` raises
+    :class:`~async_jobs.WaitTimeout` whose ``.last`` lists the last job seen per ref (None if
+    never seen). No task outlives the call.
+    """
+    if timeout is not None and (math.isnan(timeout) or timeout < 0):
+        raise ValueError("timeout must be >= 0 or None")
+    if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int):
+        raise ValueError(f"max_concurrency must be an int >= 1, got {max_concurrency!r}")
+    if max_concurrency < 1:
+        raise ValueError(f"max_concurrency must be an int >= 1, got {max_concurrency!r}")
+    latest: dict[int, J] = {}
+    done: dict[int, J] = {}
+    errors: list[Exception] = []
+    limiter = anyio.CapacityLimiter(max_concurrency)
+
+    def limited(ref: JobRef[J]) -> JobRef[J]:
+        async def fetch() -> J:
+            async with limiter:
+                return await ref.fetch()
+
+        return JobRef(ref.kind, ref.ids, fetch, poll=ref.poll)
+
+    async def wait_one(index: int, ref: JobRef[J], scope: anyio.CancelScope) -> None:
+        try:
+            async with aclosing(watch(limited(ref), poll=poll)) as updates:
+                async for job in updates:
+                    latest[index] = job
+                    if on_update is not None:
+                        await _notify(on_update, job)
+        except Exception as exc:  # one wait's error ends them all, raised below
+            errors.append(exc)
+            scope.cancel()
+            return
+        job = latest[index]
+        done[index] = job
+        if fail_fast and job.job_state in (JobState.FAILED, JobState.CANCELED):
+            errors.append(JobFailed(job))
+            scope.cancel()
+
+    with anyio.move_on_after(timeout):
+        async with anyio.create_task_group() as tg:
+            for index, ref in enumerate(refs):
+                tg.start_soon(wait_one, index, ref, tg.cancel_scope)
+    if errors:
+        raise errors[0]
+    if len(done) < len(refs):
+        missing = len(refs) - len(done)
+        raise WaitTimeout(
+            f"{missing} of {len(refs)} jobs not terminal after {timeout}s",
+            last=[latest.get(index) for index in range(len(refs))],
+        )
+    return [done[index] for index in range(len(refs))]

@@ -15,6 +15,9 @@ import anyio
 
 __all__ = ["RateLimiter"]
 
+#: What an unlimited client is assumed to send when it has sent too little to measure.
+UNKNOWN_RATE = 10.0
+
 
 class RateLimiter:
     """Requests per second for one client.
@@ -31,7 +34,7 @@ class RateLimiter:
         rate: float | None = None,
         *,
         burst: int = 1,
-        min_rate: float = 0.5,
+        min_rate: float = 1.0,
         recovery: float = 0.1,
     ) -> None:
         if rate is not None and not (rate > 0 and math.isfinite(rate)):
@@ -67,7 +70,7 @@ class RateLimiter:
 
     def _observed_rate(self, now: float) -> float:
         if len(self._recent) < 2:
-            return 1.0
+            return UNKNOWN_RATE
         span = max(now - self._recent[0], 1e-3)
         return len(self._recent) / span
 
@@ -87,7 +90,8 @@ class RateLimiter:
         """The server answered 429: slow down (and pause for ``retry_after`` seconds)."""
         self.throttle_count += 1
         current = self.rate if self.rate is not None else self._observed_rate(now)
-        self.rate = max(self.min_rate, current / 2.0)
+        floor = self.min_rate if self.ceiling is None else min(self.min_rate, self.ceiling)
+        self.rate = max(floor, current / 2.0)
         self._last_adjust = now
         if retry_after is not None and retry_after > 0:
             self._paused_until = max(self._paused_until, now + retry_after)

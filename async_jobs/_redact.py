@@ -11,12 +11,15 @@ from collections.abc import Iterable
 __all__ = ["MASK", "RedactingFilter", "redact", "register_secret", "unregister_secret"]
 
 MASK = "***"
+#: Shorter strings are not masked: no real credential is this short, and masking, say, "t"
+#: everywhere would garble every message.
+MIN_SECRET_LENGTH = 8
 _live: Counter[str] = Counter()
 
 
 def register_secret(secret: str | None) -> None:
     """Mask ``secret`` in log records until it is unregistered as often as registered."""
-    if secret:
+    if secret and len(secret) >= MIN_SECRET_LENGTH:
         _live[secret] += 1
 
 
@@ -31,7 +34,7 @@ def unregister_secret(secret: str | None) -> None:
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
     """``text`` with ``secrets`` and every registered secret replaced by ``***``."""
     for secret in (*secrets, *_live):
-        if secret and secret in text:
+        if len(secret) >= MIN_SECRET_LENGTH and secret in text:
             text = text.replace(secret, MASK)
     return text
 

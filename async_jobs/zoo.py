@@ -1,24 +1,38 @@
-"""ZooClient: Zoo async operations (and, with models/zoo.py, everything Zoo serves us)."""
+"""ZooClient: Zoo async operations and org dataset conversions (models in models/zoo.py)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Hashable, Mapping, Sequence
+from contextlib import aclosing
 from functools import partial
+from typing import Any
 
 import msgspec
 
 from ._client import BaseClient, from_env
 from ._http import DEFAULT_MAX_BODY_SIZE, DEFAULT_TIMEOUT, ClientSession, StaticTokenAuth, api_path
-from ._paging import Page, merge_streams
+from ._paging import Page, iter_items, merge_streams
 from ._policy import PollPolicy, RetryPolicy
-from ._poll import JobRef
-from .models.zoo import OPERATION_SORT_MODES, OPERATION_STATUSES, AsyncOperation
+from ._poll import ActiveListing, JobRef
+from .models.zoo import (
+    CONVERSION_ACTIVE_STATUSES,
+    CONVERSION_SORT_MODES,
+    OPERATION_ACTIVE_STATUSES,
+    OPERATION_SORT_MODES,
+    OPERATION_STATUSES,
+    AsyncOperation,
+    DatasetConversion,
+)
 
 __all__ = ["ZooClient"]
 
 DEFAULT_BASE_URL = "https://api.zoo.dev"
+#: Page size of the active-job listings a Watcher sweeps (the API caps pages itself).
+CONVERSION_LISTING_PAGE = 100
 _operation_decoder = msgspec.json.Decoder(AsyncOperation)
 _operation_page_decoder = msgspec.json.Decoder(Page[AsyncOperation])
+_conversion_decoder = msgspec.json.Decoder(DatasetConversion)
+_conversion_page_decoder = msgspec.json.Decoder(Page[DatasetConversion])
 
 
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> str:
@@ -36,6 +50,12 @@ def _check_limit(limit: int | None) -> int | None:
 def _check_max_items(max_items: int | None) -> None:
     if max_items is not None and (not isinstance(max_items, int) or max_items < 0):
         raise ValueError(f"max_items must be an int >= 0, got {max_items!r}")
+
+
+def _check_text(name: str, value: str | None) -> str | None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ValueError(f"{name} must be a non-empty string or None, got {value!r}")
+    return value
 
 
 def _created_at_key(op: AsyncOperation) -> float:
@@ -143,4 +163,143 @@ class ZooClient(BaseClient):
             (op_id,),
             partial(self.get_async_operation, op_id),
             poll=self.poll,
+            listing=self._listing(("zoo.async_operations",), self._active_operations),
+        )
+
+    def _active_operations(self) -> AsyncIterator[AsyncOperation]:
+        return self.iter_async_operations(OPERATION_ACTIVE_STATUSES)
+
+    def _listing(
+        self, key: tuple[str, ...], list_active: Callable[[], AsyncIterator[Any]]
+    ) -> ActiveListing[Any]:
+        """One shared listing per group of this client (a Watcher coalesces through it)."""
+        full_key: Hashable = (id(self), *key)
+        listing = self._listings.get(full_key)
+        if listing is None:
+            listing = self._listings[full_key] = ActiveListing(full_key, list_active)
+        return listing
+
+    def _ref_factories(self) -> Mapping[str, Callable[..., JobRef[Any]]]:
+        return {
+            "zoo.async_operation": self.async_operation,
+            "zoo.dataset_conversion": self.dataset_conversion,
+        }
+
+    # -- org dataset conversions ------------------------------------------------------------
+
+    async def list_dataset_conversions(
+        self,
+        dataset_id: str,
+        *,
+        sort_by: str = "created_at_descending",
+        limit: int | None = None,
+        page_token: str | None = None,
+        filter: str | None = None,
+        q: str | None = None,
+        phase: str | None = None,
+    ) -> Page[DatasetConversion]:
+        """One page of ``GET /org/datasets/{id}/conversions`` (summaries: no outputs or
+        snapshot images; :meth:`get_dataset_conversion` has those).
+
+        ``sort_by`` is one of the eight ``ConversionSortMode`` values; ``filter`` is the
+        API's filter string, e.g. ``"status:success"`` (one expression, sent as is); ``q``
+        searches conversion ids and file paths; ``phase`` names one pipeline phase (sent as
+        is, so a phase the server adds later works too). Checked before any request.
+        """
+        path = api_path("org", "datasets", dataset_id, "conversions")
+        _check_choice("sort_by", sort_by, CONVERSION_SORT_MODES)
+        _check_limit(limit)
+        _check_text("page_token", page_token)
+        _check_text("filter", filter)
+        _check_text("q", q)
+        _check_text("phase", phase)
+        return await self._http.get(
+            path,
+            _conversion_page_decoder,
+            {
+                "limit": limit,
+                "page_token": page_token,
+                "sort_by": sort_by,
+                "filter": filter,
+                "q": q,
+                "phase": phase,
+            },
+        )
+
+    def iter_dataset_conversions(
+        self,
+        dataset_id: str,
+        *,
+        sort_by: str = "created_at_descending",
+        limit: int | None = None,
+        filter: str | None = None,
+        q: str | None = None,
+        phase: str | None = None,
+        max_items: int | None = None,
+    ) -> AsyncGenerator[DatasetConversion, None]:
+        """Every conversion of a dataset matching ``filter``/``q``/``phase``, in ``sort_by``
+        order, as one stream with the next page prefetched (``filter`` is one expression in
+        the API, so there is nothing to merge). Arguments are checked before any request."""
+        api_path("org", "datasets", dataset_id, "conversions")
+        _check_choice("sort_by", sort_by, CONVERSION_SORT_MODES)
+        _check_limit(limit)
+        _check_text("filter", filter)
+        _check_text("q", q)
+        _check_text("phase", phase)
+        _check_max_items(max_items)
+
+        async def fetch(token: str | None) -> Page[DatasetConversion]:
+            return await self.list_dataset_conversions(
+                dataset_id,
+                sort_by=sort_by,
+                limit=limit,
+                page_token=token,
+                filter=filter,
+                q=q,
+                phase=phase,
+            )
+
+        return iter_items(fetch, max_items=max_items)
+
+    async def get_dataset_conversion(
+        self, dataset_id: str, conversion_id: str
+    ) -> DatasetConversion:
+        """``GET /org/datasets/{id}/conversions/{conversion_id}``: the full conversion, with
+        its KCL outputs and snapshot images."""
+        return await self._http.get(
+            api_path("org", "datasets", dataset_id, "conversions", conversion_id),
+            _conversion_decoder,
+        )
+
+    def dataset_conversion(self, dataset_id: str, conversion_id: str) -> JobRef[DatasetConversion]:
+        """A JobRef for :func:`~async_jobs.wait_until_terminal` and :func:`~async_jobs.watch`.
+        A conversion that goes back from ``in_progress`` to ``queued`` (a retry) is reported
+        and waited on."""
+        api_path("org", "datasets", dataset_id, "conversions", conversion_id)  # validate now
+        return JobRef(
+            "zoo.dataset_conversion",
+            (dataset_id, conversion_id),
+            partial(self.get_dataset_conversion, dataset_id, conversion_id),
+            poll=self.poll,
+            listing=self._listing(
+                ("zoo.dataset_conversions", dataset_id),
+                partial(self._active_conversions, dataset_id),
+            ),
+        )
+
+    async def _active_conversions(self, dataset_id: str) -> AsyncIterator[DatasetConversion]:
+        # The filter takes one status: one stream per active status, fetched concurrently.
+        streams = [
+            partial(self._conversion_page, dataset_id, f"status:{status}")
+            for status in CONVERSION_ACTIVE_STATUSES
+        ]
+        async with aclosing(merge_streams(streams, key=None)) as items:
+            async for item in items:
+                yield item
+
+    async def _conversion_page(
+        self, dataset_id: str, status_filter: str, token: str | None
+    ) -> Page[DatasetConversion]:
+        return await self.list_dataset_conversions(
+            dataset_id, limit=CONVERSION_LISTING_PAGE, page_token=token, filter=status_filter
         )

@@ -1,11 +1,14 @@
-"""Zoo models: async operations (``/async/operations``) and their state table.
+"""Zoo models: async operations (``/async/operations``), org dataset conversions
+(``/org/datasets/{id}/conversions``) and their state tables.
 
-The raw ``status`` and ``type`` stay plain strings so a value the server adds tomorrow never
-breaks decoding; :attr:`AsyncOperation.job_state` maps the status through the table below.
+The raw ``status``, ``type`` and ``phase`` stay plain strings so a value the server adds
+tomorrow never breaks decoding; ``job_state`` maps the status through the tables below.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Mapping
 from datetime import datetime
 from types import MappingProxyType
@@ -16,11 +19,21 @@ import msgspec
 from ._state import JobState, map_state
 
 __all__ = [
+    "CONVERSION_ACTIVE_STATUSES",
+    "CONVERSION_ERROR_PREFIX",
+    "CONVERSION_PHASES",
+    "CONVERSION_SORT_MODES",
+    "CONVERSION_STATES",
+    "CONVERSION_STATUSES",
+    "OPERATION_ACTIVE_STATUSES",
     "OPERATION_SORT_MODES",
     "OPERATION_STATES",
     "OPERATION_STATUSES",
     "OPERATION_TYPES",
     "AsyncOperation",
+    "DatasetConversion",
+    "DatasetSnapshotImage",
+    "conversion_state",
 ]
 
 #: Zoo async operation status -> JobState (the seed doc's five values).
@@ -35,6 +48,10 @@ OPERATION_STATES: Mapping[str, JobState] = MappingProxyType(
 )
 #: The known statuses, in lifecycle order; the list endpoint filters by one of them.
 OPERATION_STATUSES: tuple[str, ...] = tuple(OPERATION_STATES)
+#: The statuses of operations still under way (what a Watcher lists to coalesce polling).
+OPERATION_ACTIVE_STATUSES: tuple[str, ...] = tuple(
+    status for status, state in OPERATION_STATES.items() if not state.is_terminal
+)
 #: ``sort_by`` values of ``GET /async/operations`` (``CreatedAtSortMode``).
 OPERATION_SORT_MODES: tuple[str, ...] = ("created_at_ascending", "created_at_descending")
 #: Operation types known today (``AsyncApiCallType``); others decode as plain strings.
@@ -108,3 +125,167 @@ class AsyncOperation(msgspec.Struct, kw_only=True, frozen=True):
     def progress(self) -> float | None:
         """1.0 once terminal; None before (Zoo reports no progress for operations)."""
         return 1.0 if self.is_terminal else None
+
+
+# -- org dataset conversions ----------------------------------------------------------------
+
+#: Zoo dataset conversion status -> JobState (``OrgDatasetFileConversionStatus``, in the live
+#: spec's order: the seed doc's seven values plus ``error_geometry_mismatch``,
+#: ``error_execution`` and ``error_connection``). A status missing here that starts with
+#: :data:`CONVERSION_ERROR_PREFIX` is FAILED too; see :func:`conversion_state`.
+CONVERSION_STATES: Mapping[str, JobState] = MappingProxyType(
+    {
+        "queued": JobState.PENDING,
+        "canceled": JobState.CANCELED,
+        "in_progress": JobState.RUNNING,
+        "success": JobState.SUCCEEDED,
+        "error_user": JobState.FAILED,
+        "error_geometry_mismatch": JobState.FAILED,
+        "error_execution": JobState.FAILED,
+        "error_connection": JobState.FAILED,
+        "error_unsupported": JobState.FAILED,
+        "error_internal": JobState.FAILED,
+    }
+)
+#: Every conversion status starting with this is a failure, including ones added tomorrow.
+CONVERSION_ERROR_PREFIX = "error_"
+#: The known statuses, in the spec's order; ``filter=status:<value>`` names one of them.
+CONVERSION_STATUSES: tuple[str, ...] = tuple(CONVERSION_STATES)
+#: The statuses of conversions still under way (what a Watcher lists to coalesce polling).
+CONVERSION_ACTIVE_STATUSES: tuple[str, ...] = tuple(
+    status for status, state in CONVERSION_STATES.items() if not state.is_terminal
+)
+#: The pipeline phases in the live spec's order (``OrgDatasetFileConversionPhase``). The seed
+#: doc's order (0-10) is this one without ``manual_kcl_override``, so progress computed from a
+#: phase's position in this tuple moves forward on old and new servers alike.
+CONVERSION_PHASES: tuple[str, ...] = (
+    "queued",
+    "zoo_generated_original_metadata",
+    "snapshot_original",
+    "user_provided_metadata",
+    "manual_kcl_override",
+    "convert_raw_kcl",
+    "zoo_generated_raw_kcl_metadata",
+    "snapshot_raw_kcl",
+    "salon",
+    "zoo_generated_salon_kcl_metadata",
+    "snapshot_salon_kcl",
+    "completed",
+)
+#: ``sort_by`` values of ``GET /org/datasets/{id}/conversions`` (``ConversionSortMode``).
+CONVERSION_SORT_MODES: tuple[str, ...] = (
+    "created_at_ascending",
+    "created_at_descending",
+    "status_ascending",
+    "status_descending",
+    "phase_ascending",
+    "phase_descending",
+    "updated_at_ascending",
+    "updated_at_descending",
+)
+_PHASE_INDEX: Mapping[str, int] = MappingProxyType(
+    {phase: index for index, phase in enumerate(CONVERSION_PHASES)}
+)
+_LAST_PHASE_INDEX = len(CONVERSION_PHASES) - 1
+
+
+def conversion_state(status: str) -> JobState:
+    """A conversion status as a JobState: :data:`CONVERSION_STATES`, then any
+    ``error_*`` status is FAILED; anything else is UNKNOWN (with one warning)."""
+    state = CONVERSION_STATES.get(status)
+    if state is not None:
+        return state
+    if status.startswith(CONVERSION_ERROR_PREFIX):
+        return JobState.FAILED
+    return map_state("zoo.dataset_conversion", CONVERSION_STATES, status)
+
+
+class DatasetSnapshotImage(msgspec.Struct, kw_only=True, frozen=True):
+    """A snapshot image of a conversion stage (``OrgDatasetSnapshotImage``)."""
+
+    data_base64: str = ""
+    mime_type: str | None = None
+
+    @property
+    def data(self) -> bytes:
+        """The image bytes. Standard and URL-safe base64, padded or not, are both accepted;
+        raises ValueError if ``data_base64`` is not base64 at all."""
+        text = self.data_base64.strip().rstrip("=").replace("-", "+").replace("_", "/")
+        try:
+            return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+        except binascii.Error as exc:
+            raise ValueError(f"data_base64 is not base64: {exc}") from None
+
+
+class DatasetConversion(msgspec.Struct, kw_only=True, frozen=True):
+    """A Zoo org dataset file conversion, from ``GET /org/datasets/{id}/conversions/{cid}``
+    (``OrgDatasetFileConversionDetails``) or as the list endpoint summarises it
+    (``OrgDatasetFileConversionSummary``, a subset: no outputs, no snapshot images, no
+    override text). Unknown fields are ignored; ``status`` and ``phase`` are plain strings."""
+
+    id: str
+    status: str
+    phase: str | None = None
+    dataset_id: str | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    status_message: str | None = None
+    file_path: str | None = None
+    file_etag: str | None = None
+    file_size: int | None = None
+    importer_version: str | None = None
+    metadata: Any = None
+    # Only GET /org/datasets/{id}/conversions/{conversion_id} sends the fields below.
+    output: str | None = None
+    raw_kcl_output: str | None = None
+    salon_kcl_output: str | None = None
+    raw_kcl_similarity_score: float | None = None
+    salon_kcl_similarity_score: float | None = None
+    original_snapshot_images: tuple[DatasetSnapshotImage, ...] = ()
+    raw_kcl_snapshot_images: tuple[DatasetSnapshotImage, ...] = ()
+    salon_kcl_snapshot_images: tuple[DatasetSnapshotImage, ...] = ()
+    manual_kcl_override: str | None = None
+    manual_kcl_override_active: bool = False
+    manual_kcl_override_updated_at: datetime | None = None
+
+    @property
+    def job_state(self) -> JobState:
+        """The status mapped by :func:`conversion_state`: the table, then the ``error_*``
+        rule (FAILED), else UNKNOWN."""
+        return conversion_state(self.status)
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once the conversion succeeded, failed or was canceled."""
+        return self.job_state.is_terminal
+
+    @property
+    def phase_index(self) -> int | None:
+        """The phase's position in :data:`CONVERSION_PHASES` (the live order, so
+        ``completed`` is 11), or None for a phase this library does not know."""
+        return None if self.phase is None else _PHASE_INDEX.get(self.phase)
+
+    @property
+    def progress(self) -> float | None:
+        """0.0 at ``queued`` to 1.0 at ``completed``, from the phase's position in
+        :data:`CONVERSION_PHASES`; 1.0 once terminal (whatever the phase).
+
+        None for an unknown (or missing) phase of a conversion still under way: one
+        response alone cannot know the last known progress, so keep the previous value
+        where you display it (``shown = conv.progress if conv.progress is not None else
+        shown``).
+        """
+        if self.is_terminal:
+            return 1.0
+        index = self.phase_index
+        return None if index is None else index / _LAST_PHASE_INDEX
+
+    @property
+    def error(self) -> str | None:
+        """Why the conversion failed: ``status_message``, or the ``error_*`` status itself
+        when the server sent no message. None unless the conversion FAILED."""
+        if self.job_state is not JobState.FAILED:
+            return None
+        return self.status_message or self.status

@@ -2,13 +2,20 @@
 supported APIs with scripted job lifecycles and injectable faults."""
 
 from ._clock import FakeClock
+from ._conversions import FakeConversion, FakeConversions
 from ._faults import Fault, FaultKind
+from ._metafold import FakeMetafold, FakeMetafoldJob, FakeMetafoldWorkflow
 from ._server import FakeApiServer, RecordedRequest
 from ._zoo import FakeOperation, FakeZoo
 
 __all__ = [
     "FakeApiServer",
     "FakeClock",
+    "FakeConversion",
+    "FakeConversions",
+    "FakeMetafold",
+    "FakeMetafoldJob",
+    "FakeMetafoldWorkflow",
     "FakeOperation",
     "FakeZoo",
     "Fault",

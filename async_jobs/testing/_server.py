@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -13,7 +14,9 @@ from typing import Any
 from aiohttp import web
 
 from ._clock import FakeClock
+from ._conversions import FakeConversions
 from ._faults import Fault, FaultKind, FaultPlan
+from ._metafold import TOKEN_PATH, FakeMetafold, is_metafold_path
 from ._zoo import FakeZoo, zoo_error
 
 __all__ = ["FakeApiServer", "RecordedRequest"]
@@ -31,6 +34,7 @@ class RecordedRequest:
     query: dict[str, str]
     authorization: str | None
     user_agent: str | None
+    at: float = 0.0  #: time.monotonic() on arrival
 
 
 class FakeApiServer:
@@ -57,6 +61,8 @@ class FakeApiServer:
         self.faults = FaultPlan(seed)
         self.requests: list[RecordedRequest] = []
         self.zoo = FakeZoo(self.clock)
+        self.metafold = FakeMetafold(self.clock)
+        self.conversions = FakeConversions(self.clock)
         self._runner: web.AppRunner | None = None
 
     @property
@@ -73,6 +79,8 @@ class FakeApiServer:
     def _app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware])
         self.zoo.add_routes(app)
+        self.metafold.add_routes(app)
+        self.conversions.add_routes(app)
         return app
 
     async def start(self) -> None:
@@ -124,6 +132,7 @@ class FakeApiServer:
                 dict(request.query),
                 request.headers.get("Authorization"),
                 request.headers.get("User-Agent"),
+                time.monotonic(),
             )
         )
         fault = self.faults.pick(request.path)
@@ -132,10 +141,7 @@ class FakeApiServer:
         return await self._serve(request, handler)
 
     async def _serve(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if (
-            self.token is not None
-            and request.headers.get("Authorization") != f"Bearer {self.token}"
-        ):
+        if self.token is not None and not self._authorized(request):
             return self.error(request, 401, "invalid or missing API token", "unauthorized")
         response = await handler(request)
         response.headers.setdefault("X-Api-Call-Id", str(uuid.uuid4()))
@@ -145,7 +151,17 @@ class FakeApiServer:
         self, request: web.Request, status: int, message: str, code: str | None = None
     ) -> web.Response:
         """The error response the API behind ``request.path`` would send."""
+        if is_metafold_path(request.path):
+            return self.metafold.error(request.path, status, message)
         return zoo_error(status, message, code)
+
+    def _authorized(self, request: web.Request) -> bool:
+        """The static token works everywhere; Metafold paths also take the tokens issued by
+        the token endpoint, which itself needs none."""
+        header = request.headers.get("Authorization")
+        if header == f"Bearer {self.token}" or request.path == TOKEN_PATH:
+            return True
+        return is_metafold_path(request.path) and self.metafold.accepts(header)
 
     async def _apply(
         self, fault: Fault, request: web.Request, handler: Handler

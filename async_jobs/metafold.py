@@ -1,0 +1,457 @@
+"""MetafoldClient: Metafold project jobs and workflows, plus the ``sort``/``q`` builders and
+:func:`wait_for_workflow_jobs`.
+
+``q`` builds a search query the way the API documents it: ``field:value`` terms joined by
+``AND`` (there is no ``OR``), ``!`` negates a term, ``*`` is a wildcard, a value with spaces or
+quotes is quoted::
+
+    q(state="started", type="implicit/from-mesh")   # 'state:started AND type:implicit/from-mesh'
+    q(name="My *", state=Not("failure"))             # 'name:"My *" AND !state:failure'
+    q(name=["*mesh*", Not("*old*")])                 # 'name:*mesh* AND !name:*old*'
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Literal
+
+import anyio
+import msgspec
+
+from ._client import BaseClient, from_env
+from ._errors import WaitTimeout
+from ._http import (
+    DEFAULT_MAX_BODY_SIZE,
+    DEFAULT_TIMEOUT,
+    Auth,
+    ClientSession,
+    QueryValue,
+    StaticTokenAuth,
+    api_path,
+)
+from ._oauth import DEFAULT_REFRESH_MARGIN, ClientCredentialsAuth
+from ._policy import PollPolicy, RetryPolicy
+from ._poll import JobRef, OnUpdate, wait_all, watch
+from .models.metafold import (
+    JOB_QUERY_FIELDS,
+    JOB_SORT_FIELDS,
+    WORKFLOW_QUERY_FIELDS,
+    WORKFLOW_SORT_FIELDS,
+    MetafoldJob,
+    MetafoldWorkflow,
+)
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "DEFAULT_TOKEN_URL",
+    "MetafoldClient",
+    "MetafoldQuery",
+    "Not",
+    "Resource",
+    "SortSpec",
+    "build_sort",
+    "dependency_order",
+    "q",
+    "wait_for_workflow_jobs",
+]
+
+DEFAULT_BASE_URL = "https://api.metafold3d.com"
+#: Where the official SDK exchanges client credentials (Auth0 tenant ``metafold3d.us``).
+DEFAULT_TOKEN_URL = "https://metafold3d.us.auth0.com/oauth/token"
+
+Resource = Literal["jobs", "workflows"]
+#: ``"created:-1"`` (the API's own form) or ``("created", True)`` (field, descending).
+SortSpec = str | tuple[str, bool]
+
+_SORT_FIELDS: dict[str, tuple[str, ...]] = {
+    "jobs": JOB_SORT_FIELDS,
+    "workflows": WORKFLOW_SORT_FIELDS,
+}
+_QUERY_FIELDS: dict[str, tuple[str, ...]] = {
+    "jobs": JOB_QUERY_FIELDS,
+    "workflows": WORKFLOW_QUERY_FIELDS,
+}
+_SORT = re.compile(r"^([A-Za-z_]+):(-1|1)$")
+#: Characters a value may hold unquoted; anything else (spaces, quotes, parentheses, ...)
+#: gets the value quoted, which the grammar always allows.
+_BARE_VALUE = re.compile(r"^[A-Za-z0-9_\-./*@+]+$")
+
+_job_decoder = msgspec.json.Decoder(MetafoldJob)
+_job_list_decoder = msgspec.json.Decoder(list[MetafoldJob])
+_workflow_decoder = msgspec.json.Decoder(MetafoldWorkflow)
+_workflow_list_decoder = msgspec.json.Decoder(list[MetafoldWorkflow])
+
+
+# -- sort and q ------------------------------------------------------------------------------
+
+
+def _check_resource(resource: str) -> Resource:
+    if resource == "jobs":
+        return "jobs"
+    if resource == "workflows":
+        return "workflows"
+    raise ValueError(f"resource must be 'jobs' or 'workflows', got {resource!r}")
+
+
+def build_sort(sort: SortSpec, *, resource: Resource = "jobs") -> str:
+    """The ``sort`` parameter: ``"created:-1"`` as is, or ``("created", True)`` (descending)
+    as ``"created:-1"``; the field must be one the resource sorts by (jobs: id, name,
+    created, started, finished; workflows: id, created, started, finished)."""
+    fields = _SORT_FIELDS[_check_resource(resource)]
+    if isinstance(sort, str):
+        match = _SORT.match(sort)
+        if match is None:
+            raise ValueError(
+                f"sort must look like 'field:1' or 'field:-1' (field one of "
+                f"{', '.join(fields)}), got {sort!r}"
+            )
+        field, order = match.group(1), match.group(2)
+    elif (
+        isinstance(sort, tuple)
+        and len(sort) == 2
+        and isinstance(sort[0], str)
+        and isinstance(sort[1], bool)
+    ):
+        field, order = sort[0], "-1" if sort[1] else "1"
+    else:
+        raise ValueError(f"sort must be 'field:order' or (field, descending), got {sort!r}")
+    if field not in fields:
+        raise ValueError(f"{resource} sort by {', '.join(fields)}; got {field!r}")
+    return f"{field}:{order}"
+
+
+@dataclass(frozen=True)
+class Not:
+    """A negated value for :func:`q`: ``q(state=Not("failure"))`` is ``!state:failure``."""
+
+    value: str
+
+
+class MetafoldQuery(str):
+    """A ``q`` string built by :func:`q`; it remembers the fields it searches so a client
+    method can check them against its resource before sending anything."""
+
+    fields: frozenset[str]
+
+    def __new__(cls, text: str, fields: frozenset[str]) -> MetafoldQuery:
+        query = super().__new__(cls, text)
+        query.fields = fields
+        return query
+
+
+def _quote_value(value: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"query values must be strings, got {type(value).__name__}")
+    if not value:
+        raise ValueError("query values must be non-empty")
+    if _BARE_VALUE.match(value):
+        return value
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def _term(field: str, value: str | Not) -> str:
+    if isinstance(value, Not):
+        return f"!{field}:{_quote_value(value.value)}"
+    return f"{field}:{_quote_value(value)}"
+
+
+def q(*, resource: Resource = "jobs", **terms: str | Not | Sequence[str | Not]) -> MetafoldQuery:
+    """A Metafold search query: one ``field:value`` term per keyword, joined by ``AND``.
+
+    A value is matched with ``*`` as a wildcard; it is quoted when it holds anything but
+    letters, digits and ``_-./*@+`` (a ``"`` or ``\\`` inside is backslash-escaped); wrap it in
+    :class:`Not` to negate the term; give a list to AND several terms on one field. Fields are
+    checked against ``resource`` (jobs: id, name, type, state; workflows: id, state). The API
+    has no OR, so neither has this builder.
+    """
+    allowed = _QUERY_FIELDS[_check_resource(resource)]
+    parts: list[str] = []
+    for field, value in terms.items():
+        if field not in allowed:
+            raise ValueError(f"{resource} can be searched by {', '.join(allowed)}; got {field!r}")
+        values: Sequence[str | Not] = [value] if isinstance(value, (str, Not)) else list(value)
+        if not values:
+            raise ValueError(f"no value given for {field!r}")
+        parts.extend(_term(field, one) for one in values)
+    if not parts:
+        raise ValueError("q() needs at least one term")
+    return MetafoldQuery(" AND ".join(parts), frozenset(terms))
+
+
+def _query_param(query: str | None, resource: Resource) -> str | None:
+    if query is None:
+        return None
+    if not isinstance(query, str):
+        raise TypeError(f"q must be a string, got {type(query).__name__}")
+    if isinstance(query, MetafoldQuery):
+        allowed = _QUERY_FIELDS[resource]
+        unknown = sorted(query.fields - set(allowed))
+        if unknown:
+            raise ValueError(
+                f"{resource} can be searched by {', '.join(allowed)}; got {', '.join(unknown)}"
+            )
+    return str(query)  # any other string is the caller's and is sent as is
+
+
+# -- the client ------------------------------------------------------------------------------
+
+
+def _check_id(name: str, value: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+    return value
+
+
+class MetafoldClient(BaseClient):
+    """Async client for the Metafold REST API (https://api.metafold3d.com).
+
+    ``token`` defaults to ``METAFOLD_ACCESS_TOKEN``, ``base_url`` to ``METAFOLD_BASE_URL``
+    then ``https://api.metafold3d.com``, ``project_id`` (the default project of every call)
+    to ``METAFOLD_PROJECT_ID``. Instead of a token, pass ``client_id`` and ``client_secret``
+    (or set ``METAFOLD_CLIENT_ID`` / ``METAFOLD_CLIENT_SECRET``): they are exchanged at
+    ``token_url`` (OAuth2 client credentials, ``audience`` = the base URL, as the official
+    SDK sends it) for a token that is renewed before it expires and once after a 401. An
+    explicit ``token`` wins over credentials from the environment; explicit credentials win
+    over any token, as in the official SDK. Use as ``async with MetafoldClient() as mf:``.
+    """
+
+    def __init__(
+        self,
+        token: str | None = None,
+        base_url: str | None = None,
+        project_id: str | None = None,
+        session: ClientSession | None = None,
+        *,
+        client_id: str | None = None,
+        client_secret: str | None = None,
+        token_url: str | None = None,
+        audience: str | None = None,
+        poll: PollPolicy | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_body_size: int = DEFAULT_MAX_BODY_SIZE,
+        allow_insecure_http: bool = False,
+    ) -> None:
+        if bool(client_id) != bool(client_secret):
+            raise ValueError("pass client_id and client_secret together")
+        url = from_env(base_url, "METAFOLD_BASE_URL") or DEFAULT_BASE_URL
+        self.project_id = from_env(project_id, "METAFOLD_PROJECT_ID")
+        if not (client_id and client_secret) and not token:
+            client_id = from_env(None, "METAFOLD_CLIENT_ID")
+            client_secret = from_env(None, "METAFOLD_CLIENT_SECRET")
+        auth: Auth
+        oauth: ClientCredentialsAuth | None = None
+        if client_id and client_secret:
+            oauth = auth = ClientCredentialsAuth(
+                client_id,
+                client_secret,
+                token_url=token_url or DEFAULT_TOKEN_URL,
+                audience=audience or url.rstrip("/") + "/",
+                refresh_margin=DEFAULT_REFRESH_MARGIN,
+                allow_insecure_http=allow_insecure_http,
+            )
+        else:
+            auth = StaticTokenAuth(from_env(token, "METAFOLD_ACCESS_TOKEN"))
+        super().__init__(
+            base_url=url,
+            auth=auth,
+            session=session,
+            timeout=timeout,
+            retry=retry,
+            poll=poll,
+            max_body_size=max_body_size,
+            allow_insecure_http=allow_insecure_http,
+        )
+        if oauth is not None:
+            oauth.bind(self._http)
+        self._oauth = oauth
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={self.base_url!r}, project_id={self.project_id!r})"
+
+    @property
+    def token_exchanges(self) -> int:
+        """How many client-credentials exchanges this client has made (0 with a token)."""
+        return self._oauth.exchanges if self._oauth is not None else 0
+
+    def resolve_project_id(self, project_id: str | None = None) -> str:
+        """``project_id``, else the client's default; ValueError if there is neither."""
+        chosen = project_id or self.project_id
+        if not chosen:
+            raise ValueError(
+                "a project id is required: pass project_id= or set one on the client "
+                "(or METAFOLD_PROJECT_ID)"
+            )
+        return _check_id("project_id", chosen)
+
+    def _ref_factories(self) -> Mapping[str, Callable[..., JobRef[Any]]]:
+        """JobRef kind -> how to remake the ref from its ids (project id, then job or
+        workflow id)."""
+        return {
+            "metafold.job": lambda pid, job_id: self.job(job_id, project_id=pid),
+            "metafold.workflow": lambda pid, wf_id: self.workflow(wf_id, project_id=pid),
+        }
+
+    def _list_params(
+        self, sort: SortSpec | None, query: str | None, resource: Resource
+    ) -> dict[str, QueryValue]:
+        return {
+            "sort": None if sort is None else build_sort(sort, resource=resource),
+            "q": _query_param(query, resource),
+        }
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    async def list_jobs(
+        self,
+        project_id: str | None = None,
+        *,
+        sort: SortSpec | None = None,
+        q: str | None = None,
+    ) -> list[MetafoldJob]:
+        """``GET /projects/{id}/jobs``: every matching job (the API does not paginate).
+
+        ``sort`` is ``"field:1"``/``"field:-1"`` or ``(field, descending)``; ``q`` a search
+        string (build one with :func:`q`). Both are checked before any request is sent.
+        """
+        pid = self.resolve_project_id(project_id)
+        params = self._list_params(sort, q, "jobs")
+        return await self._http.get(api_path("projects", pid, "jobs"), _job_list_decoder, params)
+
+    async def get_job(self, job_id: str, *, project_id: str | None = None) -> MetafoldJob:
+        """``GET /projects/{id}/jobs/{job_id}``."""
+        pid = self.resolve_project_id(project_id)
+        return await self._http.get(api_path("projects", pid, "jobs", job_id), _job_decoder)
+
+    def job(self, job_id: str, *, project_id: str | None = None) -> JobRef[MetafoldJob]:
+        """A JobRef for :func:`~async_jobs.wait_until_terminal` and :func:`~async_jobs.watch`."""
+        pid = self.resolve_project_id(project_id)
+        api_path("projects", pid, "jobs", job_id)  # validate now, not at the first poll
+        return JobRef(
+            "metafold.job",
+            (pid, job_id),
+            partial(self.get_job, job_id, project_id=pid),
+            poll=self.poll,
+        )
+
+    # -- workflows --------------------------------------------------------------------------
+
+    async def list_workflows(
+        self,
+        project_id: str | None = None,
+        *,
+        sort: SortSpec | None = None,
+        q: str | None = None,
+    ) -> list[MetafoldWorkflow]:
+        """``GET /projects/{id}/workflows``: every matching workflow (no pagination).
+
+        ``sort`` fields: id, created, started, finished; ``q`` fields: id, state.
+        """
+        pid = self.resolve_project_id(project_id)
+        params = self._list_params(sort, q, "workflows")
+        return await self._http.get(
+            api_path("projects", pid, "workflows"), _workflow_list_decoder, params
+        )
+
+    async def get_workflow(
+        self, workflow_id: str, *, project_id: str | None = None
+    ) -> MetafoldWorkflow:
+        """``GET /projects/{id}/workflows/{workflow_id}``."""
+        pid = self.resolve_project_id(project_id)
+        return await self._http.get(
+            api_path("projects", pid, "workflows", workflow_id), _workflow_decoder
+        )
+
+    def workflow(
+        self, workflow_id: str, *, project_id: str | None = None
+    ) -> JobRef[MetafoldWorkflow]:
+        """A JobRef on the workflow itself (its own state); see also
+        :func:`wait_for_workflow_jobs`."""
+        pid = self.resolve_project_id(project_id)
+        api_path("projects", pid, "workflows", workflow_id)
+        return JobRef(
+            "metafold.workflow",
+            (pid, workflow_id),
+            partial(self.get_workflow, workflow_id, project_id=pid),
+            poll=self.poll,
+        )
+
+
+# -- workflows as a whole --------------------------------------------------------------------
+
+
+def dependency_order(jobs: Sequence[MetafoldJob]) -> list[MetafoldJob]:
+    """``jobs`` in dependency order: each job after every job it ``needs`` (needs outside
+    ``jobs`` are ignored), otherwise in the given order. Jobs caught in a cycle, which a
+    workflow cannot have, come last in the given order."""
+    ids = {job.id for job in jobs}
+    placed: set[str] = set()
+    remaining = list(jobs)
+    ordered: list[MetafoldJob] = []
+    progress = True
+    while remaining and progress:
+        progress = False
+        for job in remaining:
+            if all(need in placed or need not in ids for need in job.needs):
+                ordered.append(job)
+                placed.add(job.id)
+                remaining.remove(job)
+                progress = True
+                break
+    return ordered + remaining
+
+
+async def wait_for_workflow_jobs(
+    mf: MetafoldClient,
+    workflow_id: str,
+    *,
+    project_id: str | None = None,
+    timeout: float | None = None,
+    poll: PollPolicy | None = None,
+    fail_fast: bool = False,
+    on_update: OnUpdate[MetafoldJob] | None = None,
+    max_concurrency: int = 8,
+) -> list[MetafoldJob]:
+    """Wait for every job of a workflow, concurrently, and return them terminal, in
+    dependency order (:func:`dependency_order`).
+
+    At most ``max_concurrency`` requests are in flight at once. A failed or canceled job is a
+    result (a workflow engine cancels the jobs downstream of a failure, so the wait still
+    ends) unless ``fail_fast``: then the first failed or canceled job seen (the failure
+    itself, or a job it canceled, whichever is polled first) raises
+    :class:`~async_jobs.JobFailed` and the other waits are cancelled, leaving no task
+    behind. ``on_update`` gets every observed change of every job. Past ``timeout`` raises
+    :class:`~async_jobs.WaitTimeout` whose ``.last`` lists the last state seen of each job
+    (None if never seen).
+    """
+    pid = mf.resolve_project_id(project_id)
+    ref = mf.workflow(workflow_id, project_id=pid)
+    if timeout is not None and not timeout >= 0:
+        raise ValueError("timeout must be >= 0 or None")
+    deadline = None if timeout is None else anyio.current_time() + timeout
+    workflow: MetafoldWorkflow | None = None
+    with anyio.move_on_after(timeout):
+        # A just-dispatched workflow may not list its jobs yet: watch it until it does.
+        async with aclosing(watch(ref, poll=poll)) as updates:
+            async for seen in updates:
+                workflow = seen
+                if seen.jobs or seen.is_terminal:
+                    break
+    if workflow is None or not (workflow.jobs or workflow.is_terminal):
+        raise WaitTimeout(f"{ref.key} listed no jobs within {timeout}s", last=workflow)
+    remaining = None if deadline is None else max(deadline - anyio.current_time(), 0.0)
+    refs = [mf.job(job_id, project_id=pid) for job_id in dict.fromkeys(workflow.jobs)]
+    jobs = await wait_all(
+        refs,
+        timeout=remaining,
+        poll=poll,
+        on_update=on_update,
+        fail_fast=fail_fast,
+        max_concurrency=max_concurrency,
+    )
+    return dependency_order(jobs)

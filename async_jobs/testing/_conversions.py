@@ -1,0 +1,370 @@
+"""The Zoo org dataset conversions of the fake server, with scripted lifecycles.
+
+A conversion walks a timeline of steps. A step is ``(name, seconds)`` or ``(status, phase,
+seconds)``; the last step's seconds are None (it stays there). In the short form a known phase
+sets the status too (``queued`` is queued, ``completed`` is success, any other phase is
+in_progress) and any other name is a status that keeps the current phase (``success`` moves
+it to ``completed``). So ``[("queued", 1), ("convert_raw_kcl", 1), ("queued", 1), ("salon", 1),
+("completed", None)]`` is a conversion retried after a dropped worker, ``("error_user", None)``
+ends one in failure, and ``("in_progress", "mesh_repair", 1)`` reports a phase the library does
+not know.
+"""
+
+from __future__ import annotations
+
+import base64
+import bisect
+import hashlib
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from aiohttp import web
+
+from ..models._state import JobState
+from ..models.zoo import (
+    CONVERSION_PHASES,
+    CONVERSION_SORT_MODES,
+    CONVERSION_STATUSES,
+    conversion_state,
+)
+from ._clock import FakeClock
+from ._zoo import zoo_error, zoo_time
+
+__all__ = ["ConversionStep", "FakeConversion", "FakeConversions"]
+
+ConversionStep = tuple[str, float | None] | tuple[str, str, float | None]
+Timeline = Sequence[ConversionStep]
+
+_QUEUED, _RUNNING, _SUCCESS, _DONE = "queued", "in_progress", "success", "completed"
+_PHASE_INDEX = {phase: index for index, phase in enumerate(CONVERSION_PHASES)}
+_STATUS_INDEX = {status: index for index, status in enumerate(CONVERSION_STATUSES)}
+_OVERRIDE_PHASE = "manual_kcl_override"
+
+#: Every phase of the live spec but ``manual_kcl_override``, 10 ms each, then success.
+DEFAULT_TIMELINE: tuple[ConversionStep, ...] = (
+    *((phase, 0.01) for phase in CONVERSION_PHASES[:-1] if phase != _OVERRIDE_PHASE),
+    (_DONE, None),
+)
+#: The same walk through every phase, ``manual_kcl_override`` included.
+OVERRIDE_TIMELINE: tuple[ConversionStep, ...] = (
+    *((phase, 0.01) for phase in CONVERSION_PHASES[:-1]),
+    (_DONE, None),
+)
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+_TOKEN = re.compile(r"^o=(\d+)&k=([0-9a-f]{8})\+([a-z_]+)/==$")
+_FILTER = re.compile(r"^status:([A-Za-z0-9_]+)$")
+_FAKE_PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06"
+
+# What each stage leaves behind once the pipeline has moved past the named phase.
+_ORIGINAL_DONE = _PHASE_INDEX["snapshot_original"]
+_RAW_DONE = _PHASE_INDEX["convert_raw_kcl"]
+_RAW_SNAPSHOT_DONE = _PHASE_INDEX["snapshot_raw_kcl"]
+_SALON_DONE = _PHASE_INDEX["salon"]
+_SALON_SNAPSHOT_DONE = _PHASE_INDEX["snapshot_salon_kcl"]
+
+
+def _snapshot(stage: str) -> list[dict[str, str]]:
+    data = base64.b64encode(_FAKE_PNG + stage.encode()).decode()
+    return [{"data_base64": data, "mime_type": "image/png"}]
+
+
+def _parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _parse_steps(start: float, phase: str, timeline: Timeline) -> list[tuple[float, str, str]]:
+    """(at, status, phase) steps from ``timeline``, starting at ``start`` in ``phase``."""
+    if not timeline:
+        raise ValueError("timeline must have at least one step")
+    steps: list[tuple[float, str, str]] = []
+    at = start
+    for step in timeline:
+        if len(step) == 3:
+            status, phase, duration = step
+        else:
+            name, duration = step
+            if name in _PHASE_INDEX:
+                phase = name
+                status = _QUEUED if name == _QUEUED else _SUCCESS if name == _DONE else _RUNNING
+            else:
+                status = name
+                if status == _SUCCESS:
+                    phase = _DONE
+        steps.append((at, status, phase))
+        if duration is None:
+            break
+        at += duration
+    return steps
+
+
+@dataclass
+class FakeConversion:
+    """One scripted conversion: it enters ``steps[i][1:]`` (status, phase) at fake time
+    ``steps[i][0]``."""
+
+    id: str
+    dataset_id: str
+    created: float
+    created_at: datetime
+    steps: list[tuple[float, str, str]]
+    file_path: str
+    file_size: int
+    error: str | None = None
+    metadata: dict[str, str] | None = None
+    manual_kcl_override: str | None = None
+    importer_version: str = "kcl-importer 0.9.3"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def file_etag(self) -> str:
+        """A stable ETag derived from the file path."""
+        return '"' + hashlib.sha256(self.file_path.encode()).hexdigest()[:32] + '"'
+
+    def index_at(self, now: float) -> int:
+        """The index of the step the conversion is in at fake time ``now``."""
+        return max(bisect.bisect_right([t for t, _, _ in self.steps], now) - 1, 0)
+
+    def at(self, now: float) -> tuple[str, str]:
+        """(status, phase) at fake time ``now``."""
+        _, status, phase = self.steps[self.index_at(now)]
+        return status, phase
+
+
+class FakeConversions:
+    """The Zoo API's org dataset conversions, served from memory (``server.conversions``)."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.datasets: dict[str, dict[str, FakeConversion]] = {}
+        self._last_created: datetime | None = None
+        self._count = 0
+
+    def _creation_time(self) -> datetime:
+        created_at = self.clock.wall()
+        # Distinct creation times keep the created_at order total, as it is for the real API.
+        if self._last_created is not None and created_at <= self._last_created:
+            created_at = self._last_created + timedelta(microseconds=1)
+        self._last_created = created_at
+        return created_at
+
+    def add_dataset(self, dataset_id: str | None = None) -> str:
+        """Create an empty dataset (a UUID unless given) and return its id."""
+        dataset_id = dataset_id or str(uuid.uuid4())
+        self.datasets.setdefault(dataset_id, {})
+        return dataset_id
+
+    def add_conversion(
+        self,
+        dataset_id: str,
+        timeline: Timeline | None = None,
+        *,
+        error: str | None = None,
+        id: str | None = None,
+        file_path: str | None = None,
+        file_size: int | None = None,
+        metadata: dict[str, str] | None = None,
+        manual_kcl_override: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> FakeConversion:
+        """Create a conversion in ``dataset_id`` (created if new) that walks ``timeline`` (see
+        the module docstring; default: every phase, 10 ms each, then success, through
+        ``manual_kcl_override`` when one is given). ``error`` is the ``status_message`` of
+        ``error_*`` steps; ``extra`` fields are added to the detail body as they are."""
+        if timeline is None:
+            timeline = OVERRIDE_TIMELINE if manual_kcl_override is not None else DEFAULT_TIMELINE
+        self._count += 1
+        now = self.clock.now()
+        conversion = FakeConversion(
+            id=id or str(uuid.uuid4()),
+            dataset_id=dataset_id,
+            created=now,
+            created_at=self._creation_time(),
+            steps=_parse_steps(now, _QUEUED, timeline),
+            file_path=file_path or f"parts/part-{self._count:05d}.step",
+            file_size=file_size if file_size is not None else 1024 + 37 * self._count,
+            error=error,
+            metadata=metadata,
+            manual_kcl_override=manual_kcl_override,
+            extra=dict(extra or {}),
+        )
+        self.datasets.setdefault(dataset_id, {})[conversion.id] = conversion
+        return conversion
+
+    def _find(self, conversion_id: str) -> FakeConversion:
+        for conversions in self.datasets.values():
+            if conversion_id in conversions:
+                return conversions[conversion_id]
+        raise KeyError(conversion_id)
+
+    def restart(self, conversion_id: str, timeline: Timeline) -> None:
+        """Replace the rest of a conversion's timeline with ``timeline``, starting now."""
+        conversion = self._find(conversion_id)
+        now = self.clock.now()
+        past = conversion.steps[: conversion.index_at(now) + 1]
+        conversion.steps = [s for s in past if s[0] < now] + _parse_steps(
+            now, conversion.at(now)[1], timeline
+        )
+
+    def set_status(self, conversion_id: str, status: str, *, phase: str | None = None) -> None:
+        """Move a conversion to ``status`` now, for good. Without ``phase`` the step reads as
+        in a timeline (``queued`` also resets the phase, ``success`` sets ``completed``, other
+        statuses keep the current phase)."""
+        if phase is None:
+            self.restart(conversion_id, [(status, None)])
+        else:
+            self.restart(conversion_id, [(status, phase, None)])
+
+    def cancel(self, conversion_id: str) -> None:
+        """Cancel a conversion now."""
+        self.set_status(conversion_id, "canceled")
+
+    def state(self, conversion_id: str) -> tuple[str, str]:
+        """The conversion's (status, phase) right now (the server's truth)."""
+        return self._find(conversion_id).at(self.clock.now())
+
+    # -- wire format ------------------------------------------------------------------------
+
+    def _view(self, conversion: FakeConversion) -> tuple[dict[str, Any], int]:
+        """The summary body, and the furthest phase index reached in the current run."""
+        now = self.clock.now()
+        index = conversion.index_at(now)
+        at, status, phase = conversion.steps[index]
+        run_start = 0
+        for i, (_, step_status, _) in enumerate(conversion.steps[: index + 1]):
+            if step_status == _QUEUED:
+                run_start = i
+        run = conversion.steps[run_start : index + 1]
+        started = next((t for t, s, _ in run if s != _QUEUED), None)
+        state = conversion_state(status)
+        terminal = state.is_terminal
+        reached = max((_PHASE_INDEX.get(p, -1) for _, _, p in run), default=-1)
+        if status == _SUCCESS:
+            reached = len(CONVERSION_PHASES)
+        override = conversion.manual_kcl_override is not None
+        body: dict[str, Any] = {
+            "completed_at": zoo_time(self.clock.wall(at)) if terminal else None,
+            "created_at": zoo_time(conversion.created_at),
+            "dataset_id": conversion.dataset_id,
+            "file_etag": conversion.file_etag,
+            "file_path": conversion.file_path,
+            "file_size": conversion.file_size,
+            "id": conversion.id,
+            "importer_version": conversion.importer_version if started is not None else None,
+            "manual_kcl_override_active": override,
+            "manual_kcl_override_updated_at": zoo_time(conversion.created_at) if override else None,
+            "metadata": conversion.metadata,
+            "phase": phase,
+            "raw_kcl_similarity_score": 0.97 if reached > _RAW_SNAPSHOT_DONE else None,
+            "salon_kcl_similarity_score": 0.99 if reached > _SALON_SNAPSHOT_DONE else None,
+            "started_at": zoo_time(None if started is None else self.clock.wall(started)),
+            "status": status,
+            "status_message": conversion.error if state is JobState.FAILED else None,
+            "updated_at": zoo_time(
+                self.clock.wall(at) if at > conversion.created else conversion.created_at
+            ),
+        }
+        return body, reached
+
+    def summary(self, conversion: FakeConversion) -> dict[str, Any]:
+        """The conversion as the list endpoint sends it (``OrgDatasetFileConversionSummary``)."""
+        return self._view(conversion)[0]
+
+    def detail(self, conversion: FakeConversion) -> dict[str, Any]:
+        """The conversion as ``GET .../conversions/{id}`` sends it
+        (``OrgDatasetFileConversionDetails``)."""
+        body, reached = self._view(conversion)
+        name = conversion.file_path.rsplit("/", 1)[-1].split(".")[0].replace("-", "_")
+        raw = f"// raw KCL of {conversion.file_path}\nconst {name} = startSketchOn(XY)\n"
+        salon = f"// {conversion.file_path}, refactored\nconst {name} = startSketchOn(XY)\n"
+        body.update(
+            manual_kcl_override=conversion.manual_kcl_override,
+            original_snapshot_images=_snapshot("original") if reached > _ORIGINAL_DONE else [],
+            raw_kcl_output=raw if reached > _RAW_DONE else None,
+            raw_kcl_snapshot_images=_snapshot("raw") if reached > _RAW_SNAPSHOT_DONE else [],
+            salon_kcl_output=salon if reached > _SALON_DONE else None,
+            salon_kcl_snapshot_images=_snapshot("salon") if reached > _SALON_SNAPSHOT_DONE else [],
+            output=salon if body["status"] == _SUCCESS else None,
+        )
+        body.update(conversion.extra)
+        return body
+
+    # -- handlers ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _sort_key(sort_by: str, body: dict[str, Any]) -> tuple[Any, ...]:
+        field_name = sort_by.rsplit("_", 1)[0]
+        if field_name == "status":
+            first: Any = _STATUS_INDEX.get(body["status"], len(_STATUS_INDEX))
+        elif field_name == "phase":
+            first = _PHASE_INDEX.get(body["phase"], len(_PHASE_INDEX))
+        else:
+            first = _parse_time(body[field_name])
+        return (first, _parse_time(body["created_at"]), body["id"])
+
+    async def handle_list(self, request: web.Request) -> web.Response:
+        """``GET /org/datasets/{id}/conversions``: limit, page_token, sort_by, filter
+        (``status:<value>``), q (id or file path contains) and phase."""
+        conversions = self.datasets.get(request.match_info["id"])
+        if conversions is None:
+            return zoo_error(404, "dataset not found", "not_found")
+        query = request.query
+        sort_by = query.get("sort_by", "created_at_descending")
+        if sort_by not in CONVERSION_SORT_MODES:
+            return zoo_error(400, f"invalid sort_by: {sort_by!r}", "invalid_request")
+        try:
+            limit = int(query.get("limit", DEFAULT_PAGE_SIZE))
+        except ValueError:
+            return zoo_error(400, "limit must be an integer", "invalid_request")
+        if limit < 1:
+            return zoo_error(400, "limit must be >= 1", "invalid_request")
+        limit = min(limit, MAX_PAGE_SIZE)
+        status_filter: str | None = None
+        if "filter" in query:
+            match = _FILTER.match(query["filter"])
+            if match is None:
+                return zoo_error(400, f"invalid filter: {query['filter']!r}", "invalid_request")
+            status_filter = match.group(1)
+        search = query.get("q", "").lower()
+        phase = query.get("phase")
+        digest = hashlib.sha256(
+            "\0".join((query.get("filter", ""), search, phase or "")).encode()
+        ).hexdigest()[:8]
+        offset = 0
+        token = query.get("page_token")
+        if token is not None:
+            match = _TOKEN.match(token)
+            if match is None or match.group(2) != digest or match.group(3) != sort_by:
+                return zoo_error(400, "invalid page_token", "invalid_request")
+            offset = int(match.group(1))
+        chosen = [
+            body
+            for body in (self.summary(c) for c in conversions.values())
+            if (status_filter is None or body["status"] == status_filter)
+            and (phase is None or body["phase"] == phase)
+            and (search in body["id"].lower() or search in body["file_path"].lower())
+        ]
+        chosen.sort(
+            key=lambda body: self._sort_key(sort_by, body), reverse=sort_by.endswith("descending")
+        )
+        page = chosen[offset : offset + limit]
+        end = offset + len(page)
+        next_page = f"o={end}&k={digest}+{sort_by}/==" if end < len(chosen) else None
+        return web.json_response({"items": page, "next_page": next_page})
+
+    async def handle_get(self, request: web.Request) -> web.Response:
+        """``GET /org/datasets/{id}/conversions/{conversion_id}``."""
+        conversions = self.datasets.get(request.match_info["id"], {})
+        conversion = conversions.get(request.match_info["conversion_id"])
+        if conversion is None:
+            return zoo_error(404, "dataset conversion not found", "not_found")
+        return web.json_response(self.detail(conversion))
+
+    def add_routes(self, app: web.Application) -> None:
+        """Register the conversion routes on ``app``."""
+        app.router.add_get("/org/datasets/{id}/conversions", self.handle_list)
+        app.router.add_get("/org/datasets/{id}/conversions/{conversion_id}", self.handle_get)
