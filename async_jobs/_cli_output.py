@@ -1,9 +1,12 @@
 """How the ``async-jobs`` command shows jobs: rich tables and progress bars on a terminal,
 one JSON object per line otherwise (or with ``--json``).
 
-JSON lines (stable, for scripts): every object has ``event`` (``item``, ``job``, ``update``,
-``final`` or ``summary``), ``kind``, ``id``, ``state`` (a JobState value), ``status`` (the API's
-raw status), ``progress`` (0-1 or null), ``error`` and ``job`` (the record as the API sent it).
+JSON lines (stable, for scripts): each object has ``event``. ``item`` (a listing), ``job``
+(a get), ``update`` (a change seen while waiting), ``final`` (the terminal record) and
+``summary`` (the demo's table) also carry ``kind``, ``id``, ``state`` (a JobState value),
+``status`` (the API's raw status), ``progress`` (0-1 or null) and ``error``; all but
+``summary`` carry ``job``, the record as the API sent it. ``stats`` closes a demo with its
+figures (``jobs``, ``requests``, ``seconds``).
 """
 
 from __future__ import annotations
@@ -44,6 +47,19 @@ def job_record(event: str, kind: str, job: Any) -> dict[str, Any]:
     }
 
 
+#: Short names of job kinds for narrow terminals.
+SHORT_KINDS = {
+    "zoo.async_operation": "operation",
+    "zoo.dataset_conversion": "conversion",
+    "metafold.job": "mf job",
+    "metafold.workflow": "mf workflow",
+}
+
+
+def _short(kind: str) -> str:
+    return SHORT_KINDS.get(kind, kind)
+
+
 def _label(job: Any) -> str:
     phase = getattr(job, "phase", None)
     status = raw_status(job) or "?"
@@ -80,6 +96,10 @@ class Output(abc.ABC):
     def watching(self) -> Iterator[None]:
         """Wraps a wait (live progress display on a terminal)."""
         yield
+
+    @abc.abstractmethod
+    def stats(self, **figures: Any) -> None:
+        """Closing figures of a run (jobs, requests, seconds, ...)."""
 
     def error(self, message: str) -> None:
         """One line on standard error."""
@@ -118,21 +138,24 @@ class JsonOutput(Output):
         for row in rows:
             self._write({"event": "summary", **row})
 
+    def stats(self, **figures: Any) -> None:
+        """One ``stats`` line."""
+        self._write({"event": "stats", **figures})
+
 
 class RichOutput(Output):
     """Tables and live progress bars for a terminal (needs the ``cli`` extra: rich)."""
 
     def __init__(self, console: Any = None) -> None:
         from rich.console import Console
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, Progress, TextColumn
 
         self.console = console or Console()
         self._progress = Progress(
-            TextColumn("{task.fields[kind]:<22} {task.fields[short]:<10}"),
-            BarColumn(bar_width=30),
+            TextColumn("{task.fields[kind]:<11} {task.fields[short]:<8}"),
+            BarColumn(bar_width=20),
             TextColumn("{task.percentage:>5.0f}%"),
             TextColumn("{task.description}"),
-            TimeElapsedColumn(),
             console=self.console,
             transient=False,
         )
@@ -176,7 +199,7 @@ class RichOutput(Output):
         key = (kind, job.id)
         if key not in self._tasks:
             self._tasks[key] = self._progress.add_task(
-                _label(job), total=1.0, kind=kind, short=job.id[:8]
+                _label(job), total=1.0, kind=_short(kind), short=job.id[:8]
             )
         return self._tasks[key]
 
@@ -211,12 +234,16 @@ class RichOutput(Output):
         for row in rows:
             table.add_row(
                 row["id"][:8],
-                row["kind"],
+                _short(row["kind"]),
                 row["state"],
                 f"{row['duration']:.2f}s",
                 row.get("error") or "",
             )
         self.console.print(table)
+
+    def stats(self, **figures: Any) -> None:
+        """One line of figures."""
+        self.console.print(", ".join(f"{value} {name}" for name, value in figures.items()))
 
 
 class PlainOutput(JsonOutput):

@@ -4,7 +4,7 @@ transport it owns, and the async context manager protocol."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -58,6 +58,16 @@ class BaseClient:
         )
         self.poll = poll or PollPolicy()
         self._listings: dict[Hashable, ActiveListing[Any]] = {}
+
+    def _listing(
+        self, key: tuple[str, ...], list_active: Callable[[], AsyncIterator[Any]]
+    ) -> ActiveListing[Any]:
+        """One shared listing per group of this client (a Watcher coalesces through it)."""
+        full_key: Hashable = (id(self), *key)
+        listing = self._listings.get(full_key)
+        if listing is None:
+            listing = self._listings[full_key] = ActiveListing(full_key, list_active)
+        return listing
 
     def _ref_factories(self) -> Mapping[str, Callable[..., JobRef[Any]]]:
         """JobRef kind -> the method that makes such a ref from its ids."""

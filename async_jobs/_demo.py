@@ -1,60 +1,66 @@
-"""The ``async-jobs demo`` run: the embedded fake server, a mix of jobs, all watched to the end
-with the same calls a real program makes."""
+"""The ``async-jobs demo`` run: the embedded fake server, a realistic mix of Zoo operations,
+dataset conversions and a Metafold workflow, all followed to the end by one
+:class:`~async_jobs.Watcher` (the calls a real service makes), with live progress."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
-
-import anyio
 
 from ._cli_output import Output
 from ._policy import PollPolicy
-from ._poll import JobRef, wait_until_terminal
+from ._watcher import Watcher
+from .metafold import MetafoldClient
 from .testing import FakeApiServer
-from .testing._scenarios import ScenarioJob, populate
+from .testing._scenarios import DEMO_PROJECT, ScenarioJob, populate
 from .zoo import ZooClient
 
 __all__ = ["run_demo"]
 
-DEMO_POLL = PollPolicy(initial=0.1, multiplier=1.5, maximum=0.5, jitter=0.1)
+DEMO_POLL = PollPolicy(initial=0.1, multiplier=1.5, maximum=0.4, jitter=0.1)
 
 
-def _ref(job: ScenarioJob, zoo: ZooClient) -> JobRef[Any]:
-    if job.kind == "zoo.async_operation":
-        return zoo.async_operation(*job.ids)
-    raise ValueError(f"the demo cannot watch {job.kind}")
+def _reporter(out: Output, kind: str) -> Callable[[Any], None]:
+    return lambda job: out.update(kind, job)
 
 
 async def run_demo(out: Output, *, speed: float = 1.0) -> list[dict[str, Any]]:
-    """Run the demo, report through ``out``, and return the summary rows."""
+    """Run the demo, report through ``out``, and return the summary rows (one per job)."""
     rows: list[dict[str, Any]] = []
     async with FakeApiServer() as server:
         server.clock.speed = speed
         jobs = populate(server, "demo")
-        async with ZooClient(token=server.token, base_url=server.url) as zoo:
+        async with (
+            ZooClient(token=server.token, base_url=server.url) as zoo,
+            MetafoldClient(token=server.token, base_url=server.url, project_id=DEMO_PROJECT) as mf,
+        ):
             started = time.monotonic()
-
-            async def follow(job: ScenarioJob) -> None:
-                ref = _ref(job, zoo)
-                final = await wait_until_terminal(
-                    ref, timeout=120, poll=DEMO_POLL, on_update=lambda j: out.update(ref.kind, j)
-                )
-                out.final(ref.kind, final)
-                rows.append(
-                    {
-                        "id": final.id,
-                        "kind": ref.kind,
-                        "state": final.job_state.value,
-                        "duration": round(time.monotonic() - started, 3),
-                        "error": final.error,
-                        "expected_state": job.expected_state,
-                    }
-                )
-
             with out.watching():
-                async with anyio.create_task_group() as tg:
+                watcher: Watcher[Any]
+                async with Watcher(zoo, mf, poll=DEMO_POLL) as watcher:
+                    expected: dict[str, ScenarioJob] = {}
                     for job in jobs:
-                        tg.start_soon(follow, job)
+                        ref = zoo.job_ref(job.kind, job.ids) or mf.job_ref(job.kind, job.ids)
+                        if ref is None:
+                            raise ValueError(f"the demo cannot watch {job.kind}")
+                        expected[job.ids[-1]] = job
+                        watcher.add(ref, on_update=_reporter(out, ref.kind))
+                    final: Any
+                    async for final in watcher.as_completed():
+                        job = expected[final.id]
+                        out.final(job.kind, final)
+                        rows.append(
+                            {
+                                "id": final.id,
+                                "kind": job.kind,
+                                "state": final.job_state.value,
+                                "expected_state": job.expected_state,
+                                "duration": round(time.monotonic() - started, 3),
+                                "error": final.error,
+                            }
+                        )
+        requests = len(server.requests)
     out.summary(rows)
+    out.stats(jobs=len(rows), requests=requests, seconds=round(time.monotonic() - started, 2))
     return rows

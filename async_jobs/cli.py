@@ -23,8 +23,9 @@ from ._client import from_env
 from ._errors import ApiError, AsyncJobsError, WaitTimeout
 from ._poll import JobRef, wait_until_terminal
 from ._version import __version__
+from .metafold import MetafoldClient, wait_for_workflow_jobs
 from .models._state import JobState
-from .models.zoo import OPERATION_SORT_MODES, OPERATION_STATUSES
+from .models.zoo import CONVERSION_SORT_MODES, OPERATION_SORT_MODES, OPERATION_STATUSES
 from .zoo import ZooClient
 
 __all__ = ["EXIT_CODES", "main"]
@@ -118,6 +119,102 @@ async def zoo_ops_wait(args: argparse.Namespace, out: Output) -> int:
     """``zoo ops wait ID``."""
     async with zoo_client(args) as zoo:
         return await wait_and_show(zoo.async_operation(args.id), out, args.timeout)
+
+
+# -- zoo conversions --------------------------------------------------------------------------
+
+
+async def zoo_conversions_list(args: argparse.Namespace, out: Output) -> int:
+    """``zoo conversions list DATASET``."""
+    async with zoo_client(args) as zoo:
+        async for conversion in zoo.iter_dataset_conversions(
+            args.dataset,
+            sort_by=args.sort,
+            limit=args.limit,
+            max_items=args.max_items,
+            filter=args.filter,
+            q=args.q,
+            phase=args.phase,
+        ):
+            out.item("zoo.dataset_conversion", conversion)
+    out.end_items()
+    return EXIT_OK
+
+
+async def zoo_conversions_get(args: argparse.Namespace, out: Output) -> int:
+    """``zoo conversions get DATASET ID``."""
+    async with zoo_client(args) as zoo:
+        conversion = await zoo.get_dataset_conversion(args.dataset, args.id)
+        out.job("zoo.dataset_conversion", conversion)
+    return EXIT_OK
+
+
+async def zoo_conversions_wait(args: argparse.Namespace, out: Output) -> int:
+    """``zoo conversions wait DATASET ID``: a phase-labelled progress bar."""
+    async with zoo_client(args) as zoo:
+        return await wait_and_show(zoo.dataset_conversion(args.dataset, args.id), out, args.timeout)
+
+
+# -- metafold ---------------------------------------------------------------------------------
+
+
+def metafold_client(args: argparse.Namespace) -> MetafoldClient:
+    """A MetafoldClient from --token-file / --base-url / --project or the environment."""
+    token = _read_token_file(args.token_file)
+    has_credentials = from_env(None, "METAFOLD_CLIENT_ID") and from_env(
+        None, "METAFOLD_CLIENT_SECRET"
+    )
+    if not token and not has_credentials:
+        token = from_env(None, "METAFOLD_ACCESS_TOKEN")
+        if not token:
+            raise MissingToken(
+                "no Metafold credentials: set METAFOLD_ACCESS_TOKEN (or METAFOLD_CLIENT_ID and "
+                "METAFOLD_CLIENT_SECRET), or pass --token-file"
+            )
+    return MetafoldClient(token=token, base_url=args.base_url, project_id=args.project)
+
+
+async def metafold_list(args: argparse.Namespace, out: Output) -> int:
+    """``metafold jobs|workflows list``."""
+    async with metafold_client(args) as mf:
+        if args.resource == "jobs":
+            found: list[Any] = await mf.list_jobs(sort=args.sort, q=args.q)
+        else:
+            found = await mf.list_workflows(sort=args.sort, q=args.q)
+    for job in found[: args.max_items]:
+        out.item(f"metafold.{args.resource[:-1]}", job)
+    out.end_items()
+    return EXIT_OK
+
+
+async def metafold_get(args: argparse.Namespace, out: Output) -> int:
+    """``metafold jobs|workflows get ID``."""
+    async with metafold_client(args) as mf:
+        if args.resource == "jobs":
+            out.job("metafold.job", await mf.get_job(args.id))
+        else:
+            out.job("metafold.workflow", await mf.get_workflow(args.id))
+    return EXIT_OK
+
+
+async def metafold_wait(args: argparse.Namespace, out: Output) -> int:
+    """``metafold jobs wait ID``, or ``metafold workflows wait ID`` with one bar per job."""
+    async with metafold_client(args) as mf:
+        if args.resource == "jobs":
+            return await wait_and_show(mf.job(args.id), out, args.timeout)
+        with out.watching():
+            jobs = await wait_for_workflow_jobs(
+                mf,
+                args.id,
+                timeout=args.timeout,
+                on_update=lambda job: out.update("metafold.job", job),
+            )
+            for job in jobs:
+                out.final("metafold.job", job)
+            workflow = await mf.get_workflow(args.id)
+            out.final("metafold.workflow", workflow)
+    failed = any(job.job_state is not JobState.SUCCEEDED for job in jobs)
+    return EXIT_FAILED if failed else exit_code_for(workflow)
 
 
 # -- demo and fake server ---------------------------------------------------------------------
@@ -234,6 +331,43 @@ def build_parser() -> argparse.ArgumentParser:
     p = leaf(ops_cmds, "wait", zoo_ops_wait, "wait for an async operation to finish")
     p.add_argument("id")
     p.add_argument("--timeout", type=_seconds, help="seconds (default: no limit)")
+
+    convs = zoo_groups.add_parser("conversions", help="org dataset conversions", parents=[common])
+    conv_cmds = convs.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = leaf(conv_cmds, "list", zoo_conversions_list, "list a dataset's conversions")
+    p.add_argument("dataset")
+    p.add_argument("--sort", choices=CONVERSION_SORT_MODES, default="created_at_descending")
+    p.add_argument("--limit", type=_positive_int, help="page size")
+    p.add_argument("--max-items", type=_positive_int)
+    p.add_argument("--filter", help="e.g. status:success")
+    p.add_argument("--q", help="search text")
+    p.add_argument("--phase", help="only conversions in this phase")
+    p = leaf(conv_cmds, "get", zoo_conversions_get, "get one conversion")
+    p.add_argument("dataset")
+    p.add_argument("id")
+    p = leaf(conv_cmds, "wait", zoo_conversions_wait, "wait for a conversion to finish")
+    p.add_argument("dataset")
+    p.add_argument("id")
+    p.add_argument("--timeout", type=_seconds, help="seconds (default: no limit)")
+
+    metafold = commands.add_parser("metafold", help="the Metafold API", parents=[common])
+    mf_groups = metafold.add_subparsers(dest="resource", metavar="GROUP", required=True)
+    for resource in ("jobs", "workflows"):
+        group = mf_groups.add_parser(resource, help=f"project {resource}", parents=[common])
+        group.add_argument("--project", default=None, help="project id (METAFOLD_PROJECT_ID)")
+        mf_cmds = group.add_subparsers(dest="action", metavar="ACTION", required=True)
+        p = leaf(mf_cmds, "list", metafold_list, f"list a project's {resource}")
+        p.add_argument("--project", default=argparse.SUPPRESS, help="project id")
+        p.add_argument("--sort", help="field:1 or field:-1, e.g. created:-1")
+        p.add_argument("--q", help='search, e.g. "state:started AND type:implicit/*"')
+        p.add_argument("--max-items", type=_positive_int)
+        p = leaf(mf_cmds, "get", metafold_get, f"get one of a project's {resource}")
+        p.add_argument("id")
+        p.add_argument("--project", default=argparse.SUPPRESS, help="project id")
+        p = leaf(mf_cmds, "wait", metafold_wait, f"wait for one of a project's {resource}")
+        p.add_argument("id")
+        p.add_argument("--project", default=argparse.SUPPRESS, help="project id")
+        p.add_argument("--timeout", type=_seconds, help="seconds (default: no limit)")
     return parser
 
 

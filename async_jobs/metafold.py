@@ -13,7 +13,7 @@ quotes is quoted::
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from functools import partial
@@ -34,11 +34,13 @@ from ._http import (
     api_path,
 )
 from ._oauth import DEFAULT_REFRESH_MARGIN, ClientCredentialsAuth
+from ._paging import Page, merge_streams
 from ._policy import PollPolicy, RetryPolicy
 from ._poll import JobRef, OnUpdate, wait_all, watch
 from .models.metafold import (
     JOB_QUERY_FIELDS,
     JOB_SORT_FIELDS,
+    METAFOLD_ACTIVE_STATES,
     WORKFLOW_QUERY_FIELDS,
     WORKFLOW_SORT_FIELDS,
     MetafoldJob,
@@ -236,6 +238,8 @@ class MetafoldClient(BaseClient):
         timeout: float = DEFAULT_TIMEOUT,
         max_body_size: int = DEFAULT_MAX_BODY_SIZE,
         allow_insecure_http: bool = False,
+        rate_limit: float | None = None,
+        max_concurrency: int | None = None,
     ) -> None:
         if bool(client_id) != bool(client_secret):
             raise ValueError("pass client_id and client_secret together")
@@ -266,6 +270,8 @@ class MetafoldClient(BaseClient):
             poll=poll,
             max_body_size=max_body_size,
             allow_insecure_http=allow_insecure_http,
+            rate_limit=rate_limit,
+            max_concurrency=max_concurrency,
         )
         if oauth is not None:
             oauth.bind(self._http)
@@ -337,6 +343,23 @@ class MetafoldClient(BaseClient):
             (pid, job_id),
             partial(self.get_job, job_id, project_id=pid),
             poll=self.poll,
+            listing=self._listing(("metafold.jobs", pid), partial(self._active, pid, "jobs")),
+        )
+
+    def _active(self, project_id: str, resource: Resource) -> AsyncIterator[Any]:
+        """Every pending or started job (or workflow) of a project: one request per active
+        state, sent concurrently (the API has no OR)."""
+
+        async def one_state(state: str, token: str | None) -> Page[Any]:
+            query = q(resource=resource, state=state)
+            if resource == "jobs":
+                found: list[Any] = await self.list_jobs(project_id, q=query)
+            else:
+                found = await self.list_workflows(project_id, q=query)
+            return Page(items=found)
+
+        return merge_streams(
+            [partial(one_state, state) for state in METAFOLD_ACTIVE_STATES], key=None
         )
 
     # -- workflows --------------------------------------------------------------------------
@@ -379,6 +402,9 @@ class MetafoldClient(BaseClient):
             (pid, workflow_id),
             partial(self.get_workflow, workflow_id, project_id=pid),
             poll=self.poll,
+            listing=self._listing(
+                ("metafold.workflows", pid), partial(self._active, pid, "workflows")
+            ),
         )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Hashable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from contextlib import aclosing
 from functools import partial
 from typing import Any
@@ -13,7 +13,7 @@ from ._client import BaseClient, from_env
 from ._http import DEFAULT_MAX_BODY_SIZE, DEFAULT_TIMEOUT, ClientSession, StaticTokenAuth, api_path
 from ._paging import Page, iter_items, merge_streams
 from ._policy import PollPolicy, RetryPolicy
-from ._poll import ActiveListing, JobRef
+from ._poll import JobRef
 from .models.zoo import (
     CONVERSION_ACTIVE_STATUSES,
     CONVERSION_SORT_MODES,
@@ -82,6 +82,8 @@ class ZooClient(BaseClient):
         timeout: float = DEFAULT_TIMEOUT,
         max_body_size: int = DEFAULT_MAX_BODY_SIZE,
         allow_insecure_http: bool = False,
+        rate_limit: float | None = None,
+        max_concurrency: int | None = None,
     ) -> None:
         super().__init__(
             base_url=from_env(base_url, "ZOO_HOST") or DEFAULT_BASE_URL,
@@ -92,6 +94,8 @@ class ZooClient(BaseClient):
             poll=poll,
             max_body_size=max_body_size,
             allow_insecure_http=allow_insecure_http,
+            rate_limit=rate_limit,
+            max_concurrency=max_concurrency,
         )
 
     # -- async operations -------------------------------------------------------------------
@@ -168,16 +172,6 @@ class ZooClient(BaseClient):
 
     def _active_operations(self) -> AsyncIterator[AsyncOperation]:
         return self.iter_async_operations(OPERATION_ACTIVE_STATUSES)
-
-    def _listing(
-        self, key: tuple[str, ...], list_active: Callable[[], AsyncIterator[Any]]
-    ) -> ActiveListing[Any]:
-        """One shared listing per group of this client (a Watcher coalesces through it)."""
-        full_key: Hashable = (id(self), *key)
-        listing = self._listings.get(full_key)
-        if listing is None:
-            listing = self._listings[full_key] = ActiveListing(full_key, list_active)
-        return listing
 
     def _ref_factories(self) -> Mapping[str, Callable[..., JobRef[Any]]]:
         return {

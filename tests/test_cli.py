@@ -20,7 +20,16 @@ from async_jobs.testing import FakeApiServer
 from .conftest import TOKEN, eventually
 
 SCRIPT = Path(sys.executable).with_name("async-jobs")
-TOKEN_VARIABLES = ("ZOO_API_TOKEN", "KITTYCAD_API_TOKEN", "ZOO_HOST")
+TOKEN_VARIABLES = (
+    "ZOO_API_TOKEN",
+    "KITTYCAD_API_TOKEN",
+    "ZOO_HOST",
+    "METAFOLD_ACCESS_TOKEN",
+    "METAFOLD_CLIENT_ID",
+    "METAFOLD_CLIENT_SECRET",
+    "METAFOLD_BASE_URL",
+    "METAFOLD_PROJECT_ID",
+)
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -50,8 +59,15 @@ def test_demo_json_ends_with_every_job_in_its_expected_state() -> None:
     assert result.returncode == 0, result.stderr.decode()
     records = _lines(result.stdout)
     summary = [r for r in records if r["event"] == "summary"]
-    assert len(summary) >= 5
+    assert len(summary) == 31  # 5 operations, 20 conversions, a workflow of 6 jobs
+    assert {r["kind"] for r in summary} == {
+        "zoo.async_operation",
+        "zoo.dataset_conversion",
+        "metafold.job",
+    }
     assert all(r["state"] == r["expected_state"] for r in summary), summary
+    (stats,) = [r for r in records if r["event"] == "stats"]
+    assert stats["jobs"] == 31 and stats["requests"] > 0
     finals = {r["id"] for r in records if r["event"] == "final"}
     assert finals == {r["id"] for r in summary}
     assert b"Traceback" not in result.stderr
@@ -218,3 +234,68 @@ def test_terminal_rendering_with_rich_recording_console() -> None:
     assert "0ca1531a" in text and "failed (bad mesh)" in text
     assert "summary" in text and "1.50s" in text
     assert "final state" in text
+
+
+@pytest.mark.anyio
+async def test_conversion_and_metafold_commands(server: FakeApiServer) -> None:
+    dataset = server.conversions.add_dataset()
+    ok = server.conversions.add_conversion(dataset)
+    bad = server.conversions.add_conversion(
+        dataset, [("queued", 0.02), ("error_geometry_mismatch", None)], error="differs"
+    )
+    job = server.metafold.add_job("p1", timeline=[("started", 0.05), ("success", None)])
+    failing = server.metafold.add_job("p1", timeline=[("failure", None)], error="no mesh")
+    flow = server.metafold.add_workflow(
+        "p1", [{"name": "a"}, {"name": "b", "needs": ["a"]}, {"name": "c", "needs": ["a"]}]
+    )
+    env = _env(
+        ZOO_API_TOKEN=TOKEN,
+        ZOO_HOST=server.url,
+        METAFOLD_ACCESS_TOKEN=TOKEN,
+        METAFOLD_BASE_URL=server.url,
+        METAFOLD_PROJECT_ID="p1",
+    )
+    cases = [
+        (["zoo", "conversions", "wait", dataset, ok.id], 0),
+        (["zoo", "conversions", "wait", dataset, bad.id], 1),
+        (["metafold", "jobs", "wait", job.id], 0),
+        (["metafold", "jobs", "wait", failing.id], 1),
+        (["metafold", "workflows", "wait", flow.id, "--project", "p1"], 0),
+        (["metafold", "jobs", "get", "nope"], 4),
+    ]
+    for args, expected in cases:
+        result = await anyio.run_process(_command(*args, "--json"), env=env, check=False)
+        assert result.returncode == expected, (args, result.stderr.decode())
+        assert TOKEN.encode() not in result.stdout + result.stderr
+    listed = await anyio.run_process(
+        _command("zoo", "conversions", "list", dataset, "--filter", "status:success", "--json"),
+        env=env,
+    )
+    assert [r["id"] for r in _lines(listed.stdout)] == [ok.id]
+    jobs = await anyio.run_process(
+        _command("metafold", "jobs", "list", "--q", "state:failure", "--json"), env=env
+    )
+    assert [r["id"] for r in _lines(jobs.stdout)] == [failing.id]
+    progress = [
+        r["progress"]
+        for r in _lines(
+            (
+                await anyio.run_process(
+                    _command("zoo", "conversions", "wait", dataset, ok.id, "--json"), env=env
+                )
+            ).stdout
+        )
+    ]
+    assert progress[-1] == 1.0
+
+
+def test_missing_metafold_credentials() -> None:
+    result = subprocess.run(
+        _command("metafold", "jobs", "list", "--project", "p"),
+        capture_output=True,
+        env=_env(),
+        timeout=30,
+    )
+    assert result.returncode == 4
+    lines = result.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and "METAFOLD_ACCESS_TOKEN" in lines[0]

@@ -297,3 +297,77 @@ async def test_fallback_logs_once_per_group(
         jobs = await watcher.wait_all(timeout=10)
     assert all(job.status == "success" for job in jobs)
     assert len([r for r in caplog.records if "one by one" in r.getMessage()]) == 1
+
+
+def _scripted_metafold(server: FakeApiServer, projects: int, each: int) -> dict[str, str]:
+    rng = random.Random(3)
+    truth = {}
+    for p in range(projects):
+        project = f"proj-{p}"
+        for _ in range(each):
+            final = rng.choice(["success", "success", "failure", "canceled"])
+            job = server.metafold.add_job(
+                project,
+                timeline=[
+                    ("pending", rng.uniform(0, 0.2)),
+                    ("started", rng.uniform(0, 0.3)),
+                    (final, None),
+                ],
+                error="mesh too coarse",
+            )
+            truth[f"{project}/{job.id}"] = {
+                "success": "succeeded",
+                "failure": "failed",
+                "canceled": "canceled",
+            }[final]
+    return truth
+
+
+async def test_metafold_jobs_and_workflows_coalesce_per_project(server: FakeApiServer) -> None:
+    truth = _scripted_metafold(server, 3, 60)
+    workflow = server.metafold.add_workflow(
+        "proj-0",
+        [
+            {"name": "mesh"},
+            {"name": "lattice", "needs": ["mesh"]},
+            {"name": "export", "needs": ["lattice"]},
+        ],
+    )
+    ops = _scripted_ops(server, 30)
+    async with (
+        _zoo(server) as zoo,
+        aj.MetafoldClient(token=TOKEN, base_url=server.url, retry=FAST_RETRY) as mf,
+        aj.Watcher(zoo, mf, poll=POLL) as watcher,
+    ):
+        jobs = {
+            key: watcher.add(mf.job(key.split("/")[1], project_id=key.split("/")[0]))
+            for key in truth
+        }
+        flow = watcher.add(mf.workflow(workflow.id, project_id="proj-0"))
+        opf = {op_id: watcher.add(zoo.async_operation(op_id)) for op_id in ops}
+        await watcher.wait_all(timeout=30)
+    assert {k: f.result().job_state.value for k, f in jobs.items()} == truth
+    assert {k: f.result().job_state.value for k, f in opf.items()} == ops
+    assert flow.result().job_state is aj.JobState.SUCCEEDED
+    listings = [r for r in server.requests if r.path.endswith("/jobs")]
+    assert {r.query.get("q") for r in listings} == {"state:pending", "state:started"}
+    single = [r for r in server.requests if "/jobs/" in r.path]
+    assert len(single) <= len(truth) * 1.5  # only confirmations of jobs that left the lists
+
+
+async def test_restore_across_apis(server: FakeApiServer) -> None:
+    job = server.metafold.add_job("p", timeline=[("started", 3600), ("success", None)])
+    op = server.zoo.add_operation(timeline=[("queued", 3600), ("completed", None)])
+    async with (
+        _zoo(server) as zoo,
+        aj.MetafoldClient(token=TOKEN, base_url=server.url, retry=FAST_RETRY) as mf,
+    ):
+        async with aj.Watcher(zoo, mf, poll=POLL) as watcher:
+            watcher.add(mf.job(job.id, project_id="p"))
+            watcher.add(zoo.async_operation(op.id))
+            data = watcher.snapshot()
+        server.clock.advance(3600)
+        async with aj.Watcher.restore(data, mf, zoo, poll=POLL) as again:
+            finals = await again.wait_all(timeout=10)
+    assert sorted(j.id for j in finals) == sorted([job.id, op.id])
+    assert all(j.job_state is aj.JobState.SUCCEEDED for j in finals)

@@ -30,6 +30,7 @@ from ._state import JobState, map_state
 __all__ = [
     "JOB_QUERY_FIELDS",
     "JOB_SORT_FIELDS",
+    "METAFOLD_ACTIVE_STATES",
     "METAFOLD_STATES",
     "METAFOLD_STATE_NAMES",
     "WORKFLOW_QUERY_FIELDS",
@@ -53,6 +54,10 @@ METAFOLD_STATES: Mapping[str, JobState] = MappingProxyType(
 )
 #: The known states, in lifecycle order.
 METAFOLD_STATE_NAMES: tuple[str, ...] = tuple(METAFOLD_STATES)
+#: The states of jobs and workflows still under way (what a Watcher lists to coalesce).
+METAFOLD_ACTIVE_STATES: tuple[str, ...] = tuple(
+    name for name, state in METAFOLD_STATES.items() if not state.is_terminal
+)
 #: Fields ``sort=`` accepts on ``GET /projects/{id}/jobs``.
 JOB_SORT_FIELDS: tuple[str, ...] = ("id", "name", "created", "started", "finished")
 #: Fields ``sort=`` accepts on ``GET /projects/{id}/workflows``.

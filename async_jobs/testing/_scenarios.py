@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+from ..models.zoo import CONVERSION_PHASES
 from ._server import FakeApiServer
 
 __all__ = ["SCENARIOS", "ScenarioJob", "populate"]
 
 SCENARIOS = ("demo", "empty")
+DEMO_DATASET = "demo-dataset"
+DEMO_PROJECT = "demo-project"
 
 
 @dataclass(frozen=True)
@@ -38,7 +42,58 @@ def _demo(server: FakeApiServer) -> list[ScenarioJob]:
         jobs.append(
             ScenarioJob("zoo.async_operation", (op.id,), "failed" if error else "succeeded")
         )
+    jobs += _demo_conversions(server)
+    jobs += _demo_workflow(server)
     return jobs
+
+
+#: The phases a conversion walks between ``queued`` and ``completed`` (no manual override).
+_WALK = [p for p in CONVERSION_PHASES if p not in ("queued", "completed", "manual_kcl_override")]
+
+
+def _demo_conversions(server: FakeApiServer) -> list[ScenarioJob]:
+    """~20 conversions walking the phases at different speeds; one fails, one is retried."""
+    dataset = server.conversions.add_dataset(DEMO_DATASET)
+    jobs = []
+    for index in range(20):
+        step = 0.08 + 0.015 * index
+        timeline: list[tuple[str, float | None] | tuple[str, str, float | None]]
+        timeline = [("queued", 0.1 + 0.05 * index), *((phase, step) for phase in _WALK)]
+        expected = "succeeded"
+        error = None
+        if index == 7:  # fails half way
+            timeline = [*timeline[:6], ("error_geometry_mismatch", None)]
+            expected, error = "failed", "re-imported geometry differs from the source"
+        elif index == 12:  # dropped by a worker and retried from the start
+            timeline = [*timeline[:5], ("queued", "queued", 0.4), *timeline[1:]]
+            timeline.append(("success", None))
+        else:
+            timeline.append(("success", None))
+        conversion = server.conversions.add_conversion(dataset, timeline, error=error)
+        jobs.append(ScenarioJob("zoo.dataset_conversion", (dataset, conversion.id), expected))
+    return jobs
+
+
+def _demo_workflow(server: FakeApiServer) -> list[ScenarioJob]:
+    """A Metafold workflow of six jobs with ``needs``."""
+    specs: list[dict[str, Any]] = [
+        {"name": "import-mesh", "type": "import/mesh", "needs": []},
+        {"name": "voxelize", "type": "implicit/from-mesh", "needs": ["import-mesh"]},
+        {"name": "sample-lattice", "type": "sample_lattice", "needs": ["import-mesh"]},
+        {
+            "name": "evaluate-graph",
+            "type": "evaluate_graph",
+            "needs": ["voxelize", "sample-lattice"],
+        },
+        {"name": "export-stl", "type": "export_triangle_mesh", "needs": ["evaluate-graph"]},
+        {"name": "render-preview", "type": "render", "needs": ["evaluate-graph"]},
+    ]
+    for index, spec in enumerate(specs):
+        spec["timeline"] = [("pending", 0.2), ("started", 0.4 + 0.1 * index), ("success", None)]
+    workflow = server.metafold.add_workflow(DEMO_PROJECT, specs)
+    return [
+        ScenarioJob("metafold.job", (DEMO_PROJECT, job_id), "succeeded") for job_id in workflow.jobs
+    ]
 
 
 def populate(server: FakeApiServer, scenario: str) -> list[ScenarioJob]:
