@@ -60,6 +60,9 @@ class FakeApiServer:
         self.clock = clock or FakeClock()
         self.faults = FaultPlan(seed)
         self.requests: list[RecordedRequest] = []
+        #: Requests received, kept or not; set ``keep_requests = False`` for long benchmarks.
+        self.request_count = 0
+        self.keep_requests = True
         self.zoo = FakeZoo(self.clock)
         self.metafold = FakeMetafold(self.clock)
         self.conversions = FakeConversions(self.clock)
@@ -125,16 +128,18 @@ class FakeApiServer:
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        self.requests.append(
-            RecordedRequest(
-                request.method,
-                request.path,
-                dict(request.query),
-                request.headers.get("Authorization"),
-                request.headers.get("User-Agent"),
-                time.monotonic(),
+        self.request_count += 1
+        if self.keep_requests:
+            self.requests.append(
+                RecordedRequest(
+                    request.method,
+                    request.path,
+                    dict(request.query),
+                    request.headers.get("Authorization"),
+                    request.headers.get("User-Agent"),
+                    time.monotonic(),
+                )
             )
-        )
         fault = self.faults.pick(request.path)
         if fault is not None:
             return await self._apply(fault, request, handler)
