@@ -51,6 +51,13 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+#: What a hostile or broken body can make msgspec raise: deep nesting inside a free-form
+#: (``Any``) field exhausts the recursion limit instead of failing validation.
+BODY_ERRORS: tuple[type[Exception], ...] = (
+    msgspec.DecodeError,
+    msgspec.ValidationError,
+    RecursionError,
+)
 #: The session type callers may pass as ``session=`` (re-exported so no other module imports
 #: aiohttp).
 ClientSession = aiohttp.ClientSession
@@ -192,7 +199,7 @@ def error_for_response(response: Response, secrets: Sequence[str] = ()) -> ApiEr
     """The typed error for a non-2xx response, reading whichever error body the API sent."""
     try:
         parsed: _ErrorBody | None = _error_decoder.decode(response.body)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except BODY_ERRORS:
         parsed = None
     message = ""
     code: str | None = None
@@ -356,7 +363,7 @@ class HttpTransport:
         """Decode a 2xx body, or raise DecodeError with the status and a short excerpt."""
         try:
             return decoder.decode(response.body)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except BODY_ERRORS as exc:
             reason = redact(str(exc), self.secrets)
             raise DecodeError(
                 f"unexpected response body for {response.method} {response.url}: {reason}",

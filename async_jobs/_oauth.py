@@ -19,7 +19,7 @@ import anyio
 import msgspec
 
 from ._errors import DecodeError
-from ._http import HttpTransport, check_base_url
+from ._http import BODY_ERRORS, HttpTransport, check_base_url
 from ._redact import register_secret, unregister_secret
 
 __all__ = ["DEFAULT_REFRESH_MARGIN", "ClientCredentialsAuth"]
@@ -144,7 +144,7 @@ class ClientCredentialsAuth:
         )
         try:
             issued = _token_decoder.decode(response.body)
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except BODY_ERRORS:
             # No excerpt: a half-valid body may well contain the new token.
             raise DecodeError(
                 f"unexpected token response from {self.token_url}", status=response.status

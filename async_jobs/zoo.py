@@ -27,8 +27,8 @@ from .models.zoo import (
 __all__ = ["ZooClient"]
 
 DEFAULT_BASE_URL = "https://api.zoo.dev"
-#: Page size of the active-job listings a Watcher sweeps (the API caps pages itself).
-CONVERSION_LISTING_PAGE = 100
+#: Page size of the active-job listings a Watcher sweeps (a server may cap it lower).
+LISTING_PAGE_SIZE = 1000
 _operation_decoder = msgspec.json.Decoder(AsyncOperation)
 _operation_page_decoder = msgspec.json.Decoder(Page[AsyncOperation])
 _conversion_decoder = msgspec.json.Decoder(DatasetConversion)
@@ -171,7 +171,7 @@ class ZooClient(BaseClient):
         )
 
     def _active_operations(self) -> AsyncIterator[AsyncOperation]:
-        return self.iter_async_operations(OPERATION_ACTIVE_STATUSES)
+        return self.iter_async_operations(OPERATION_ACTIVE_STATUSES, limit=LISTING_PAGE_SIZE)
 
     def _ref_factories(self) -> Mapping[str, Callable[..., JobRef[Any]]]:
         return {
@@ -295,5 +295,5 @@ class ZooClient(BaseClient):
         self, dataset_id: str, status_filter: str, token: str | None
     ) -> Page[DatasetConversion]:
         return await self.list_dataset_conversions(
-            dataset_id, limit=CONVERSION_LISTING_PAGE, page_token=token, filter=status_filter
+            dataset_id, limit=LISTING_PAGE_SIZE, page_token=token, filter=status_filter
         )

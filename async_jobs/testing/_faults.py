@@ -9,7 +9,9 @@ from typing import Literal
 
 __all__ = ["Fault", "FaultKind", "FaultPlan"]
 
-FaultKind = Literal["status", "latency", "malformed", "truncated", "drop", "html", "redirect"]
+FaultKind = Literal[
+    "status", "latency", "malformed", "truncated", "drop", "html", "redirect", "body"
+]
 
 
 @dataclass
@@ -19,13 +21,17 @@ class Fault:
     ``route`` is a glob on the request path (``/async/operations/*``); ``times`` how many
     requests it hits (None: every one), each with ``probability``. Kinds:
 
-    - ``status``: answer ``status`` with the API's error body (and ``retry_after``, if set);
-    - ``latency``: wait ``delay`` seconds, then answer normally;
+    - ``status``: answer ``status`` with the API's error body, with ``Retry-After``:
+      ``retry_after`` as given, or an HTTP date ``retry_after_date`` seconds from now;
+    - ``latency``: wait ``delay`` seconds (or a random time up to ``max_delay``), then answer
+      normally;
     - ``malformed``: 200 with a body that is not JSON;
     - ``truncated``: the real answer cut in half with the full Content-Length, then close;
     - ``drop``: close the connection without answering;
     - ``html``: ``status`` (default 502) with an HTML error page;
-    - ``redirect``: 307 to ``location``.
+    - ``redirect``: 307 to ``location``;
+    - ``body``: ``status`` (default 200) with exactly ``body`` and extra ``headers`` (for
+      hostile bodies: gzip bombs, non-UTF-8, deep nesting, ...).
     """
 
     kind: FaultKind
@@ -36,6 +42,10 @@ class Fault:
     retry_after: str | None = None
     delay: float = 0.0
     location: str | None = None
+    max_delay: float | None = None
+    retry_after_date: float | None = None
+    body: bytes | None = None
+    headers: dict[str, str] | None = None
     hits: int = field(default=0, init=False)
 
     def matches(self, path: str) -> bool:
@@ -61,6 +71,10 @@ class FaultPlan:
     def clear(self) -> None:
         """Disarm every fault."""
         self.faults.clear()
+
+    def uniform(self, low: float, high: float) -> float:
+        """A seeded random number in [low, high]."""
+        return self._random.uniform(low, high)
 
     def pick(self, path: str) -> Fault | None:
         """The fault to apply to a request for ``path``, counting the hit."""

@@ -8,6 +8,8 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
 from types import TracebackType
 from typing import Any
 
@@ -173,13 +175,25 @@ class FakeApiServer:
     ) -> web.StreamResponse:
         kind = fault.kind
         if kind == "latency":
-            await asyncio.sleep(fault.delay)
+            delay = fault.delay
+            if fault.max_delay is not None:
+                delay = self.faults.uniform(fault.delay, fault.max_delay)
+            await asyncio.sleep(delay)
             return await self._serve(request, handler)
         if kind == "status":
             response = self.error(request, fault.status or 503, "injected fault", "fault")
             if fault.retry_after is not None:
                 response.headers["Retry-After"] = fault.retry_after
+            elif fault.retry_after_date is not None:
+                when = datetime.now(timezone.utc) + timedelta(seconds=fault.retry_after_date)
+                response.headers["Retry-After"] = format_datetime(when, usegmt=True)
             return response
+        if kind == "body":
+            return web.Response(
+                status=fault.status or 200,
+                body=fault.body or b"",
+                headers={"Content-Type": "application/json", **(fault.headers or {})},
+            )
         if kind == "malformed":
             return web.Response(body=b'{"id": "x", "status": ', content_type="application/json")
         if kind == "html":
