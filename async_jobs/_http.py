@@ -52,11 +52,13 @@ __all__ = [
 
 T = TypeVar("T")
 #: What a hostile or broken body can make msgspec raise: deep nesting inside a free-form
-#: (``Any``) field exhausts the recursion limit instead of failing validation.
+#: (``Any``) field exhausts the recursion limit instead of failing validation, and invalid
+#: UTF-8 inside a string is a UnicodeDecodeError.
 BODY_ERRORS: tuple[type[Exception], ...] = (
     msgspec.DecodeError,
     msgspec.ValidationError,
     RecursionError,
+    UnicodeDecodeError,
 )
 #: The session type callers may pass as ``session=`` (re-exported so no other module imports
 #: aiohttp).

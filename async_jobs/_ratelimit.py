@@ -1,5 +1,5 @@
-"""A client's shared request-rate limit: a leaky bucket that halves its rate on a 429 and
-creeps back up while requests succeed.
+"""A client's shared request-rate limit: a leaky bucket that halves its rate when the server
+keeps answering 429 and creeps back up while requests succeed.
 
 The arithmetic (:meth:`RateLimiter.reserve`, :meth:`RateLimiter.throttled`) takes "now" as an
 argument and never sleeps, so it is tested without an event loop; :meth:`acquire` is the thin
@@ -17,16 +17,24 @@ __all__ = ["RateLimiter"]
 
 #: What an unlimited client is assumed to send when it has sent too little to measure.
 UNKNOWN_RATE = 10.0
+#: An unlimited client starts limiting itself once this share of recent requests got a 429.
+THROTTLE_SHARE = 0.1
+#: At most one halving per this many seconds: one burst of 429s is one signal.
+COOLDOWN = 1.0
+_WINDOW = 100
+#: Requests an unlimited client must have sent before its 429s count as congestion.
+MIN_SAMPLE = 10
 
 
 class RateLimiter:
     """Requests per second for one client.
 
-    ``rate=None`` means no limit until the server pushes back: after a 429 the limiter starts
-    at half the rate it had just observed. A configured ``rate`` is a ceiling: a 429 halves
-    the current rate (never below ``min_rate``), and every second without one adds
-    ``recovery`` (a fraction) back, up to the ceiling (or, with no ceiling, until the limit is
-    lifted again). A ``Retry-After`` pauses every request of the client until it has passed.
+    ``rate=None`` means no limit until the server pushes back: once at least a tenth of the
+    recent requests were answered 429, the limiter starts at half the rate it had observed
+    (an occasional 429 only delays its own request's retry, by its ``Retry-After``). A
+    configured ``rate`` is a ceiling, and every 429 counts. Either way the rate halves at
+    most once a second (never below ``min_rate``), and every second without a halving adds
+    ``recovery`` (a fraction) back, up to the ceiling or, with none, until the limit is lifted.
     """
 
     def __init__(
@@ -48,9 +56,10 @@ class RateLimiter:
         self.recovery = recovery
         self.throttle_count = 0
         self._next_slot = -math.inf
-        self._paused_until = -math.inf
         self._last_adjust: float | None = None
-        self._recent: deque[float] = deque(maxlen=64)
+        self._last_decrease = -math.inf
+        self._recent: deque[float] = deque(maxlen=_WINDOW)
+        self._throttles: deque[float] = deque(maxlen=_WINDOW)
 
     def _recover(self, now: float) -> None:
         if self.rate is None:
@@ -74,27 +83,37 @@ class RateLimiter:
         span = max(now - self._recent[0], 1e-3)
         return len(self._recent) / span
 
+    def _throttled_share(self) -> float:
+        if len(self._recent) < MIN_SAMPLE:
+            return 0.0  # too little traffic to call it congestion
+        since = self._recent[0]
+        return sum(1 for at in self._throttles if at >= since) / len(self._recent)
+
     def reserve(self, now: float) -> float:
         """Claim the next request slot; returns how many seconds to wait before sending."""
         self._recover(now)
-        start = max(now, self._paused_until)
+        start = now
         if self.rate is not None:
             interval = 1.0 / self.rate
-            slot = max(self._next_slot, start - (self.burst - 1) * interval)
+            slot = max(self._next_slot, now - (self.burst - 1) * interval)
             self._next_slot = slot + interval
-            start = max(start, slot)
+            start = max(now, slot)
         self._recent.append(start)
-        return max(start - now, 0.0)
+        return start - now
 
     def throttled(self, now: float, retry_after: float | None = None) -> None:
-        """The server answered 429: slow down (and pause for ``retry_after`` seconds)."""
+        """The server answered 429 (``retry_after`` is its hint, which the request's own
+        retry honours): slow the whole client down if 429s are no longer occasional."""
         self.throttle_count += 1
+        self._throttles.append(now)
+        if self.ceiling is None and self._throttled_share() < THROTTLE_SHARE:
+            return
+        if now - self._last_decrease < COOLDOWN:
+            return
         current = self.rate if self.rate is not None else self._observed_rate(now)
         floor = self.min_rate if self.ceiling is None else min(self.min_rate, self.ceiling)
         self.rate = max(floor, current / 2.0)
-        self._last_adjust = now
-        if retry_after is not None and retry_after > 0:
-            self._paused_until = max(self._paused_until, now + retry_after)
+        self._last_adjust = self._last_decrease = now
 
     async def acquire(self) -> None:
         """Wait for this request's slot."""

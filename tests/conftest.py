@@ -63,6 +63,10 @@ async def zoo(server: FakeApiServer) -> AsyncIterator[aj.ZooClient]:
         yield client
 
 
+#: Tasks that belong to the fake server's side of a connection (accepting, handling).
+SERVER_TASKS = ("RequestHandler.", "BaseSelectorEventLoop._accept_connection")
+
+
 def client_tasks() -> set[object]:
     """The running asyncio tasks, minus the fake server's own connection handlers."""
     import asyncio
@@ -70,7 +74,7 @@ def client_tasks() -> set[object]:
     return {
         task
         for task in asyncio.all_tasks()
-        if not task.get_coro().__qualname__.startswith("RequestHandler.")  # type: ignore[union-attr]
+        if not task.get_coro().__qualname__.startswith(SERVER_TASKS)  # type: ignore[union-attr]
     }
 
 
