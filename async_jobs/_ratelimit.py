@@ -80,7 +80,7 @@ class RateLimiter:
     def _observed_rate(self, now: float) -> float:
         if len(self._recent) < 2:
             return UNKNOWN_RATE
-        span = max(now - self._recent[0], 1e-3)
+        span = max(now - self._recent[0], 1.0)  # a burst is not a sustained rate
         return len(self._recent) / span
 
     def _throttled_share(self) -> float:

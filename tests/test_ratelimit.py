@@ -56,7 +56,8 @@ def test_unlimited_client_slows_down_under_many_429s_and_recovers() -> None:
         limiter.reserve(i * 0.01)  # about 100 requests per second
         if i % 4 == 0:
             limiter.throttled(i * 0.01)  # a quarter of them answered 429
-    assert limiter.rate is not None and 40 <= limiter.rate <= 60
+    # Well below the ~100/s it offered (its rate is measured over at least a second).
+    assert limiter.rate is not None and limiter.rate <= 50
     slow = limiter.rate
     limiter.reserve(1.64)
     assert limiter.rate is not None and limiter.rate > slow  # creeping back up

@@ -166,14 +166,7 @@ async def test_rate_adapts_down_under_many_429s(server: FakeApiServer) -> None:
         server.zoo.add_operation(timeline=[("in_progress", 0.5), ("completed", None)])
         for _ in range(20)
     ]
-    server.inject(
-        "status",
-        status=429,
-        retry_after="0.01",
-        probability=0.5,
-        times=20,
-        route="/async/operations/*",
-    )
+    server.inject("status", status=429, retry_after="0.01", times=20, route="/async/operations/*")
     async with _zoo(server) as zoo, aj.Watcher(zoo, poll=POLL, coalesce=False) as watcher:
         watcher.add_many(zoo.async_operation(op.id) for op in ops)
         jobs = await watcher.wait_all(timeout=20)
