@@ -67,26 +67,42 @@ def _count(server: FakeApiServer, prefix: str) -> int:
     return sum(1 for r in server.requests if r.path.startswith(prefix))
 
 
-async def test_mixed_jobs_resolve_through_coalesced_listings(server: FakeApiServer) -> None:
-    ops = _scripted_ops(server, 300)
-    convs = _scripted_conversions(server, 3, 100)
-    async with _zoo(server) as zoo, aj.Watcher(zoo, poll=POLL) as watcher:
+async def test_two_thousand_mixed_jobs_resolve_through_coalesced_listings(
+    server: FakeApiServer,
+) -> None:
+    ops = _scripted_ops(server, 600)
+    convs = _scripted_conversions(server, 5, 140)
+    jobs = _scripted_metafold(server, 5, 140)
+    total = len(ops) + len(convs) + len(jobs)
+    assert total == 2000
+    async with (
+        _zoo(server) as zoo,
+        aj.MetafoldClient(token=TOKEN, base_url=server.url, retry=FAST_RETRY) as mf,
+        aj.Watcher(zoo, mf, poll=POLL) as watcher,
+    ):
         op_futures = {op_id: watcher.add(zoo.async_operation(op_id)) for op_id in ops}
         conv_futures = {key: watcher.add(zoo.dataset_conversion(*key.split("/"))) for key in convs}
-        assert watcher.pending == 600
-        results = await watcher.wait_all(timeout=30)
-        assert len(results) == 600
-        assert watcher.pending == 0 and watcher.done == 600
+        job_futures = {
+            key: watcher.add(mf.job(key.split("/")[1], project_id=key.split("/")[0]))
+            for key in jobs
+        }
+        assert watcher.pending == total
+        results = await watcher.wait_all(timeout=60)
+        assert len(results) == total
+        assert watcher.pending == 0 and watcher.done == total
     assert {k: f.result().job_state.value for k, f in op_futures.items()} == ops
     assert {k: f.result().job_state.value for k, f in conv_futures.items()} == convs
+    assert {k: f.result().job_state.value for k, f in job_futures.items()} == jobs
     # Coalesced: the listings carry the load, single GETs only confirm what left a listing.
     single_gets = sum(
         1
         for r in server.requests
-        if "/conversions/" in r.path or r.path.startswith("/async/operations/")
+        if "/conversions/" in r.path
+        or r.path.startswith("/async/operations/")
+        or "/jobs/" in r.path
     )
-    assert single_gets <= 2 * 600
-    assert len(server.requests) < 600 * 4
+    assert single_gets <= 1.5 * total
+    assert len(server.requests) < 3 * total
 
 
 async def test_coalescing_sends_far_fewer_requests_than_per_job_polling(
