@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from types import MappingProxyType
-from typing import Any
+from typing import Any, ClassVar
 
 import msgspec
 
@@ -138,7 +138,52 @@ class MetafoldIO(msgspec.Struct, kw_only=True, frozen=True):
     params: dict[str, Any] | None = None
 
 
-class MetafoldJob(msgspec.Struct, kw_only=True, frozen=True):
+class _Lifecycle(msgspec.Struct, kw_only=True, frozen=True):
+    """What jobs and workflows share: the raw state, its three timestamps (raw wire strings
+    under their wire names, exposed as UTC datetimes) and the state-derived properties."""
+
+    _api: ClassVar[str] = "metafold"
+    id: str
+    state: str
+    created_raw: str | None = msgspec.field(name="created", default=None)
+    started_raw: str | None = msgspec.field(name="started", default=None)
+    finished_raw: str | None = msgspec.field(name="finished", default=None)
+
+    def __post_init__(self) -> None:
+        _check_datetimes(self.created_raw, self.started_raw, self.finished_raw)
+
+    @property
+    def created(self) -> datetime | None:
+        """When it was created (UTC), or None if the server left it out."""
+        return _as_datetime(self.created_raw)
+
+    @property
+    def started(self) -> datetime | None:
+        """When it started running (UTC), or None before that."""
+        return _as_datetime(self.started_raw)
+
+    @property
+    def finished(self) -> datetime | None:
+        """When it finished (UTC), or None before that."""
+        return _as_datetime(self.finished_raw)
+
+    @property
+    def job_state(self) -> JobState:
+        """The state mapped through :data:`METAFOLD_STATES` (UNKNOWN if not in it)."""
+        return map_state(self._api, METAFOLD_STATES, self.state)
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once it succeeded, failed or was canceled."""
+        return self.job_state.is_terminal
+
+    @property
+    def progress(self) -> float | None:
+        """1.0 once terminal; None before (Metafold reports no progress)."""
+        return 1.0 if self.is_terminal else None
+
+
+class MetafoldJob(_Lifecycle, kw_only=True, frozen=True):
     """A Metafold project job, as ``GET /projects/{id}/jobs[/{job_id}]`` returns it.
 
     ``created``, ``started`` and ``finished`` are properties over the raw wire strings
@@ -146,13 +191,9 @@ class MetafoldJob(msgspec.Struct, kw_only=True, frozen=True):
     deprecated ``assets``, ``parameters`` and ``meta`` are kept when the server sends them.
     """
 
-    id: str
-    state: str
+    _api: ClassVar[str] = "metafold.job"
     name: str | None = None
     type: str | None = None
-    created_raw: str | None = msgspec.field(name="created", default=None)
-    started_raw: str | None = msgspec.field(name="started", default=None)
-    finished_raw: str | None = msgspec.field(name="finished", default=None)
     error: str | None = None
     inputs: MetafoldIO | None = None
     outputs: MetafoldIO | None = None
@@ -164,89 +205,19 @@ class MetafoldJob(msgspec.Struct, kw_only=True, frozen=True):
     parameters: dict[str, Any] | None = None
     meta: dict[str, Any] | None = None
 
-    def __post_init__(self) -> None:
-        _check_datetimes(self.created_raw, self.started_raw, self.finished_raw)
 
-    @property
-    def created(self) -> datetime | None:
-        """When the job was created (UTC), or None if the server left it out."""
-        return _as_datetime(self.created_raw)
-
-    @property
-    def started(self) -> datetime | None:
-        """When the job started running (UTC), or None before that."""
-        return _as_datetime(self.started_raw)
-
-    @property
-    def finished(self) -> datetime | None:
-        """When the job finished (UTC), or None before that."""
-        return _as_datetime(self.finished_raw)
-
-    @property
-    def job_state(self) -> JobState:
-        """The state mapped through :data:`METAFOLD_STATES` (UNKNOWN if not in it)."""
-        return map_state("metafold.job", METAFOLD_STATES, self.state)
-
-    @property
-    def is_terminal(self) -> bool:
-        """True once the job succeeded, failed or was canceled."""
-        return self.job_state.is_terminal
-
-    @property
-    def progress(self) -> float | None:
-        """1.0 once terminal; None before (Metafold reports no progress for jobs)."""
-        return 1.0 if self.is_terminal else None
-
-
-class MetafoldWorkflow(msgspec.Struct, kw_only=True, frozen=True):
+class MetafoldWorkflow(_Lifecycle, kw_only=True, frozen=True):
     """A Metafold workflow, as ``GET /projects/{id}/workflows[/{workflow_id}]`` returns it.
 
     ``jobs`` lists the ids of its jobs (fetch them with ``get_job`` or wait for them all with
     :func:`~async_jobs.metafold.wait_for_workflow_jobs`); ``definition`` is the raw YAML.
     """
 
-    id: str
-    state: str
+    _api: ClassVar[str] = "metafold.workflow"
     jobs: tuple[str, ...] = ()
-    created_raw: str | None = msgspec.field(name="created", default=None)
-    started_raw: str | None = msgspec.field(name="started", default=None)
-    finished_raw: str | None = msgspec.field(name="finished", default=None)
     definition: str | None = None
     project_id: str | None = None
     link: str | None = None
-
-    def __post_init__(self) -> None:
-        _check_datetimes(self.created_raw, self.started_raw, self.finished_raw)
-
-    @property
-    def created(self) -> datetime | None:
-        """When the workflow was created (UTC), or None if the server left it out."""
-        return _as_datetime(self.created_raw)
-
-    @property
-    def started(self) -> datetime | None:
-        """When the workflow's first job started (UTC), or None before that."""
-        return _as_datetime(self.started_raw)
-
-    @property
-    def finished(self) -> datetime | None:
-        """When the workflow finished (UTC), or None before that."""
-        return _as_datetime(self.finished_raw)
-
-    @property
-    def job_state(self) -> JobState:
-        """The state mapped through :data:`METAFOLD_STATES` (UNKNOWN if not in it)."""
-        return map_state("metafold.workflow", METAFOLD_STATES, self.state)
-
-    @property
-    def is_terminal(self) -> bool:
-        """True once the workflow succeeded, failed or was canceled."""
-        return self.job_state.is_terminal
-
-    @property
-    def progress(self) -> float | None:
-        """1.0 once terminal; None before (the workflow lists job ids, not their states)."""
-        return 1.0 if self.is_terminal else None
 
     @property
     def error(self) -> str | None:
