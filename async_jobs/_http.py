@@ -306,6 +306,7 @@ class HttpTransport:
         self._session = session
         self._owns_session = session is None
         self._timeout = timeout
+        self._client_timeout = aiohttp.ClientTimeout(total=timeout)  # built once, not per request
         self.retry = retry or RetryPolicy()
         self._max_body_size = max_body_size
         self._closed = False
@@ -490,7 +491,6 @@ class HttpTransport:
         data: Any,
         json: Any,
     ) -> Response:
-        timeout = aiohttp.ClientTimeout(total=self._timeout)
         logger.debug("%s %s", method, url)
         async with session.request(
             method,
@@ -499,7 +499,7 @@ class HttpTransport:
             data=data,
             json=json,
             allow_redirects=False,
-            timeout=timeout,
+            timeout=self._client_timeout,
         ) as resp:
             body = await self._read_capped(resp, method, url)
             logger.debug("%s %s -> %d (%d bytes)", method, url, resp.status, len(body))
@@ -513,6 +513,11 @@ class HttpTransport:
                 f"{cap}-byte limit",
                 status=resp.status,
             )
+        if resp.content_length is not None and "Content-Encoding" not in resp.headers:
+            # Not compressed, and a length within the cap: the body cannot outgrow it (aiohttp
+            # reads exactly Content-Length bytes), so read it in one go. A body cut short is a
+            # ClientPayloadError either way.
+            return await resp.read()
         chunks: list[bytes] = []
         size = 0
         async for chunk in resp.content.iter_chunked(64 * 1024):

@@ -81,6 +81,10 @@ class Watcher(Generic[J]):
     ``w.add(ref)`` returns an awaitable of the terminal job; ``as_completed()`` yields jobs as
     they finish; ``wait_all()`` waits for every one. Failed and canceled jobs are results;
     a 400/401/403/404 on a job's own GET fails that job's awaitable with the typed error.
+
+    Finished jobs wait in the watcher until ``as_completed()`` (or ``wait_all()``) takes them;
+    a long-running service that only uses the futures or ``on_update`` should pass
+    ``keep_completed=False`` so they are not kept at all.
     """
 
     def __init__(
@@ -91,6 +95,7 @@ class Watcher(Generic[J]):
         rate_limit: float | None = None,
         on_update: OnUpdate[Any] | None = None,
         coalesce: bool = True,
+        keep_completed: bool = True,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be >= 1")
@@ -99,6 +104,7 @@ class Watcher(Generic[J]):
         self.max_concurrency = max_concurrency
         self.on_update = on_update
         self.coalesce = coalesce
+        self.keep_completed = keep_completed
         for client in clients:
             client.set_limits(rate_limit=rate_limit, max_concurrency=max_concurrency)
         self._entries: dict[str, _Entry] = {}
@@ -389,7 +395,8 @@ class Watcher(Generic[J]):
     def _resolve(self, entry: _Entry, job: Any) -> None:
         if not entry.future.done():
             entry.future.set_result(job)
-        self._done.append(job)
+        if self.keep_completed:
+            self._done.append(job)
         self._finish(entry)
 
     def _fail(self, entry: _Entry, exc: BaseException) -> None:

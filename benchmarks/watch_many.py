@@ -45,9 +45,13 @@ MODES = ("coalesced", "per-job", "gather")
 POLL = aj.PollPolicy(initial=1.0, multiplier=1.0, maximum=1.0, jitter=0.1)
 
 
-async def _child(mode: str, url: str, token: str, jobs_file: str) -> dict[str, Any]:
+def _load(jobs_file: str) -> list[dict[str, Any]]:
     with open(jobs_file) as handle:
-        jobs = json.load(handle)
+        return list(json.load(handle))
+
+
+async def _child(mode: str, url: str, token: str, jobs_file: str) -> dict[str, Any]:
+    jobs = _load(jobs_file)
     baseline = rss_bytes()
     cpu_start, wall_start = cpu_seconds(), time.monotonic()
     done_at = {"/".join(job["ids"]): job["done"] for job in jobs}

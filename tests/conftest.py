@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import pytest
 
 import async_jobs as aj
-from async_jobs.testing import FakeApiServer
+from async_jobs.testing import FakeApiServer, RedisServer, RedisServerNotFound
 
 #: A token unlikely to appear anywhere by accident, so finding it anywhere is a leak.
 TOKEN = "tok-" + secrets.token_hex(16)
@@ -85,3 +86,46 @@ async def eventually(predicate: Callable[[], bool], timeout: float = 20.0) -> No
     with anyio.fail_after(timeout):
         while not predicate():  # noqa: ASYNC110
             await anyio.sleep(0.02)
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A fresh redis-server on a free loopback port (AOF on, fsync always), stopped after.
+    Missing redis-server: the test fails in CI (CI=true) and is skipped elsewhere."""
+    from ._redis import unavailable
+
+    try:
+        server = RedisServer()
+    except RedisServerNotFound as exc:
+        unavailable(str(exc))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+async def redis_client(redis_server: RedisServer) -> AsyncIterator[Any]:
+    """A ``redis.asyncio.Redis`` on :func:`redis_server`."""
+    from ._redis import redis_module
+
+    client = redis_module().Redis(
+        host=redis_server.host, port=redis_server.port, socket_timeout=10, socket_connect_timeout=2
+    )
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the figures the Redis fleet tests collected (jobs, duplicates, time)."""
+    import sys
+
+    module = sys.modules.get(f"{__package__}._redis") if __package__ else None
+    lines = getattr(module, "REPORT", [])
+    if lines:
+        terminalreporter.section("durable watches (Redis)")
+        for line in lines:
+            terminalreporter.write_line(line)

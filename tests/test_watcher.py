@@ -392,3 +392,13 @@ async def test_restore_across_apis(server: FakeApiServer) -> None:
             finals = await again.wait_all(timeout=10)
     assert sorted(j.id for j in finals) == sorted([job.id, op.id])
     assert all(j.job_state is aj.JobState.SUCCEEDED for j in finals)
+
+
+async def test_keep_completed_false_keeps_nothing(server: FakeApiServer) -> None:
+    ops = [server.zoo.add_operation(timeline=[("completed", None)]) for _ in range(10)]
+    async with _zoo(server) as zoo, aj.Watcher(zoo, poll=POLL, keep_completed=False) as watcher:
+        futures = watcher.add_many(zoo.async_operation(op.id) for op in ops)
+        for future in futures:
+            assert (await future).status == "completed"
+        assert watcher.done == 10
+        assert [job async for job in watcher.as_completed()] == []

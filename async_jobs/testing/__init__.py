@@ -5,6 +5,7 @@ from ._clock import FakeClock
 from ._conversions import FakeConversion, FakeConversions
 from ._faults import Fault, FaultKind
 from ._metafold import FakeMetafold, FakeMetafoldJob, FakeMetafoldWorkflow
+from ._redis_server import RedisServer, RedisServerNotFound
 from ._server import FakeApiServer, RecordedRequest
 from ._zoo import FakeOperation, FakeZoo
 
@@ -21,4 +22,6 @@ __all__ = [
     "Fault",
     "FaultKind",
     "RecordedRequest",
+    "RedisServer",
+    "RedisServerNotFound",
 ]

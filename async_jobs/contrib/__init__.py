@@ -1,0 +1,7 @@
+"""Optional integrations, each behind its own extra and imported only on demand.
+
+- :mod:`async_jobs.contrib.redis` (extra ``redis``): durable watches shared by many service
+  instances, on Redis Streams consumer groups.
+
+``import async_jobs`` never imports anything from here.
+"""

@@ -1,0 +1,163 @@
+"""RedisServer: a real ``redis-server`` process on a free loopback port, for tests and
+benchmarks of :mod:`async_jobs.contrib.redis`. Needs only the ``redis-server`` binary (Debian
+package ``redis-server``), not the ``redis`` Python package."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+__all__ = ["RedisServer", "RedisServerNotFound"]
+
+
+class RedisServerNotFound(FileNotFoundError):
+    """No ``redis-server`` executable on PATH (install the Debian package ``redis-server``)."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """``redis-server`` on 127.0.0.1 in a temporary directory, append-only file on.
+
+    ``with RedisServer() as server:`` then connect to ``server.host``/``server.port`` (with
+    ``password=server.password`` if one was given; it is passed in a config file, never on the
+    command line). :meth:`stop` shuts down gracefully (the AOF is flushed) or, with
+    ``kill=True``, with SIGKILL; :meth:`start` again serves the same data on the same port.
+    ``appendfsync="always"`` makes every acknowledged write durable across a restart.
+    """
+
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        password: str | None = None,
+        appendfsync: str = "always",
+        executable: str | None = None,
+        start_timeout: float = 10.0,
+    ) -> None:
+        found = executable or shutil.which("redis-server")
+        if found is None:
+            raise RedisServerNotFound(
+                "redis-server not found on PATH; install it (Debian: apt-get install redis-server)"
+            )
+        self.executable = found
+        self.host = "127.0.0.1"
+        self.port = port or free_port(self.host)
+        self.password = password
+        self.appendfsync = appendfsync
+        self.start_timeout = start_timeout
+        self.dir = Path(tempfile.mkdtemp(prefix="async-jobs-redis-"))
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def running(self) -> bool:
+        """True while the server process is alive."""
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def log(self) -> str:
+        """The server's log so far (for failure messages)."""
+        path = self.dir / "redis.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def _write_config(self) -> Path:
+        lines = [
+            f"port {self.port}",
+            f"bind {self.host}",
+            "protected-mode yes",
+            "daemonize no",
+            f'dir "{self.dir}"',
+            'logfile "redis.log"',
+            'save ""',
+            "appendonly yes",
+            f"appendfsync {self.appendfsync}",
+        ]
+        if self.password is not None:
+            lines.append(f'requirepass "{self.password}"')
+        path = self.dir / "redis.conf"
+        path.write_text("\n".join(lines) + "\n")
+        path.chmod(0o600)
+        return path
+
+    def start(self) -> None:
+        """Start the server and wait until it answers (its AOF loaded)."""
+        if self.running:
+            return
+        config = self._write_config()
+        self._proc = subprocess.Popen(
+            [self.executable, str(config)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + self.start_timeout
+        while not self._answers():
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited at start:\n{self.log[-2000:]}")
+            if time.monotonic() > deadline:
+                self.stop(kill=True)
+                raise RuntimeError(f"redis-server did not answer in time:\n{self.log[-2000:]}")
+            time.sleep(0.02)
+
+    def _answers(self) -> bool:
+        """PING answered (NOAUTH counts: the server is up and loaded)."""
+        try:
+            with socket.create_connection((self.host, self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                reply = sock.recv(64)
+        except OSError:
+            return False
+        return reply.startswith((b"+PONG", b"-NOAUTH"))
+
+    def stop(self, *, kill: bool = False, timeout: float = 10.0) -> None:
+        """Stop the server: SIGTERM (graceful, the AOF flushed) or SIGKILL."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def restart(self, *, down_for: float = 0.0, kill: bool = False) -> None:
+        """Stop, stay down ``down_for`` seconds, start again on the same port and data."""
+        self.stop(kill=kill)
+        time.sleep(down_for)
+        self.start()
+
+    def close(self) -> None:
+        """Stop the server (SIGKILL if it lingers) and delete its directory."""
+        try:
+            self.stop()
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> RedisServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"RedisServer({self.host}:{self.port}, {state})"

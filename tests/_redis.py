@@ -1,0 +1,146 @@
+"""Shared pieces of the Redis tests: a real redis-server per test (never fakeredis), scripted
+jobs on FakeApiServer with their known outcome, and the report lines the run prints."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import pytest
+
+import async_jobs as aj
+from async_jobs.testing import FakeApiServer
+
+from .conftest import FAST_RETRY, TOKEN
+
+#: Lines printed in pytest's terminal summary (figures of the fleet tests).
+REPORT: list[str] = []
+
+ZOO_FINALS = {"completed": "succeeded", "failed": "failed"}
+CONVERSION_FINALS = {"success": "succeeded", "error_user": "failed", "canceled": "canceled"}
+METAFOLD_FINALS = {"success": "succeeded", "failure": "failed", "canceled": "canceled"}
+
+
+def unavailable(reason: str) -> None:
+    """Fail in CI (the Redis tests must run there), skip elsewhere."""
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"{reason} (CI=true: the Redis tests must run)", pytrace=False)
+    pytest.skip(reason)
+
+
+def redis_module() -> Any:
+    try:
+        import redis.asyncio
+    except ImportError:
+        unavailable("the redis package is not installed (pip install -e '.[test]')")
+    return redis.asyncio
+
+
+@dataclass
+class Script:
+    """Jobs created on a FakeApiServer: how to name them and how they will end."""
+
+    jobs: list[tuple[str, tuple[str, ...]]]  # (kind, ids) per job
+    truth: dict[str, str]  # job id -> final JobState value
+
+    def refs(self, *clients: aj.ZooClient | aj.MetafoldClient) -> list[aj.JobRef[Any]]:
+        refs = []
+        for kind, ids in self.jobs:
+            for client in clients:
+                ref = client.job_ref(kind, ids)
+                if ref is not None:
+                    refs.append(ref)
+                    break
+        return refs
+
+
+def script_jobs(
+    server: FakeApiServer, count: int, *, seed: int = 7, lead: float = 0.3, window: float = 3.0
+) -> Script:
+    """``count`` jobs, a third each of Zoo operations, conversions (2 datasets) and Metafold
+    jobs (2 projects), terminal at random within ``[lead, lead + window]`` seconds."""
+    rng = random.Random(seed)
+    jobs: list[tuple[str, tuple[str, ...]]] = []
+    truth: dict[str, str] = {}
+    datasets = [server.conversions.add_dataset() for _ in range(2)]
+    projects = ["proj-a", "proj-b"]
+
+    def split() -> tuple[float, float]:
+        end = lead + rng.uniform(0, window)
+        pending = rng.uniform(0, end)
+        return pending, end - pending
+
+    for index in range(count):
+        pending, running = split()
+        if index % 3 == 0:
+            final = rng.choice(["completed", "completed", "failed"])
+            op = server.zoo.add_operation(
+                "file_volume",
+                [("queued", pending), ("in_progress", running), (final, None)],
+                error="bad mesh",
+            )
+            jobs.append(("zoo.async_operation", (op.id,)))
+            truth[op.id] = ZOO_FINALS[final]
+        elif index % 3 == 1:
+            final = rng.choice(["success", "success", "error_user", "canceled"])
+            dataset = datasets[index % 2]
+            conv = server.conversions.add_conversion(
+                dataset,
+                [("queued", pending), ("in_progress", running), (final, None)],
+                error="geometry differs",
+            )
+            jobs.append(("zoo.dataset_conversion", (dataset, conv.id)))
+            truth[conv.id] = CONVERSION_FINALS[final]
+        else:
+            final = rng.choice(["success", "success", "failure", "canceled"])
+            project = projects[index % 2]
+            job = server.metafold.add_job(
+                project,
+                timeline=[("pending", pending), ("started", running), (final, None)],
+                error="mesh too large",
+            )
+            jobs.append(("metafold.job", (project, job.id)))
+            truth[job.id] = METAFOLD_FINALS[final]
+    return Script(jobs, truth)
+
+
+def clients(server: FakeApiServer, **options: Any) -> tuple[aj.ZooClient, aj.MetafoldClient]:
+    zoo = aj.ZooClient(token=TOKEN, base_url=server.url, retry=FAST_RETRY, timeout=5, **options)
+    mf = aj.MetafoldClient(token=TOKEN, base_url=server.url, retry=FAST_RETRY, timeout=5, **options)
+    return zoo, mf
+
+
+async def until(
+    check: Callable[[], Awaitable[bool]], timeout: float, *, every: float = 0.1
+) -> None:
+    """Wait until ``await check()`` holds; Redis errors meanwhile (a restart) count as no."""
+    redis_module()
+    from redis.exceptions import RedisError
+
+    with anyio.fail_after(timeout):
+        while True:
+            try:
+                if await check():
+                    return
+            except (RedisError, OSError):
+                pass
+            await anyio.sleep(every)
+
+
+def server_truth(server: FakeApiServer, script: Script) -> dict[str, str]:
+    """What the server says now of every scripted job, as JobState values."""
+    truth = {}
+    for kind, ids in script.jobs:
+        if kind == "zoo.async_operation":
+            truth[ids[0]] = ZOO_FINALS.get(server.zoo.status(ids[0]), "not terminal")
+        elif kind == "zoo.dataset_conversion":
+            status = server.conversions.state(ids[1])[0]
+            truth[ids[1]] = CONVERSION_FINALS.get(status, "not terminal")
+        else:
+            state = server.metafold.state(ids[0], ids[1])
+            truth[ids[1]] = METAFOLD_FINALS.get(state, "not terminal")
+    return truth

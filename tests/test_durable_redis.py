@@ -1,0 +1,410 @@
+"""async_jobs.contrib.redis in one process, against a real redis-server: idempotent submit,
+results, retries and the dead-letter stream, takeover of abandoned entries, keepalive,
+unreadable entries, duplicates and Redis trouble."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+import pytest
+
+import async_jobs as aj
+from async_jobs.testing import FakeApiServer, RedisServer
+
+from ._redis import clients, redis_module, script_jobs, unavailable, until
+from .conftest import TOKEN
+
+pytestmark = pytest.mark.anyio
+
+POLL = aj.PollPolicy(initial=0.05, multiplier=1.5, maximum=0.2, jitter=0.2)
+QUICK_RETRY = aj.RetryPolicy(max_attempts=3, initial=0.01, multiplier=2.0, maximum=0.05)
+
+
+def durable(redis: Any, **options: Any) -> Any:
+    from async_jobs.contrib.redis import DurableWatches
+
+    return DurableWatches(redis, **options)
+
+
+async def results(redis: Any, stream: str = "async_jobs:results") -> list[dict[str, str]]:
+    return [
+        {k.decode(): v.decode() for k, v in fields.items()}
+        for _, fields in await redis.xrange(stream)
+    ]
+
+
+def test_core_does_not_import_redis() -> None:
+    code = "import sys, async_jobs, async_jobs.testing; assert 'redis' not in sys.modules"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+async def test_submit_is_idempotent_per_job(server: FakeApiServer, redis_client: Any) -> None:
+    dw = durable(redis_client)
+    op = server.zoo.add_operation(timeline=[("in_progress", 60.0), ("completed", None)])
+    other = server.zoo.add_operation(timeline=[("in_progress", 60.0), ("completed", None)])
+    zoo, _ = clients(server)
+    async with zoo:
+        first = await dw.submit(zoo.async_operation(op.id), {"order": 1})
+        assert await dw.submit(zoo.async_operation(op.id), {"order": 2}) == first
+        ids: list[str] = []
+
+        async def submit() -> None:
+            ids.append(await dw.submit(zoo.async_operation(other.id)))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(20):
+                tg.start_soon(submit)
+        assert len(set(ids)) == 1
+        many = await dw.submit_many(
+            [zoo.async_operation(op.id), (zoo.async_operation(other.id), None)]
+        )
+        assert many == [first, ids[0]]
+        assert await redis_client.xlen("async_jobs:watches") == 2
+        assert sorted(await redis_client.keys("async_jobs:watches:job:*")) == sorted(
+            dw.job_key(f"zoo.async_operation:{one.id}").encode() for one in (op, other)
+        )
+        status = await dw.status()
+        assert (status.pending, status.undelivered) == (2, 2)
+        with pytest.raises(ValueError, match="at most"):
+            await dw.submit(zoo.async_operation(op.id), {"blob": "x" * 70_000})
+        with pytest.raises(TypeError, match="JSON"):
+            await dw.submit(zoo.async_operation(op.id), {"when": object()})
+    # The token in the entry names the job and never a credential.
+    (_, fields), _ = await redis_client.xrange("async_jobs:watches")
+    assert TOKEN not in repr(fields)
+    assert (
+        aj.JobRef.from_token(fields[b"token"].decode(), zoo).key == f"zoo.async_operation:{op.id}"
+    )
+
+
+async def test_worker_handles_jobs_and_records_results(
+    server: FakeApiServer, redis_client: Any
+) -> None:
+    script = script_jobs(server, 60, lead=0.1, window=0.8)
+    dw = durable(redis_client, results_maxlen=1000)
+    seen: Counter[str] = Counter()
+    contexts: dict[str, Any] = {}
+
+    async def handler(job: Any, context: dict[str, Any]) -> None:
+        seen[job.id] += 1
+        contexts[job.id] = context
+
+    zoo, mf = clients(server)
+    async with zoo, mf:
+        refs = script.refs(zoo, mf)
+        await dw.submit_many((ref, {"id": ref.ids[-1]}) for ref in refs)
+        async with dw.run(zoo, mf, handler=handler, poll=POLL, claim_idle=5) as worker:
+            await until(lambda: _count(worker.handled, 60), 20)
+            status = await dw.status()
+        assert worker.handled == 60 and worker.duplicates == 0 and worker.claimed == 0
+    assert {job_id: contexts[job_id]["id"] for job_id in seen} == {j: j for j in script.truth}
+    assert set(seen.values()) == {1}
+    records = await results(redis_client)
+    assert {r["id"]: r["state"] for r in records} == script.truth
+    assert all(msgspec.json.decode(r["job"])["id"] == r["id"] for r in records)
+    assert status.pending == 0 and status.results == 60
+    assert await redis_client.keys("async_jobs:watches:job:*") == []
+    assert await redis_client.xlen("async_jobs:watches") == 0
+    # The worker left the group's consumer list on exit (it held nothing).
+    assert (await dw.status()).in_flight == {}
+
+
+async def _count(value: int, target: int) -> bool:
+    return value >= target
+
+
+async def test_resubmitting_a_handled_job_watches_it_again(
+    server: FakeApiServer, redis_client: Any
+) -> None:
+    op = server.zoo.add_operation(timeline=[("completed", None)])
+    dw = durable(redis_client)
+    handled: list[str] = []
+
+    async def handler(job: Any, context: dict[str, Any]) -> None:
+        handled.append(job.id)
+
+    zoo, _ = clients(server)
+    async with zoo, dw.run(zoo, handler=handler, poll=POLL, claim_idle=5) as worker:
+        first = await dw.submit(zoo.async_operation(op.id))
+        await until(lambda: _count(worker.handled, 1), 10)
+        second = await dw.submit(zoo.async_operation(op.id))
+        assert second != first
+        await until(lambda: _count(worker.handled, 2), 10)
+    assert handled == [op.id, op.id]
+
+
+async def test_failing_handler_is_retried_then_dead_lettered(
+    server: FakeApiServer, redis_client: Any
+) -> None:
+    flaky = server.zoo.add_operation(timeline=[("in_progress", 0.1), ("completed", None)])
+    broken = server.zoo.add_operation(timeline=[("in_progress", 0.1), ("failed", None)])
+    dw = durable(redis_client)
+    calls: Counter[str] = Counter()
+    unacked_while_failing: list[int] = []
+
+    async def handler(job: Any, context: dict[str, Any]) -> None:
+        calls[job.id] += 1
+        summary = await redis_client.xpending("async_jobs:watches", "async_jobs")
+        unacked_while_failing.append(summary["pending"])
+        if job.id == broken.id:
+            raise RuntimeError(f"boom {calls[job.id]}")
+        if calls[job.id] <= 2:
+            raise ConnectionError("flaky downstream")
+
+    zoo, _ = clients(server)
+    async with zoo:
+        await dw.submit(zoo.async_operation(flaky.id), {"n": 1})
+        await dw.submit(zoo.async_operation(broken.id), {"n": 2})
+        async with dw.run(zoo, handler=handler, poll=POLL, retry=QUICK_RETRY) as worker:
+            await until(lambda: _count(worker.handled + worker.dead_lettered, 2), 10)
+    assert calls == {flaky.id: 3, broken.id: 3}
+    assert min(unacked_while_failing) >= 1  # nothing acked before its handler succeeded
+    assert [r["id"] for r in await results(redis_client)] == [flaky.id]
+    ((_, dead),) = await redis_client.xrange("async_jobs:dead")
+    dead = {k.decode(): v.decode() for k, v in dead.items()}
+    assert dead["key"] == f"zoo.async_operation:{broken.id}"
+    assert dead["error"] == "RuntimeError: boom 3"
+    assert dead["attempts"] == "3"
+    assert msgspec.json.decode(dead["context"]) == {"n": 2}
+    assert msgspec.json.decode(dead["job"])["status"] == "failed"
+    status = await dw.status()
+    assert (status.pending, status.dead_lettered) == (0, 1)
+    assert await redis_client.keys("async_jobs:watches:job:*") == []
+
+
+async def test_job_that_cannot_be_fetched_is_dead_lettered(
+    server: FakeApiServer, redis_client: Any
+) -> None:
+    dw = durable(redis_client)
+    zoo, _ = clients(server, poll=POLL)
+
+    async def handler(job: Any, context: dict[str, Any]) -> None:
+        raise AssertionError("never terminal")
+
+    async with zoo:
+        await dw.submit(zoo.async_operation("no-such-operation"))
+        async with dw.run(zoo, handler=handler, poll=POLL, retry=QUICK_RETRY) as worker:
+            await until(lambda: _count(worker.dead_lettered, 1), 10)
+    ((_, dead),) = await redis_client.xrange("async_jobs:dead")
+    assert dead[b"error"].startswith(b"watch failed: NotFoundError")
+    assert dead[b"job"] == b""
+
+
+async def test_unreadable_entries_are_dead_lettered(
+    server: FakeApiServer, redis_client: Any
+) -> None:
+    dw = durable(redis_client)
+    zoo, mf = clients(server)
+    project_job = server.metafold.add_job("p", timeline=[("success", None)])
+    async with zoo, mf:
+        await redis_client.xadd("async_jobs:watches", {"key": "x", "context": "{}"})
+        await dw.submit(mf.job(project_job.id, project_id="p"))  # no Metafold client below
+
+        async def handler(job: Any, context: dict[str, Any]) -> None:
+            raise AssertionError("nothing to handle")
+
+        async with dw.run(zoo, handler=handler, poll=POLL) as worker:
+            await until(lambda: _count(worker.dead_lettered, 2), 10)
+    errors = sorted(f[b"error"].decode() for _, f in await redis_client.xrange("async_jobs:dead"))
+    assert errors[0].startswith("cannot watch metafold.job:p/")
+    assert "none of the given clients serves 'metafold.job'" in errors[0]
+    assert errors[1] == "unreadable entry: no watch, key or token"
+    assert (await dw.status()).pending == 0
+
+
+async def test_abandoned_entries_are_taken_over(server: FakeApiServer, redis_client: Any) -> None:
+    script = script_jobs(server, 90, lead=0.1, window=0.5)
+    dw = durable(redis_client)
+    zoo, mf = clients(server)
+    handled: Counter[str] = Counter()
+
+    async def handler(job: Any, context: dict[str, Any]) -> None:
+        handled[job.id] += 1
+
+    async with zoo, mf:
+        await dw.submit_many(script.refs(zoo, mf))
+        # A consumer that reads everything and dies without acking anything.
+        await dw.ensure_group()
+        await redis_client.xreadgroup("async_jobs", "ghost", {"async_jobs:watches": ">"})
+        assert (await dw.status()).in_flight == {"ghost": 90}
+        options = {"handler": handler, "poll": POLL, "claim_idle": 0.5}
+        async with dw.run(zoo, mf, **options) as worker:
+            await until(lambda: _count(worker.handled, 90), 20)
+        assert worker.claimed == 90
+    assert dict(handled) == dict.fromkeys(script.truth, 1)
+    assert (await dw.status()).in_flight == {}  # the ghost holds nothing any more
+
+
+async def test_live_worker_keeps_its_long_running_entries(
+    server: FakeApiServer, redis_client: Any
+) -> None:
+    ops = [
+        server.zoo.add_operation(timeline=[("in_progress", 2.0), ("completed", None)])
+        for _ in range(5)
+    ]
+    handled: Counter[str] = Counter()
+
+    async def handler(job: Any, context: dict[str, Any]) -> None:
+        handled[job.id] += 1
+
+    zoo, _ = clients(server)
+    options = {"handler": handler, "poll": POLL, "claim_idle": 0.5, "keepalive": 0.1}
+    async with zoo:
+        a, b = durable(redis_client, consumer="a"), durable(redis_client, consumer="b")
+        async with a.run(zoo, **options) as first:
+            await a.submit_many(zoo.async_operation(op.id) for op in ops)
+            await until(lambda: _count(first.in_flight, 5), 5)
+            async with b.run(zoo, **options) as second:
+                await until(lambda: _count(first.handled, 5), 10)
+    assert dict(handled) == {op.id: 1 for op in ops}
+    assert (first.claimed, first.lost, second.claimed, second.handled) == (0, 0, 0, 0)
+
+
+async def test_duplicate_entry_for_a_watched_job_is_dropped(
+    server: FakeApiServer, redis_client: Any
+) -> None:
+    op = server.zoo.add_operation(timeline=[("in_progress", 0.3), ("completed", None)])
+    dw = durable(redis_client)
+    handled: list[str] = []
+
+    async def handler(job: Any, context: dict[str, Any]) -> None:
+        handled.append(job.id)
+
+    zoo, _ = clients(server)
+    async with zoo:
+        ref = zoo.async_operation(op.id)
+        await dw.submit(ref)
+        # The loser of a race between two submits, not deleted yet by its submitter.
+        await redis_client.xadd(
+            "async_jobs:watches",
+            {"v": "1", "watch": "other", "key": ref.key, "token": ref.to_token()},
+        )
+        async with dw.run(zoo, handler=handler, poll=POLL) as worker:
+            await until(lambda: _count(worker.handled + worker.duplicates, 2), 10)
+        assert (worker.handled, worker.duplicates) == (1, 1)
+    assert handled == [op.id]
+    assert await redis_client.xlen("async_jobs:watches") == 0
+
+
+async def test_redis_outage_is_waited_out_and_the_password_never_logged(
+    server: FakeApiServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    password = "pw-" + "5e" * 12
+    with RedisServer(password=password) as secured:
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        redis = redis_module().Redis(  # no retries of its own: the worker's backoff is tested
+            host=secured.host,
+            port=secured.port,
+            password=password,
+            socket_timeout=5,
+            retry=Retry(NoBackoff(), 0),
+        )
+        dw = durable(redis)
+        assert password not in repr(dw)
+        ops = [
+            server.zoo.add_operation(timeline=[("in_progress", 1.0), ("completed", None)])
+            for _ in range(10)
+        ]
+        handled: Counter[str] = Counter()
+
+        async def handler(job: Any, context: dict[str, Any]) -> None:
+            handled[job.id] += 1
+
+        zoo, _ = clients(server)
+        caplog.set_level(logging.DEBUG, logger="async_jobs")
+        async with zoo:
+            await dw.submit_many(zoo.async_operation(op.id) for op in ops)
+            async with dw.run(zoo, handler=handler, poll=POLL, claim_idle=3) as worker:
+                await until(lambda: _count(worker.in_flight, 10), 5)
+                await anyio.to_thread.run_sync(partial(secured.restart, down_for=0.5))
+                await until(lambda: _count(worker.handled, 10), 20)
+        await redis.aclose()
+    assert set(handled) == {op.id for op in ops}
+    text = caplog.text
+    assert "redis trouble" in text
+    assert password not in text
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+async def test_connections_that_decode_responses_work_too(
+    server: FakeApiServer, redis_server: RedisServer, protocol: int
+) -> None:
+    redis = redis_module().Redis(
+        host=redis_server.host, port=redis_server.port, decode_responses=True, protocol=protocol
+    )
+    script = script_jobs(server, 12, lead=0.05, window=0.3)
+    dw = durable(redis)
+    seen: list[str] = []
+
+    async def handler(job: Any, context: dict[str, Any]) -> None:
+        seen.append(job.id)
+
+    zoo, mf = clients(server)
+    async with zoo, mf:
+        ids = await dw.submit_many(script.refs(zoo, mf))
+        assert ids == await dw.submit_many(script.refs(zoo, mf))
+        async with dw.run(zoo, mf, handler=handler, poll=POLL) as worker:
+            await until(lambda: _count(worker.handled, 12), 10)
+        status = await dw.status()
+    records = await redis.xrange("async_jobs:results")
+    await redis.aclose()
+    assert sorted(seen) == sorted(script.truth)
+    assert {fields["id"]: fields["state"] for _, fields in records} == script.truth
+    assert status.pending == 0 and status.in_flight == {}
+
+
+def test_readme_example_runs(tmp_path: Path) -> None:
+    if shutil.which("redis-server") is None:
+        unavailable("redis-server not found on PATH")
+    redis_module()
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## Running on many instances", 1)[1].split("\n## ", 1)[0]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    script = tmp_path / "example.py"
+    script.write_text(code)
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert sorted(line.split()[0] for line in lines[:3]) == ["0", "1", "2"]
+    assert lines[3].startswith("DurableStatus(pending=0, undelivered=0, in_flight={}")
+
+
+async def test_a_stopping_worker_hands_its_watches_over_at_once(
+    server: FakeApiServer, redis_client: Any
+) -> None:
+    ops = [
+        server.zoo.add_operation(timeline=[("in_progress", 1.5), ("completed", None)])
+        for _ in range(20)
+    ]
+    handled: Counter[str] = Counter()
+
+    async def handler(job: Any, context: dict[str, Any]) -> None:
+        handled[job.id] += 1
+
+    zoo, _ = clients(server)
+    # claim_idle is far longer than the test: only the hand-over can move the watches.
+    options = {"handler": handler, "poll": POLL, "claim_idle": 60, "keepalive": 0.1}
+    async with zoo:
+        a, b = durable(redis_client, consumer="a"), durable(redis_client, consumer="b")
+        async with a.run(zoo, **options) as first:
+            await a.submit_many(zoo.async_operation(op.id) for op in ops)
+            await until(lambda: _count(first.in_flight, 20), 5)
+        assert (await a.status()).in_flight == {"a": 20}
+        async with b.run(zoo, **options) as second:
+            await until(lambda: _count(second.handled, 20), 5)
+    assert dict(handled) == {op.id: 1 for op in ops}
+    assert second.claimed == 20 and (await b.status()).in_flight == {}
