@@ -33,7 +33,7 @@ from ._common import (
     cpu_seconds,
     fake_server,
     machine,
-    peak_rss_mib,
+    peak_rss_own_mib,
     percentile,
     rss_bytes,
     run_child,
@@ -98,7 +98,7 @@ async def _child(mode: str, url: str, token: str, jobs_file: str) -> dict[str, A
         "failures": failures,
         "wall_s": round(time.monotonic() - wall_start, 2),
         "cpu_s": round(cpu_seconds() - cpu_start, 2),
-        "peak_rss_mib": round(peak_rss_mib(), 1),
+        "peak_rss_mib": round(peak_rss_own_mib(), 1),
         "rss_per_job_bytes": round(max(watching - baseline, 0) / max(len(jobs), 1)),
         "lag_p50_s": round(percentile(lags, 0.50), 3),
         "lag_p95_s": round(percentile(lags, 0.95), 3),
@@ -120,7 +120,7 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
 def render(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
     jobs = next(iter(results.values()))["jobs"]
     lines = [
-        "## watch_many: following many jobs at once",
+        f"## {args.section}: following many jobs at once",
         "",
         f"{machine()}.",
         "",
@@ -162,6 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lead", type=float, default=4.0)
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--section", default="watch_many", help="RESULTS.md section to (re)write")
     args = parser.parse_args(argv)
     results = {}
     for mode in args.modes.split(","):
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     text = render(results, args)
     print(text)
     if not args.no_write:
-        write_section("watch_many", text)
+        write_section(args.section, text)
 
 
 if __name__ == "__main__":
