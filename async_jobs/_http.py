@@ -412,12 +412,7 @@ class HttpTransport:
                     async with self._concurrency:
                         response = await self._send_once(method, url, data, json, authorization)
                 if response.status == 429:
-                    self.limiter.throttled(
-                        anyio.current_time(),
-                        parse_retry_after(
-                            response.headers.get("Retry-After"), datetime.now(timezone.utc)
-                        ),
-                    )
+                    self.limiter.throttled(anyio.current_time())
                 if response.status == 401 and authenticate and not refreshed:
                     refreshed = True
                     if await self._auth.refresh():

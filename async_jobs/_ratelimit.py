@@ -1,5 +1,5 @@
-"""A client's shared request-rate limit: a leaky bucket that halves its rate when the server
-keeps answering 429 and creeps back up while requests succeed.
+"""A client's request-rate limit: a leaky bucket that halves its rate when the server answers
+429 and creeps back up to the configured rate while requests succeed.
 
 The arithmetic (:meth:`RateLimiter.reserve`, :meth:`RateLimiter.throttled`) takes "now" as an
 argument and never sleeps, so it is tested without an event loop; :meth:`acquire` is the thin
@@ -9,32 +9,24 @@ async wrapper the transport awaits.
 from __future__ import annotations
 
 import math
-from collections import deque
 
 import anyio
 
 __all__ = ["RateLimiter"]
 
-#: What an unlimited client is assumed to send when it has sent too little to measure.
-UNKNOWN_RATE = 10.0
-#: An unlimited client starts limiting itself once this share of recent requests got a 429.
-THROTTLE_SHARE = 0.1
 #: At most one halving per this many seconds: one burst of 429s is one signal.
 COOLDOWN = 1.0
-_WINDOW = 100
-#: Requests an unlimited client must have sent before its 429s count as congestion.
-MIN_SAMPLE = 10
 
 
 class RateLimiter:
-    """Requests per second for one client.
+    """Requests per second for one client, shared by all its calls and waits.
 
-    ``rate=None`` means no limit until the server pushes back: once at least a tenth of the
-    recent requests were answered 429, the limiter starts at half the rate it had observed
-    (an occasional 429 only delays its own request's retry, by its ``Retry-After``). A
-    configured ``rate`` is a ceiling, and every 429 counts. Either way the rate halves at
-    most once a second (never below ``min_rate``), and every second without a halving adds
-    ``recovery`` (a fraction) back, up to the ceiling or, with none, until the limit is lifted.
+    ``rate=None`` (the default) sends as fast as the caller asks: a 429 then only delays the
+    retry of the request that got it, by its ``Retry-After`` (and a wait backs off its polls),
+    so an occasional 429 never throttles every other request. A configured ``rate`` is a
+    ceiling that adapts: a 429 halves the current rate (at most once a second, never below
+    ``min_rate``) and every second after it adds ``recovery`` (a fraction) back, up to the
+    ceiling.
     """
 
     def __init__(
@@ -52,67 +44,38 @@ class RateLimiter:
         self.ceiling = rate
         self.rate = rate
         self.burst = burst
-        self.min_rate = min_rate
+        self.min_rate = min(min_rate, rate) if rate is not None else min_rate
         self.recovery = recovery
         self.throttle_count = 0
         self._next_slot = -math.inf
         self._last_adjust: float | None = None
         self._last_decrease = -math.inf
-        self._recent: deque[float] = deque(maxlen=_WINDOW)
-        self._throttles: deque[float] = deque(maxlen=_WINDOW)
 
     def _recover(self, now: float) -> None:
-        if self.rate is None:
+        if self.rate is None or self.ceiling is None:
             return
         last = self._last_adjust if self._last_adjust is not None else now
-        elapsed = max(now - last, 0.0)
         self._last_adjust = now
-        if self.ceiling is not None and self.rate >= self.ceiling:
-            return
-        grown = self.rate * (1.0 + self.recovery) ** elapsed
-        if self.ceiling is not None:
+        if self.rate < self.ceiling:
+            grown = self.rate * (1.0 + self.recovery) ** max(now - last, 0.0)
             self.rate = min(grown, self.ceiling)
-        elif grown > 2 * self._observed_rate(now) + 100:
-            self.rate = None  # recovered well past what we actually send: lift the limit
-        else:
-            self.rate = grown
-
-    def _observed_rate(self, now: float) -> float:
-        if len(self._recent) < 2:
-            return UNKNOWN_RATE
-        span = max(now - self._recent[0], 1.0)  # a burst is not a sustained rate
-        return len(self._recent) / span
-
-    def _throttled_share(self) -> float:
-        if len(self._recent) < MIN_SAMPLE:
-            return 0.0  # too little traffic to call it congestion
-        since = self._recent[0]
-        return sum(1 for at in self._throttles if at >= since) / len(self._recent)
 
     def reserve(self, now: float) -> float:
         """Claim the next request slot; returns how many seconds to wait before sending."""
         self._recover(now)
-        start = now
-        if self.rate is not None:
-            interval = 1.0 / self.rate
-            slot = max(self._next_slot, now - (self.burst - 1) * interval)
-            self._next_slot = slot + interval
-            start = max(now, slot)
-        self._recent.append(start)
-        return start - now
+        if self.rate is None:
+            return 0.0
+        interval = 1.0 / self.rate
+        slot = max(self._next_slot, now - (self.burst - 1) * interval)
+        self._next_slot = slot + interval
+        return max(slot - now, 0.0)
 
-    def throttled(self, now: float, retry_after: float | None = None) -> None:
-        """The server answered 429 (``retry_after`` is its hint, which the request's own
-        retry honours): slow the whole client down if 429s are no longer occasional."""
+    def throttled(self, now: float) -> None:
+        """The server answered 429: halve a configured rate (once per burst of 429s)."""
         self.throttle_count += 1
-        self._throttles.append(now)
-        if self.ceiling is None and self._throttled_share() < THROTTLE_SHARE:
+        if self.rate is None or now - self._last_decrease < COOLDOWN:
             return
-        if now - self._last_decrease < COOLDOWN:
-            return
-        current = self.rate if self.rate is not None else self._observed_rate(now)
-        floor = self.min_rate if self.ceiling is None else min(self.min_rate, self.ceiling)
-        self.rate = max(floor, current / 2.0)
+        self.rate = max(self.min_rate, self.rate / 2.0)
         self._last_adjust = self._last_decrease = now
 
     async def acquire(self) -> None:

@@ -30,47 +30,32 @@ def test_burst_lets_the_first_requests_through() -> None:
 
 def test_429_halves_a_configured_rate_once_per_cooldown() -> None:
     limiter = RateLimiter(10.0)
-    limiter.throttled(0.0, retry_after=2.0)
+    limiter.throttled(0.0)
     assert limiter.rate == 5.0
     limiter.throttled(0.5)  # the same burst: no second halving
     assert limiter.rate == 5.0
-    assert limiter.reserve(0.0) == 0.0
-    assert limiter.reserve(0.0) == pytest.approx(0.2)  # 1/5 s later
+    assert limiter.reserve(0.5) == 0.0
+    assert 0.15 < limiter.reserve(0.5) <= 0.2  # about 1/5 s later (it recovers a little)
     limiter.throttled(1.5)
     assert limiter.rate == pytest.approx(2.5, rel=0.1)
 
 
-def test_occasional_429_leaves_an_unlimited_client_alone() -> None:
+def test_429s_never_throttle_an_unlimited_client() -> None:
     limiter = RateLimiter()
-    for i in range(100):
-        limiter.reserve(i * 0.01)
-        if i % 40 == 0:
-            limiter.throttled(i * 0.01)
+    for i in range(1000):
+        assert limiter.reserve(i * 0.001) == 0.0
+        limiter.throttled(i * 0.001)
     assert limiter.rate is None
-    assert limiter.throttle_count == 3
+    assert limiter.throttle_count == 1000
 
 
-def test_unlimited_client_slows_down_under_many_429s_and_recovers() -> None:
-    limiter = RateLimiter()
-    for i in range(64):
-        limiter.reserve(i * 0.01)  # about 100 requests per second
-        if i % 4 == 0:
-            limiter.throttled(i * 0.01)  # a quarter of them answered 429
-    # Well below the ~100/s it offered (its rate is measured over at least a second).
-    assert limiter.rate is not None and limiter.rate <= 50
-    slow = limiter.rate
-    limiter.reserve(1.64)
-    assert limiter.rate is not None and limiter.rate > slow  # creeping back up
-    for second in range(2, 200):
-        limiter.reserve(float(second))
-    assert limiter.rate is None  # the limit is lifted again
-
-
-def test_recovery_stops_at_the_ceiling() -> None:
+def test_recovery_climbs_back_to_the_ceiling() -> None:
     limiter = RateLimiter(8.0)
     limiter.throttled(0.0)
     limiter.throttled(1.0)
     assert limiter.rate == pytest.approx(2.0, rel=0.1)
+    limiter.reserve(5.0)
+    assert limiter.rate is not None and 2.0 < limiter.rate < 8.0
     limiter.reserve(1000.0)
     assert limiter.rate == 8.0
 
