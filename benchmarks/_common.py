@@ -22,10 +22,13 @@ RESULTS = HERE / "RESULTS.md"
 
 
 @contextmanager
-def fake_server(scenario: str, *options: str) -> Iterator[tuple[dict[str, Any], Any]]:
-    """Start ``benchmarks._server_proc`` and yield (its announcement, a stats() function)."""
+def fake_server(
+    scenario: str, *options: str, module: str = "benchmarks._server_proc"
+) -> Iterator[tuple[dict[str, Any], Any]]:
+    """Start ``python -m module scenario options`` (a fake server announcing itself with one
+    JSON line, then answering ``stats``) and yield (its announcement, a stats() function)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks._server_proc", scenario, *options],
+        [sys.executable, "-m", module, scenario, *options],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,

@@ -28,9 +28,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -38,7 +35,7 @@ import anyio
 import async_jobs as aj
 from async_jobs.testing import RedisServer
 
-from ._common import HERE, machine, percentile, run_child, write_section
+from ._common import HERE, fake_server, machine, percentile, run_child, write_section
 
 #: The same schedule for every mode: a fixed 0.5 s interval.
 POLL = aj.PollPolicy(initial=0.5, multiplier=1.0, maximum=0.5, jitter=0.1)
@@ -83,36 +80,6 @@ async def _serve(count: int, lead: float, window: float, seed: int) -> None:
         async for line in anyio.wrap_file(sys.stdin):
             if line.strip() == "stats":
                 print(json.dumps({"requests": server.request_count}), flush=True)
-
-
-@contextmanager
-def _fake_server(*options: str) -> Iterator[tuple[dict[str, Any], Any]]:
-    """Start ``_serve`` in a child process; yield (its announcement, a stats() function)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.durable", "--serve", *options],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=HERE.parent,
-    )
-    assert proc.stdout is not None and proc.stdin is not None
-    announcement = json.loads(proc.stdout.readline())
-
-    def stats() -> dict[str, Any]:
-        assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write("stats\n")
-        proc.stdin.flush()
-        return dict(json.loads(proc.stdout.readline()))
-
-    try:
-        yield announcement, stats
-    finally:
-        proc.stdin.close()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        Path(announcement["jobs"]).unlink(missing_ok=True)
 
 
 # -- in-process child -------------------------------------------------------------------------
@@ -260,7 +227,7 @@ def run_mode(mode: str, phase: str, args: argparse.Namespace, redis: RedisServer
         options = [str(args.throughput_jobs), "0", "0"]
     else:
         options = [str(args.jobs), str(args.lead), str(args.window)]
-    with _fake_server(*options) as (server, stats):
+    with fake_server("--serve", *options, module="benchmarks.durable") as (server, stats):
         if mode == "in-process":
             figures = run_child(
                 "benchmarks.durable", "--in-process", server["url"], server["token"], server["jobs"]
