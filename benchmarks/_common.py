@@ -108,22 +108,11 @@ def run_child(module: str, *args: str) -> dict[str, Any]:
 
 
 def machine() -> str:
-    """One paragraph describing the machine and package versions."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    versions = []
-    for name in ("async-jobs", "aiohttp", "msgspec", "anyio", "kittycad", "metafold", "pydantic"):
-        with suppress(metadata.PackageNotFoundError):
-            versions.append(f"{name} {metadata.version(name)}")
+    """One paragraph describing the machine and package versions (from :func:`machine_info`)."""
+    info = machine_info()
+    versions = ", ".join(f"{name} {version}" for name, version in info["packages"].items())
     return (
-        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {cpu}, {os.cpu_count()} cores; "
-        f"Python {platform.python_version()}; {', '.join(versions)}"
+        f"{info['date']}; {info['cpu']}, {info['cores']} cores; Python {info['python']}; {versions}"
     )
 
 
