@@ -6,7 +6,7 @@ import enum
 import logging
 from collections.abc import Mapping
 
-__all__ = ["TERMINAL_STATES", "JobState", "map_state"]
+__all__ = ["TERMINAL_STATES", "JobState", "active_values", "map_state"]
 
 logger = logging.getLogger("async_jobs")
 
@@ -44,3 +44,9 @@ def map_state(api: str, table: Mapping[str, JobState], value: str) -> JobState:
         _warned.add((api, value))
         logger.warning("%s: unknown status %r; treating it as not terminal", api, value[:100])
     return JobState.UNKNOWN
+
+
+def active_values(table: Mapping[str, JobState]) -> tuple[str, ...]:
+    """The raw statuses of ``table`` that are not terminal, in table order (what a Watcher
+    lists to find the jobs still under way)."""
+    return tuple(value for value, state in table.items() if not state.is_terminal)

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 import msgspec
 
-from ._state import JobState, map_state
+from ._state import JobState, active_values, map_state
 
 __all__ = [
     "JOB_QUERY_FIELDS",
@@ -55,9 +55,7 @@ METAFOLD_STATES: Mapping[str, JobState] = MappingProxyType(
 #: The known states, in lifecycle order.
 METAFOLD_STATE_NAMES: tuple[str, ...] = tuple(METAFOLD_STATES)
 #: The states of jobs and workflows still under way (what a Watcher lists to coalesce).
-METAFOLD_ACTIVE_STATES: tuple[str, ...] = tuple(
-    name for name, state in METAFOLD_STATES.items() if not state.is_terminal
-)
+METAFOLD_ACTIVE_STATES: tuple[str, ...] = active_values(METAFOLD_STATES)
 #: Fields ``sort=`` accepts on ``GET /projects/{id}/jobs``.
 JOB_SORT_FIELDS: tuple[str, ...] = ("id", "name", "created", "started", "finished")
 #: Fields ``sort=`` accepts on ``GET /projects/{id}/workflows``.

@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from ._state import JobState, map_state
+from ._state import JobState, active_values, map_state
 
 __all__ = [
     "CONVERSION_ACTIVE_STATUSES",
@@ -49,9 +49,7 @@ OPERATION_STATES: Mapping[str, JobState] = MappingProxyType(
 #: The known statuses, in lifecycle order; the list endpoint filters by one of them.
 OPERATION_STATUSES: tuple[str, ...] = tuple(OPERATION_STATES)
 #: The statuses of operations still under way (what a Watcher lists to coalesce polling).
-OPERATION_ACTIVE_STATUSES: tuple[str, ...] = tuple(
-    status for status, state in OPERATION_STATES.items() if not state.is_terminal
-)
+OPERATION_ACTIVE_STATUSES: tuple[str, ...] = active_values(OPERATION_STATES)
 #: ``sort_by`` values of ``GET /async/operations`` (``CreatedAtSortMode``).
 OPERATION_SORT_MODES: tuple[str, ...] = ("created_at_ascending", "created_at_descending")
 #: Operation types known today (``AsyncApiCallType``); others decode as plain strings.
@@ -152,9 +150,7 @@ CONVERSION_ERROR_PREFIX = "error_"
 #: The known statuses, in the spec's order; ``filter=status:<value>`` names one of them.
 CONVERSION_STATUSES: tuple[str, ...] = tuple(CONVERSION_STATES)
 #: The statuses of conversions still under way (what a Watcher lists to coalesce polling).
-CONVERSION_ACTIVE_STATUSES: tuple[str, ...] = tuple(
-    status for status, state in CONVERSION_STATES.items() if not state.is_terminal
-)
+CONVERSION_ACTIVE_STATUSES: tuple[str, ...] = active_values(CONVERSION_STATES)
 #: The pipeline phases in the live spec's order (``OrgDatasetFileConversionPhase``). The seed
 #: doc's order (0-10) is this one without ``manual_kcl_override``, so progress computed from a
 #: phase's position in this tuple moves forward on old and new servers alike.

@@ -32,7 +32,7 @@ from ..models.zoo import (
     conversion_state,
 )
 from ._clock import FakeClock
-from ._zoo import zoo_error, zoo_time
+from ._zoo import zoo_error, zoo_page_size, zoo_time
 
 __all__ = ["ConversionStep", "FakeConversion", "FakeConversions"]
 
@@ -54,8 +54,6 @@ OVERRIDE_TIMELINE: tuple[ConversionStep, ...] = (
     *((phase, 0.01) for phase in CONVERSION_PHASES[:-1]),
     (_DONE, None),
 )
-DEFAULT_PAGE_SIZE = 100
-MAX_PAGE_SIZE = 1000
 _TOKEN = re.compile(r"^o=(\d+)&k=([0-9a-f]{8})\+([a-z_]+)/==$")
 _FILTER = re.compile(r"^status:([A-Za-z0-9_]+)$")
 _FAKE_PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06"
@@ -316,13 +314,9 @@ class FakeConversions:
         sort_by = query.get("sort_by", "created_at_descending")
         if sort_by not in CONVERSION_SORT_MODES:
             return zoo_error(400, f"invalid sort_by: {sort_by!r}", "invalid_request")
-        try:
-            limit = int(query.get("limit", DEFAULT_PAGE_SIZE))
-        except ValueError:
-            return zoo_error(400, "limit must be an integer", "invalid_request")
-        if limit < 1:
-            return zoo_error(400, "limit must be >= 1", "invalid_request")
-        limit = min(limit, MAX_PAGE_SIZE)
+        limit = zoo_page_size(query)
+        if isinstance(limit, web.Response):
+            return limit
         status_filter: str | None = None
         if "filter" in query:
             match = _FILTER.match(query["filter"])

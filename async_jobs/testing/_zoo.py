@@ -6,7 +6,7 @@ import base64
 import bisect
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -16,7 +16,7 @@ from aiohttp import web
 from ..models.zoo import OPERATION_SORT_MODES, OPERATION_STATES, OPERATION_STATUSES
 from ._clock import FakeClock
 
-__all__ = ["FakeOperation", "FakeZoo", "zoo_error", "zoo_time"]
+__all__ = ["FakeOperation", "FakeZoo", "zoo_error", "zoo_page_size", "zoo_time"]
 
 Timeline = Sequence[tuple[str, float | None]]
 DEFAULT_TIMELINE: Timeline = (("queued", 0.05), ("in_progress", 0.2), ("completed", None))
@@ -78,6 +78,17 @@ _RESULTS: dict[str, dict[str, Any]] = {
 def zoo_time(moment: datetime | None) -> str | None:
     """A datetime as Zoo writes it: ISO 8601 with a ``Z``."""
     return None if moment is None else moment.isoformat().replace("+00:00", "Z")
+
+
+def zoo_page_size(query: Mapping[str, str]) -> int | web.Response:
+    """The ``limit`` of a Zoo list request, capped, or the 400 to answer instead."""
+    try:
+        limit = int(query.get("limit", DEFAULT_PAGE_SIZE))
+    except ValueError:
+        return zoo_error(400, "limit must be an integer", "invalid_request")
+    if limit < 1:
+        return zoo_error(400, "limit must be >= 1", "invalid_request")
+    return min(limit, MAX_PAGE_SIZE)
 
 
 def zoo_error(status: int, message: str, error_code: str | None = None) -> web.Response:
@@ -231,13 +242,9 @@ class FakeZoo:
             return zoo_error(400, f"invalid or missing status: {status!r}", "invalid_request")
         if sort_by not in OPERATION_SORT_MODES:
             return zoo_error(400, f"invalid or missing sort_by: {sort_by!r}", "invalid_request")
-        try:
-            limit = int(query.get("limit", DEFAULT_PAGE_SIZE))
-        except ValueError:
-            return zoo_error(400, "limit must be an integer", "invalid_request")
-        if limit < 1:
-            return zoo_error(400, "limit must be >= 1", "invalid_request")
-        limit = min(limit, MAX_PAGE_SIZE)
+        limit = zoo_page_size(query)
+        if isinstance(limit, web.Response):
+            return limit
         offset = 0
         token = query.get("page_token")
         if token is not None:
