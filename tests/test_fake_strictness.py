@@ -341,6 +341,22 @@ async def test_worker_is_always_a_string(
     assert workers["in_progress"] and workers["completed"] and workers["failed"]
 
 
+async def test_the_list_leaves_converted_files_out(
+    server: FakeApiServer, zoo: aj.ZooClient
+) -> None:
+    """ "For async file conversion operations, this endpoint does not return the contents of
+    converted files (`output`). To get the contents use the `/async/operations/{id}`
+    endpoint." The library gets them from there."""
+    conversion = server.zoo.add_operation("file_conversion", [("completed", None)])
+    volume = server.zoo.add_operation("file_volume", [("completed", None)])
+    listed = {op.type: op for op in (await zoo.list_async_operations("completed")).items}
+    assert listed["file_conversion"].output is None and listed["file_conversion"].outputs is None
+    assert listed["file_volume"].output == {"volume": 42.5}
+    done = await aj.wait_until_terminal(zoo.async_operation(conversion.id), timeout=HANG_GUARD)
+    assert done.outputs and set(done.outputs) == {"output.stl"}
+    assert (await zoo.get_async_operation(volume.id)).volume == 42.5
+
+
 def _time(text: datetime | None) -> float:
     assert text is not None
     return text.timestamp()

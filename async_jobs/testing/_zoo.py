@@ -325,7 +325,9 @@ class FakeZoo:
         body.update(
             attempts=1 if body["started_at"] else 0,
             input=op.input,
-            output=_RESULTS.get(op.type) if done else None,
+            # "For async file conversion operations, this endpoint does not return the
+            # contents of converted files (`output`)."
+            output=_RESULTS.get(op.type) if done and op.type != "file_conversion" else None,
             # A non-null string in the spec: empty until a worker picks the operation up.
             worker=FAKE_WORKER if body["started_at"] else "",
         )
