@@ -20,6 +20,7 @@ import json
 import random
 import sys
 import tempfile
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -67,7 +68,9 @@ def watch_many(
                 }
             )
     for d in range(10):
-        dataset = server.conversions.add_dataset(f"dataset-{d}")
+        dataset = server.conversions.add_dataset(
+            str(uuid.uuid5(uuid.NAMESPACE_URL, f"dataset-{d}"))
+        )
         for _ in range(per_group):
             pending, running = _finish(rng, args)
             conv = server.conversions.add_conversion(

@@ -14,6 +14,7 @@ import logging
 import os
 import random
 import time
+import uuid
 from collections import Counter
 from typing import Any
 
@@ -34,6 +35,9 @@ WAITS = 2000
 RETRY = aj.RetryPolicy(max_attempts=4, initial=0.01, multiplier=2.0, maximum=0.5)
 POLL = aj.PollPolicy(initial=0.1, multiplier=1.5, maximum=0.5, jitter=0.2)
 REQUEST_TIMEOUT = 1.0
+#: Fixed UUIDs: the datasets of the wave, and operations that do not exist (404).
+DATASETS = tuple(str(uuid.uuid5(uuid.NAMESPACE_URL, f"async-jobs-chaos:ds-{i}")) for i in range(7))
+MISSING = tuple(str(uuid.uuid5(uuid.NAMESPACE_URL, f"async-jobs-chaos:op-{i}")) for i in range(5))
 
 
 def _fds() -> int:
@@ -86,7 +90,7 @@ def _wave(
             )
             jobs.append(("zoo.async_operation", (op.id,)))
         elif kind == 1:
-            dataset = f"ds-{index % 7}"
+            dataset = DATASETS[index % len(DATASETS)]
             final = rng.choice(["success", "error_execution", "canceled"])
             conv = server.conversions.add_conversion(
                 dataset, [("queued", a), ("in_progress", b), (final, None)], error="bad"
@@ -100,7 +104,7 @@ def _wave(
             )
             jobs.append(("metafold.job", (project, job.id)))
     for index in range(5):
-        jobs.append(("zoo.async_operation", (f"missing-{index}",)))
+        jobs.append(("zoo.async_operation", (MISSING[index],)))
         job = server.metafold.add_job("forbidden", timeline=[("started", None)])
         jobs.append(("metafold.job", ("forbidden", job.id)))
     return jobs
@@ -149,7 +153,7 @@ async def test_chaos_soak() -> None:
                     try:
                         final = await aj.wait_until_terminal(ref, timeout=60, poll=POLL)
                     except aj.NotFoundError:
-                        assert ids[0].startswith("missing-")
+                        assert ids[0] in MISSING
                         outcomes["404 NotFoundError"] += 1
                     except aj.AuthenticationError:
                         assert ids[0] == "forbidden"

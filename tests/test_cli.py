@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import anyio
@@ -110,7 +111,7 @@ async def test_wait_exit_codes(server: FakeApiServer) -> None:
         (done.id, [], 0),
         (failed.id, [], 1),
         (stuck.id, ["--timeout", "0.3"], 3),
-        ("no-such-op", [], 4),
+        (str(uuid.uuid4()), [], 4),
     ]
     for op_id, extra, expected in cases:
         result = await anyio.run_process(

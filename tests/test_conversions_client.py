@@ -89,7 +89,7 @@ async def test_unknown_conversion_or_dataset_is_not_found(
     with pytest.raises(aj.NotFoundError):
         await zoo.list_dataset_conversions(str(uuid.uuid4()))
     with pytest.raises(aj.NotFoundError):
-        await aj.wait_until_terminal(zoo.dataset_conversion(dataset, "missing"), timeout=5)
+        await aj.wait_until_terminal(zoo.dataset_conversion(dataset, str(uuid.uuid4())), timeout=5)
 
 
 async def test_walks_every_live_phase_with_rising_progress(
@@ -425,6 +425,7 @@ async def test_page_token_reaches_server_byte_for_byte(
 
 
 async def test_ids_are_single_path_segments(server: FakeApiServer, zoo: aj.ZooClient) -> None:
+    server.conversions.options.uuid_ids = False  # the real ids are UUIDs; any id is encoded
     fake = server.conversions.add_conversion("a/b", [("success", None)], id="c?d=1#e")
     conv = await zoo.get_dataset_conversion("a/b", "c?d=1#e")
     assert (conv.dataset_id, conv.id) == ("a/b", "c?d=1#e")

@@ -8,6 +8,7 @@ import logging
 import shutil
 import subprocess
 import sys
+import uuid
 from collections import Counter
 from functools import partial
 from pathlib import Path
@@ -192,7 +193,7 @@ async def test_job_that_cannot_be_fetched_is_dead_lettered(
         raise AssertionError("never terminal")
 
     async with zoo:
-        await dw.submit(zoo.async_operation("no-such-operation"))
+        await dw.submit(zoo.async_operation(str(uuid.uuid4())))
         async with dw.run(zoo, handler=handler, poll=POLL, retry=QUICK_RETRY) as worker:
             await until(lambda: _count(worker.dead_lettered, 1), 10)
     ((_, dead),) = await redis_client.xrange("async_jobs:dead")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 
@@ -122,15 +123,15 @@ async def test_html_502_is_retried_then_succeeds(server: FakeApiServer, zoo: aj.
 
 
 async def test_wrong_shape_is_decode_error(server: FakeApiServer, zoo: aj.ZooClient) -> None:
-    server.zoo.add_operation(id="op-1", extra={"status": 42})
+    fake = server.zoo.add_operation(extra={"status": 42})
     with pytest.raises(aj.DecodeError) as info:
-        await zoo.get_async_operation("op-1")
+        await zoo.get_async_operation(fake.id)
     assert "status" in str(info.value)
 
 
 async def test_not_found(server: FakeApiServer, zoo: aj.ZooClient) -> None:
     with pytest.raises(aj.NotFoundError) as info:
-        await zoo.get_async_operation("no-such-op")
+        await zoo.get_async_operation(str(uuid.uuid4()))
     assert info.value.code == "not_found"
     assert info.value.request_id
 

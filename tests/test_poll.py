@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import uuid
 
 import anyio
 import anyio.lowlevel
@@ -101,7 +102,7 @@ async def test_wait_survives_transient_trouble(server: FakeApiServer, zoo: aj.Zo
 
 async def test_not_found_ends_the_wait(server: FakeApiServer, zoo: aj.ZooClient) -> None:
     with pytest.raises(aj.NotFoundError):
-        await aj.wait_until_terminal(zoo.async_operation("missing"), timeout=5)
+        await aj.wait_until_terminal(zoo.async_operation(str(uuid.uuid4())), timeout=5)
 
 
 async def test_expired_token_ends_the_wait(server: FakeApiServer, zoo: aj.ZooClient) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import uuid
 from collections import Counter
 from typing import Any
 
@@ -258,7 +259,7 @@ async def test_a_missing_job_fails_alone(server: FakeApiServer) -> None:
     dataset = server.conversions.add_dataset()
     async with _zoo(server) as zoo, aj.Watcher(zoo, poll=POLL) as watcher:
         good = watcher.add(zoo.async_operation(ok.id))
-        missing = watcher.add(zoo.dataset_conversion(dataset, "no-such-conversion"))
+        missing = watcher.add(zoo.dataset_conversion(dataset, str(uuid.uuid4())))
         with pytest.raises(aj.NotFoundError):
             await missing
         assert (await good).status == "completed"

@@ -3,11 +3,11 @@ supported APIs with scripted job lifecycles and injectable faults."""
 
 from ._clock import FakeClock
 from ._conversions import FakeConversion, FakeConversions
-from ._faults import Fault, FaultKind
+from ._faults import Fault, FaultKind, Overload
 from ._metafold import FakeMetafold, FakeMetafoldJob, FakeMetafoldWorkflow
 from ._redis_server import RedisServer, RedisServerNotFound
 from ._server import FakeApiServer, RecordedRequest
-from ._zoo import FakeOperation, FakeZoo
+from ._zoo import FakeOperation, FakeZoo, ZooOptions
 
 __all__ = [
     "FakeApiServer",
@@ -21,7 +21,9 @@ __all__ = [
     "FakeZoo",
     "Fault",
     "FaultKind",
+    "Overload",
     "RecordedRequest",
     "RedisServer",
     "RedisServerNotFound",
+    "ZooOptions",
 ]

@@ -16,7 +16,6 @@ import base64
 import bisect
 import hashlib
 import re
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -32,7 +31,7 @@ from ..models.zoo import (
     conversion_state,
 )
 from ._clock import FakeClock
-from ._zoo import zoo_error, zoo_page_size, zoo_time
+from ._zoo import ZooOptions, check_uuid, new_id, zoo_error, zoo_page, zoo_time
 
 __all__ = ["ConversionStep", "FakeConversion", "FakeConversions"]
 
@@ -54,7 +53,6 @@ OVERRIDE_TIMELINE: tuple[ConversionStep, ...] = (
     *((phase, 0.01) for phase in CONVERSION_PHASES[:-1]),
     (_DONE, None),
 )
-_TOKEN = re.compile(r"^o=(\d+)&k=([0-9a-f]{8})\+([a-z_]+)/==$")
 _FILTER = re.compile(r"^status:([A-Za-z0-9_]+)$")
 _FAKE_PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06"
 
@@ -134,10 +132,12 @@ class FakeConversion:
 
 
 class FakeConversions:
-    """The Zoo API's org dataset conversions, served from memory (``server.conversions``)."""
+    """The Zoo API's org dataset conversions, served from memory (``server.conversions``);
+    ``options`` (:class:`ZooOptions`, shared with ``server.zoo``) say how strictly."""
 
-    def __init__(self, clock: FakeClock) -> None:
+    def __init__(self, clock: FakeClock, options: ZooOptions | None = None) -> None:
         self.clock = clock
+        self.options = options if options is not None else ZooOptions()
         self.datasets: dict[str, dict[str, FakeConversion]] = {}
         self._last_created: datetime | None = None
         self._count = 0
@@ -151,8 +151,9 @@ class FakeConversions:
         return created_at
 
     def add_dataset(self, dataset_id: str | None = None) -> str:
-        """Create an empty dataset (a UUID unless given) and return its id."""
-        dataset_id = dataset_id or str(uuid.uuid4())
+        """Create an empty dataset (a new UUID unless given; a UUID too, unless
+        ``options.uuid_ids`` is off) and return its id."""
+        dataset_id = new_id(self.options, dataset_id, "dataset")
         self.datasets.setdefault(dataset_id, {})
         return dataset_id
 
@@ -175,10 +176,12 @@ class FakeConversions:
         ``error_*`` steps; ``extra`` fields are added to the detail body as they are."""
         if timeline is None:
             timeline = OVERRIDE_TIMELINE if manual_kcl_override is not None else DEFAULT_TIMELINE
+        dataset_id = self.add_dataset(dataset_id)
+        conversion_id = new_id(self.options, id, "conversion")
         self._count += 1
         now = self.clock.now()
         conversion = FakeConversion(
-            id=id or str(uuid.uuid4()),
+            id=conversion_id,
             dataset_id=dataset_id,
             created=now,
             created_at=self._creation_time(),
@@ -190,7 +193,7 @@ class FakeConversions:
             manual_kcl_override=manual_kcl_override,
             extra=dict(extra or {}),
         )
-        self.datasets.setdefault(dataset_id, {})[conversion.id] = conversion
+        self.datasets[dataset_id][conversion.id] = conversion
         return conversion
 
     def _find(self, conversion_id: str) -> FakeConversion:
@@ -239,13 +242,21 @@ class FakeConversions:
         run = conversion.steps[run_start : index + 1]
         started = next((t for t, s, _ in run if s != _QUEUED), None)
         state = conversion_state(status)
-        terminal = state.is_terminal
+        # "The date and time the conversion got its current status" (the spec): when the
+        # current status began (a phase change within it does not count); None while the
+        # conversion still has the status it was created with.
+        got_status = index
+        while got_status > 0 and conversion.steps[got_status - 1][1] == status:
+            got_status -= 1
+        status_since = conversion.steps[got_status][0] if got_status > 0 else None
         reached = max((_PHASE_INDEX.get(p, -1) for _, _, p in run), default=-1)
         if status == _SUCCESS:
             reached = len(CONVERSION_PHASES)
         override = conversion.manual_kcl_override is not None
         body: dict[str, Any] = {
-            "completed_at": zoo_time(self.clock.wall(at)) if terminal else None,
+            "completed_at": zoo_time(
+                None if status_since is None else self.clock.wall(status_since)
+            ),
             "created_at": zoo_time(conversion.created_at),
             "dataset_id": conversion.dataset_id,
             "file_etag": conversion.file_etag,
@@ -307,16 +318,16 @@ class FakeConversions:
     async def handle_list(self, request: web.Request) -> web.Response:
         """``GET /org/datasets/{id}/conversions``: limit, page_token, sort_by, filter
         (``status:<value>``), q (id or file path contains) and phase."""
-        conversions = self.datasets.get(request.match_info["id"])
+        dataset_id = check_uuid(self.options, "id", request.match_info["id"])
+        if isinstance(dataset_id, web.Response):
+            return dataset_id
+        conversions = self.datasets.get(dataset_id)
         if conversions is None:
             return zoo_error(404, "dataset not found", "not_found")
         query = request.query
         sort_by = query.get("sort_by", "created_at_descending")
         if sort_by not in CONVERSION_SORT_MODES:
             return zoo_error(400, f"invalid sort_by: {sort_by!r}", "invalid_request")
-        limit = zoo_page_size(query)
-        if isinstance(limit, web.Response):
-            return limit
         status_filter: str | None = None
         if "filter" in query:
             match = _FILTER.match(query["filter"])
@@ -328,13 +339,6 @@ class FakeConversions:
         digest = hashlib.sha256(
             "\0".join((query.get("filter", ""), search, phase or "")).encode()
         ).hexdigest()[:8]
-        offset = 0
-        token = query.get("page_token")
-        if token is not None:
-            match = _TOKEN.match(token)
-            if match is None or match.group(2) != digest or match.group(3) != sort_by:
-                return zoo_error(400, "invalid page_token", "invalid_request")
-            offset = int(match.group(1))
         chosen = [
             body
             for body in (self.summary(c) for c in conversions.values())
@@ -345,15 +349,22 @@ class FakeConversions:
         chosen.sort(
             key=lambda body: self._sort_key(sort_by, body), reverse=sort_by.endswith("descending")
         )
-        page = chosen[offset : offset + limit]
-        end = offset + len(page)
-        next_page = f"o={end}&k={digest}+{sort_by}/==" if end < len(chosen) else None
-        return web.json_response({"items": page, "next_page": next_page})
+        paged = zoo_page(chosen, query, self.options, f"{digest}+{sort_by}")
+        if isinstance(paged, web.Response):
+            return paged
+        page, next_page = paged
+        return web.json_response({"items": list(page), "next_page": next_page})
 
     async def handle_get(self, request: web.Request) -> web.Response:
         """``GET /org/datasets/{id}/conversions/{conversion_id}``."""
-        conversions = self.datasets.get(request.match_info["id"], {})
-        conversion = conversions.get(request.match_info["conversion_id"])
+        dataset_id = check_uuid(self.options, "id", request.match_info["id"])
+        if isinstance(dataset_id, web.Response):
+            return dataset_id
+        raw_id = request.match_info["conversion_id"]
+        conversion_id = check_uuid(self.options, "conversion_id", raw_id)
+        if isinstance(conversion_id, web.Response):
+            return conversion_id
+        conversion = self.datasets.get(dataset_id, {}).get(conversion_id)
         if conversion is None:
             return zoo_error(404, "dataset conversion not found", "not_found")
         return web.json_response(self.detail(conversion))

@@ -227,8 +227,9 @@ class FakeMetafold:
     or the legacy ``"msg"`` / ``"errors"`` bodies), ``datetime_format`` (``"rfc1123"`` as the
     live API, ``"iso8601"`` as its docs), ``legacy_fields`` (serve the deprecated ``assets``,
     ``parameters`` and ``meta``, which the official SDK requires), ``token_lifetime`` (seconds
-    of the tokens the token endpoint issues) and ``audience`` (the one accepted; by default the
-    server's own URL, with or without a trailing slash).
+    of the tokens the token endpoint issues) and ``audience`` (the one accepted, matched
+    exactly as Auth0 does; by default the server's own URL with a trailing slash, which is
+    what the official SDK sends).
     """
 
     def __init__(self, clock: FakeClock) -> None:
@@ -694,8 +695,7 @@ class FakeMetafold:
             return oauth_error(401, "access_denied", "Unauthorized")
         origin = str(request.url.origin())
         audience = form.get("audience", "")
-        accepted = {self.audience} if self.audience else {origin, origin + "/"}
-        if audience not in accepted:
+        if audience != (self.audience or origin + "/"):
             return oauth_error(403, "access_denied", f"Service not found: {audience}")
         token = "mf-" + secrets.token_urlsafe(24)
         self.exchanges += 1

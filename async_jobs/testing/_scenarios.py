@@ -11,7 +11,8 @@ from ._server import FakeApiServer
 __all__ = ["SCENARIOS", "ScenarioJob", "populate"]
 
 SCENARIOS = ("demo", "empty")
-DEMO_DATASET = "demo-dataset"
+#: The demo dataset's id: fixed, and a UUID as the real API's dataset ids are.
+DEMO_DATASET = "f9919813-76e4-5c69-b665-16ccdf83591e"
 DEMO_PROJECT = "demo-project"
 
 

@@ -17,9 +17,9 @@ from aiohttp import web
 
 from ._clock import FakeClock
 from ._conversions import FakeConversions
-from ._faults import Fault, FaultKind, FaultPlan
+from ._faults import Fault, FaultKind, FaultPlan, Overload
 from ._metafold import TOKEN_PATH, FakeMetafold, is_metafold_path
-from ._zoo import FakeZoo, zoo_error
+from ._zoo import FakeZoo, ZooOptions, zoo_error
 
 __all__ = ["FakeApiServer", "RecordedRequest"]
 
@@ -44,7 +44,10 @@ class FakeApiServer:
 
     ``async with FakeApiServer() as server:`` then point a client at ``server.url`` with
     ``token=server.token``. Jobs are scripted through ``server.zoo``; misbehaviour through
-    :meth:`inject`; time through ``server.clock``. Every request is kept in ``server.requests``.
+    :meth:`inject`; load shedding through :meth:`overload`; time through ``server.clock``.
+    Every request is kept in ``server.requests``. The fake is at least as strict as the real
+    APIs (UUID path ids on Zoo, ...); ``server.zoo.options`` (:class:`ZooOptions`) relaxes
+    or varies the Zoo side, ``server.metafold``'s attributes the Metafold side.
     """
 
     def __init__(
@@ -65,9 +68,13 @@ class FakeApiServer:
         #: Requests received, kept or not; set ``keep_requests = False`` for long benchmarks.
         self.request_count = 0
         self.keep_requests = True
-        self.zoo = FakeZoo(self.clock)
+        zoo_options = ZooOptions()
+        self.zoo = FakeZoo(self.clock, zoo_options)
         self.metafold = FakeMetafold(self.clock)
-        self.conversions = FakeConversions(self.clock)
+        self.conversions = FakeConversions(self.clock, zoo_options)
+        #: The load being shed (see :meth:`overload`), or None.
+        self.overloaded: Overload | None = None
+        self._seed = seed
         self._runner: web.AppRunner | None = None
 
     @property
@@ -80,6 +87,23 @@ class FakeApiServer:
     def inject(self, kind: FaultKind, **options: Any) -> Fault:
         """Arm a fault (see :class:`Fault` for kinds and options) and return it."""
         return self.faults.add(Fault(kind, **options))
+
+    def overload(
+        self,
+        *,
+        share: float = 1.0,
+        times: int | None = None,
+        retry_after: str = "1",
+        route: str = "*",
+    ) -> Overload:
+        """Shed load from now on, apart from the fault plan: answer ``503`` with
+        ``Retry-After: retry_after`` to a ``share`` of the requests matching ``route``, at
+        most ``times`` of them (None: until ``server.overloaded = None``). Returns the
+        :class:`Overload`, whose ``refused`` counts the refused requests."""
+        self.overloaded = Overload(
+            share=share, times=times, retry_after=retry_after, route=route, seed=self._seed
+        )
+        return self.overloaded
 
     def _app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware])
@@ -142,6 +166,11 @@ class FakeApiServer:
                     time.monotonic(),
                 )
             )
+        overloaded = self.overloaded
+        if overloaded is not None and overloaded.refuses(request.path):
+            response = self.error(request, 503, "the service is overloaded", "overloaded")
+            response.headers["Retry-After"] = overloaded.retry_after
+            return response
         fault = self.faults.pick(request.path)
         if fault is not None:
             return await self._apply(fault, request, handler)
@@ -151,7 +180,8 @@ class FakeApiServer:
         if self.token is not None and not self._authorized(request):
             return self.error(request, 401, "invalid or missing API token", "unauthorized")
         response = await handler(request)
-        response.headers.setdefault("X-Api-Call-Id", str(uuid.uuid4()))
+        if not is_metafold_path(request.path):  # Zoo names every response; Metafold does not
+            response.headers.setdefault("X-Api-Call-Id", str(uuid.uuid4()))
         return response
 
     def error(

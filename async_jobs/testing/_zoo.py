@@ -9,20 +9,95 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
 from ..models.zoo import OPERATION_SORT_MODES, OPERATION_STATES, OPERATION_STATUSES
 from ._clock import FakeClock
 
-__all__ = ["FakeOperation", "FakeZoo", "zoo_error", "zoo_page_size", "zoo_time"]
+__all__ = [
+    "FakeOperation",
+    "FakeZoo",
+    "ZooOptions",
+    "check_uuid",
+    "parse_uuid",
+    "zoo_error",
+    "zoo_page",
+    "zoo_page_size",
+    "zoo_time",
+]
 
+T = TypeVar("T")
 Timeline = Sequence[tuple[str, float | None]]
 DEFAULT_TIMELINE: Timeline = (("queued", 0.05), ("in_progress", 0.2), ("completed", None))
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
-_TOKEN = re.compile(r"^o=(\d+)&s=([a-z_]+)\+([a-z_]+)/==$")
+_UINT32_MAX = 2**32 - 1
+#: A page token: the offset, the page's number in its listing and the listing's scan key.
+_TOKEN = re.compile(r"^o=(\d+)&n=(\d+)&k=([A-Za-z0-9_+]+)/==$")
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+#: Who the list endpoint names as ``worker`` once one picked the operation up.
+FAKE_WORKER = "fake-worker-1"
+
+
+@dataclass
+class ZooOptions:
+    """How the fake Zoo API (async operations and dataset conversions alike) behaves where the
+    real one is strict or varies. Shared by ``server.zoo.options`` and
+    ``server.conversions.options``; set fields at any time.
+
+    - ``uuid_ids`` (default True): path ids are UUIDs, as in the spec's path schema; any other
+      id is a 400 before any lookup, and ``add_*`` refuse to create one;
+    - ``max_page_size`` (default 1000): the most items a page holds; a larger ``limit`` is
+      capped, or answered 400 with ``reject_over_limit``;
+    - ``page_sizes``: the n-th page of every listing holds at most ``page_sizes[n]`` items
+      (0: an empty page that still carries a ``next_page``), later pages ``limit``;
+    - ``token_on_last_page``: every non-empty page carries a ``next_page`` (as dropshot's
+      ``ResultsPage`` does), so a listing always ends with an empty page without one;
+    - ``ascending_only``: ``GET /async/operations`` serves ``created_at`` ascending whatever
+      ``sort_by`` says (the spec: "we only support scanning in ascending order").
+    """
+
+    uuid_ids: bool = True
+    max_page_size: int = MAX_PAGE_SIZE
+    reject_over_limit: bool = False
+    page_sizes: Sequence[int] = ()
+    token_on_last_page: bool = False
+    ascending_only: bool = False
+
+
+def parse_uuid(text: str) -> str | None:
+    """``text`` as a canonical (lower-case, hyphenated) UUID, or None if it is not one."""
+    return str(uuid.UUID(text)) if _UUID.match(text) else None
+
+
+def check_uuid(options: ZooOptions, name: str, text: str) -> str | web.Response:
+    """The path id to look up, or the 400 the real server's path schema answers."""
+    if not options.uuid_ids:
+        return text
+    canonical = parse_uuid(text)
+    if canonical is None:
+        return zoo_error(
+            400, f"bad parameter in URL path: {name}: invalid UUID: {text[:80]!r}", None
+        )
+    return canonical
+
+
+def new_id(options: ZooOptions, given: str | None, what: str) -> str:
+    """The id of a new fake object: ``given`` (checked against ``uuid_ids``) or a new UUID."""
+    if given is None:
+        return str(uuid.uuid4())
+    if not options.uuid_ids:
+        return given
+    canonical = parse_uuid(given)
+    if canonical is None:
+        raise ValueError(
+            f"{what} id {given!r} is not a UUID: the real API's ids are (use uuid.uuid4(), or "
+            "set options.uuid_ids = False to serve other ids)"
+        )
+    return canonical
+
 
 # What each operation type carries in GET /async/operations/{id} (the AsyncApiCallOutput
 # variants), before and after it completes.
@@ -80,15 +155,45 @@ def zoo_time(moment: datetime | None) -> str | None:
     return None if moment is None else moment.isoformat().replace("+00:00", "Z")
 
 
-def zoo_page_size(query: Mapping[str, str]) -> int | web.Response:
-    """The ``limit`` of a Zoo list request, capped, or the 400 to answer instead."""
+def zoo_page_size(query: Mapping[str, str], options: ZooOptions) -> int | web.Response:
+    """The ``limit`` of a Zoo list request (a uint32 >= 1), capped at ``max_page_size``, or
+    the 400 to answer instead."""
     try:
         limit = int(query.get("limit", DEFAULT_PAGE_SIZE))
     except ValueError:
         return zoo_error(400, "limit must be an integer", "invalid_request")
-    if limit < 1:
-        return zoo_error(400, "limit must be >= 1", "invalid_request")
-    return min(limit, MAX_PAGE_SIZE)
+    if not 1 <= limit <= _UINT32_MAX:
+        return zoo_error(400, "limit must be a uint32 >= 1", "invalid_request")
+    if limit > options.max_page_size and options.reject_over_limit:
+        return zoo_error(
+            400, f"limit must be <= {options.max_page_size}, got {limit}", "invalid_request"
+        )
+    return min(limit, options.max_page_size)
+
+
+def zoo_page(
+    items: Sequence[T], query: Mapping[str, str], options: ZooOptions, scan: str
+) -> tuple[Sequence[T], str | None] | web.Response:
+    """One page of ``items`` (already filtered and sorted) for a list request, and its
+    ``next_page`` token; or the 400 to answer instead. A token is bound to ``scan`` (the
+    listing's filter and order): one from another listing is refused."""
+    limit = zoo_page_size(query, options)
+    if isinstance(limit, web.Response):
+        return limit
+    offset = number = 0
+    token = query.get("page_token")
+    if token is not None:
+        match = _TOKEN.match(token)
+        if match is None or match.group(3) != scan:
+            return zoo_error(400, "invalid page_token", "invalid_request")
+        offset, number = int(match.group(1)), int(match.group(2))
+    if number < len(options.page_sizes):
+        limit = min(limit, max(options.page_sizes[number], 0))
+    page = items[offset : offset + limit]
+    end = offset + len(page)
+    more = end < len(items) or (options.token_on_last_page and bool(page))
+    next_page = f"o={end}&n={number + 1}&k={scan}/==" if more else None
+    return page, next_page
 
 
 def zoo_error(status: int, message: str, error_code: str | None = None) -> web.Response:
@@ -129,10 +234,12 @@ class FakeOperation:
 
 
 class FakeZoo:
-    """The Zoo API's async operations, served from memory."""
+    """The Zoo API's async operations, served from memory; ``options`` (:class:`ZooOptions`)
+    say how strictly."""
 
-    def __init__(self, clock: FakeClock) -> None:
+    def __init__(self, clock: FakeClock, options: ZooOptions | None = None) -> None:
         self.clock = clock
+        self.options = options if options is not None else ZooOptions()
         self.operations: dict[str, FakeOperation] = {}
         self._last_created: datetime | None = None
 
@@ -155,9 +262,11 @@ class FakeZoo:
         extra: dict[str, Any] | None = None,
     ) -> FakeOperation:
         """Create an operation that walks ``timeline``: (status, seconds in it) pairs, the last
-        one's duration None (it stays there). A ``failed`` step reports ``error``."""
+        one's duration None (it stays there). A ``failed`` step reports ``error``. ``id`` is
+        a new UUID unless given (a UUID too, unless ``options.uuid_ids`` is off)."""
         if not timeline:
             raise ValueError("timeline must have at least one step")
+        op_id = new_id(self.options, id, "operation")
         now = self.clock.now()
         steps: list[tuple[float, str]] = []
         at = now
@@ -167,7 +276,7 @@ class FakeZoo:
                 break
             at += duration
         op = FakeOperation(
-            id=id or str(uuid.uuid4()),
+            id=op_id,
             type=type,
             created=now,
             created_at=self._creation_time(),
@@ -216,8 +325,11 @@ class FakeZoo:
         body.update(
             attempts=1 if body["started_at"] else 0,
             input=op.input,
-            output=_RESULTS.get(op.type) if done else None,
-            worker="fake-worker-1" if body["started_at"] else None,
+            # "For async file conversion operations, this endpoint does not return the
+            # contents of converted files (`output`)."
+            output=_RESULTS.get(op.type) if done and op.type != "file_conversion" else None,
+            # A non-null string in the spec: empty until a worker picks the operation up.
+            worker=FAKE_WORKER if body["started_at"] else "",
         )
         return body
 
@@ -235,36 +347,36 @@ class FakeZoo:
     # -- handlers ---------------------------------------------------------------------------
 
     async def handle_list(self, request: web.Request) -> web.Response:
-        """``GET /async/operations``: status and sort_by required, as in the seed doc."""
+        """``GET /async/operations``: ``status`` (none: every status), ``sort_by`` (none:
+        ``created_at_ascending``), ``limit`` and ``page_token``, all optional as in the spec."""
         query = request.query
-        status, sort_by = query.get("status"), query.get("sort_by")
-        if status not in OPERATION_STATUSES:
-            return zoo_error(400, f"invalid or missing status: {status!r}", "invalid_request")
+        status, sort_by = query.get("status"), query.get("sort_by", "created_at_ascending")
+        if status is not None and status not in OPERATION_STATUSES:
+            return zoo_error(400, f"invalid status: {status!r}", "invalid_request")
         if sort_by not in OPERATION_SORT_MODES:
-            return zoo_error(400, f"invalid or missing sort_by: {sort_by!r}", "invalid_request")
-        limit = zoo_page_size(query)
-        if isinstance(limit, web.Response):
-            return limit
-        offset = 0
-        token = query.get("page_token")
-        if token is not None:
-            match = _TOKEN.match(token)
-            if match is None or match.group(2) != status or match.group(3) != sort_by:
-                return zoo_error(400, "invalid page_token", "invalid_request")
-            offset = int(match.group(1))
+            return zoo_error(400, f"invalid sort_by: {sort_by!r}", "invalid_request")
         now = self.clock.now()
-        chosen = [op for op in self.operations.values() if op.status_at(now)[0] == status]
-        chosen.sort(key=lambda op: op.created_at, reverse=sort_by == "created_at_descending")
-        page = chosen[offset : offset + limit]
-        end = offset + len(page)
-        next_page = f"o={end}&s={status}+{sort_by}/==" if end < len(chosen) else None
+        chosen = [
+            op
+            for op in self.operations.values()
+            if status is None or op.status_at(now)[0] == status
+        ]
+        descending = sort_by == "created_at_descending" and not self.options.ascending_only
+        chosen.sort(key=lambda op: op.created_at, reverse=descending)
+        paged = zoo_page(chosen, query, self.options, f"{status or 'any'}+{sort_by}")
+        if isinstance(paged, web.Response):
+            return paged
+        page, next_page = paged
         return web.json_response(
             {"items": [self.list_item(op) for op in page], "next_page": next_page}
         )
 
     async def handle_get(self, request: web.Request) -> web.Response:
         """``GET /async/operations/{id}``."""
-        op = self.operations.get(request.match_info["id"])
+        op_id = check_uuid(self.options, "id", request.match_info["id"])
+        if isinstance(op_id, web.Response):
+            return op_id
+        op = self.operations.get(op_id)
         if op is None:
             return zoo_error(404, "async operation not found", "not_found")
         return web.json_response(self.detail(op))
