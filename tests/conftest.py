@@ -179,8 +179,9 @@ def _no_pending_tasks(test: Callable[..., Any]) -> Callable[..., Any]:
         if left:
             for task in left:
                 task.cancel()  # type: ignore[attr-defined]
-            names = "\n  ".join(describe_task(task) for task in left)
-            pytest.fail(f"the test left {len(left)} asyncio task(s) pending:\n  {names}")
+            names = "\n  ".join(describe_task(task) for task in left[:10])
+            more = f"\n  ... and {len(left) - 10} more" if len(left) > 10 else ""
+            pytest.fail(f"the test left {len(left)} asyncio task(s) pending:\n  {names}{more}")
 
     return checked
 
