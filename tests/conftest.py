@@ -131,3 +131,130 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.section("durable watches (Redis)")
         for line in lines:
             terminalreporter.write_line(line)
+
+
+# -- No task left behind -------------------------------------------------------------------
+# An async test fails if, once its body has returned, an asyncio task it started is still
+# pending (the fake server's connection handlers aside: they belong to the server fixture).
+# Every test fails if asyncio logs an error meanwhile, such as "Task was destroyed but it is
+# pending!" or an unclosed session. Tested in tests/test_leak_check.py.
+
+#: Loop iterations a test's finishing tasks get to end after its body returned.
+SETTLE_ITERATIONS = 100
+
+
+async def pending_tasks_left(before: set[object]) -> list[object]:
+    """Tasks (not the caller's) started since ``before`` and still pending once the loop had
+    ``SETTLE_ITERATIONS`` turns to let finishing ones end; the fake server's excluded."""
+    import asyncio
+
+    me = asyncio.current_task()
+    left: list[object] = []
+    for _ in range(SETTLE_ITERATIONS):
+        left = [task for task in client_tasks() - before if task is not me]
+        if not left:
+            break
+        await asyncio.sleep(0)
+    return left
+
+
+def describe_task(task: object) -> str:
+    """A task's name and the coroutine it runs (where it is suspended, if known)."""
+    import asyncio
+
+    assert isinstance(task, asyncio.Task)
+    coro = task.get_coro()
+    frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None)
+    where = f" at {frame.f_code.co_filename}:{frame.f_lineno}" if frame is not None else ""
+    return f"{task.get_name()} {getattr(coro, '__qualname__', coro)!s}{where}"
+
+
+def _no_pending_tasks(test: Callable[..., Any]) -> Callable[..., Any]:
+    import asyncio
+    import functools
+
+    @functools.wraps(test)
+    async def checked(**kwargs: Any) -> None:
+        before = set(asyncio.all_tasks())
+        await test(**kwargs)
+        left = await pending_tasks_left(before)
+        if left:
+            for task in left:
+                task.cancel()  # type: ignore[attr-defined]
+            names = "\n  ".join(describe_task(task) for task in left[:10])
+            more = f"\n  ... and {len(left) - 10} more" if len(left) > 10 else ""
+            pytest.fail(f"the test left {len(left)} asyncio task(s) pending:\n  {names}{more}")
+
+    return checked
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Iterator[None]:
+    """Run every anyio test (each hypothesis example too) through :func:`_no_pending_tasks`."""
+    import inspect
+
+    func = pyfuncitem.obj
+    hypothesis = getattr(func, "hypothesis", None)
+    inner = getattr(hypothesis, "inner_test", None)
+    if "anyio_backend" not in pyfuncitem.funcargs:
+        yield
+    elif hypothesis is not None and inspect.iscoroutinefunction(inner):
+        hypothesis.inner_test = _no_pending_tasks(inner)
+        try:
+            yield
+        finally:
+            hypothesis.inner_test = inner
+    elif inspect.iscoroutinefunction(func):
+        pyfuncitem.obj = _no_pending_tasks(func)
+        try:
+            yield
+        finally:
+            pyfuncitem.obj = func
+    else:
+        yield
+
+
+class _AsyncioErrors(logging.Handler):
+    """Collects what asyncio logs at ERROR: destroyed pending tasks, exceptions nobody
+    retrieved, unclosed sessions (anything the loop's default exception handler reports)."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture(autouse=True)
+def no_asyncio_errors() -> Iterator[_AsyncioErrors]:
+    """Fail the test if asyncio logged an error during it (a task destroyed while pending,
+    ...); young garbage is collected first so such a task is found in the test that made it."""
+    import gc
+
+    logger = logging.getLogger("asyncio")
+    catcher = _AsyncioErrors()
+    logger.addHandler(catcher)
+    try:
+        yield catcher
+        gc.collect(1)
+    finally:
+        logger.removeHandler(catcher)
+    assert not catcher.messages, "asyncio reported lost work:\n" + "\n".join(catcher.messages)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_asyncio_errors_at_exit() -> Iterator[None]:
+    """After the last test, a full collection: a pending task destroyed only then (held in
+    an old reference cycle) still fails the run."""
+    import gc
+
+    yield
+    logger = logging.getLogger("asyncio")
+    catcher = _AsyncioErrors()
+    logger.addHandler(catcher)
+    try:
+        gc.collect()
+    finally:
+        logger.removeHandler(catcher)
+    assert not catcher.messages, "asyncio reported lost work:\n" + "\n".join(catcher.messages)
