@@ -9,8 +9,6 @@ import pytest
 
 from .conftest import _AsyncioErrors, pending_tasks_left
 
-pytest_plugins = ["pytester"]
-
 #: A conftest for pytester's runs: the guard exactly as the suite uses it.
 GUARDED = "from tests.conftest import anyio_backend, no_asyncio_errors, pytest_pyfunc_call\n"
 
