@@ -6,6 +6,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 
+import anyio
 import pytest
 
 import async_jobs as aj
@@ -21,12 +22,63 @@ def _gets(server: FakeApiServer, op_id: str) -> int:
     return sum(1 for r in server.requests if r.path == f"/async/operations/{op_id}")
 
 
-async def test_three_503_then_success(server: FakeApiServer, zoo: aj.ZooClient) -> None:
+@pytest.mark.parametrize("status", [429, 502, 503, 504])
+async def test_three_transient_statuses_then_success(
+    server: FakeApiServer, zoo: aj.ZooClient, status: int
+) -> None:
     fake = server.zoo.add_operation(timeline=[("completed", None)])
-    server.inject("status", status=503, times=3, route=ROUTE)
+    server.inject("status", status=status, times=3, route=ROUTE)
     op = await zoo.get_async_operation(fake.id)
     assert op.status == "completed"
     assert _gets(server, fake.id) == 4
+
+
+#: A schedule that would wait up to an hour before each retry: only a Retry-After can make
+#: the retries come sooner.
+SLOW_SCHEDULE = aj.RetryPolicy(max_attempts=4, initial=3600.0, multiplier=1.0, maximum=3600.0)
+
+
+@pytest.mark.parametrize("form", ["seconds", "past-date"])
+@pytest.mark.parametrize("status", [429, 502, 503, 504])
+async def test_retry_after_zero_beats_the_schedule(
+    server: FakeApiServer, status: int, form: str
+) -> None:
+    """Retry-After is honoured on every retried status, not only 429: "retry now" (0 s, or
+    a date in the past) wins over an hour-long backoff. The hang guard only trips if the
+    hint is ignored (three full-jitter draws from [0, 3600] s all but never sum below 10)."""
+    fake = server.zoo.add_operation(timeline=[("completed", None)])
+    hint = {"retry_after": "0"} if form == "seconds" else {"retry_after_date": -60.0}
+    server.inject("status", status=status, times=3, route=ROUTE, **hint)
+    async with aj.ZooClient(token=TOKEN, base_url=server.url, retry=SLOW_SCHEDULE) as client:
+        with anyio.fail_after(10):
+            assert (await client.get_async_operation(fake.id)).status == "completed"
+    assert _gets(server, fake.id) == 4
+
+
+@pytest.mark.parametrize("status", [502, 503, 504])
+async def test_retry_after_longer_than_the_schedule_is_waited(
+    server: FakeApiServer, status: int
+) -> None:
+    fake = server.zoo.add_operation(timeline=[("completed", None)])
+    server.inject("status", status=status, retry_after="0.2", route=ROUTE)
+    retry = aj.RetryPolicy(max_attempts=2, initial=0.0, maximum=5.0)
+    async with aj.ZooClient(token=TOKEN, base_url=server.url, retry=retry) as client:
+        started = time.monotonic()
+        assert (await client.get_async_operation(fake.id)).status == "completed"
+        waited = time.monotonic() - started
+    assert waited >= 0.2  # a lower bound only: the schedule alone retries at once
+
+
+@pytest.mark.parametrize("status", [400, 404, 409, 500, 501, 505])
+async def test_other_statuses_are_not_retried(
+    server: FakeApiServer, zoo: aj.ZooClient, status: int
+) -> None:
+    fake = server.zoo.add_operation()
+    server.inject("status", status=status, retry_after="0", times=None, route=ROUTE)
+    with pytest.raises(aj.ApiError) as info:
+        await zoo.get_async_operation(fake.id)
+    assert info.value.status == status
+    assert _gets(server, fake.id) == 1
 
 
 async def test_persistent_503_gives_server_error(server: FakeApiServer, zoo: aj.ZooClient) -> None:
