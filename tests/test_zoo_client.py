@@ -6,6 +6,7 @@ import random
 from collections import Counter
 
 import aiohttp
+import msgspec
 import pytest
 
 import async_jobs as aj
@@ -173,3 +174,38 @@ async def test_environment_configuration(
 def test_default_base_url(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ZOO_HOST", raising=False)
     assert aj.ZooClient(token="x").base_url == "https://api.zoo.dev"
+
+
+@pytest.mark.parametrize("tokens", [["A", "A"], ["A", "B", "A"]], ids=["same", "cycle"])
+async def test_a_repeated_page_token_ends_the_listing(
+    server: FakeApiServer, zoo: aj.ZooClient, tokens: list[str]
+) -> None:
+    """A server that hands back a token it already gave (at once, or after a detour) would
+    make the listing loop forever: the items before it are yielded, then DecodeError."""
+    ops = [server.zoo.add_operation(timeline=[("queued", None)]) for _ in tokens]
+    for op, token in zip(ops, tokens, strict=True):
+        page = {"items": [server.zoo.list_item(op)], "next_page": token}
+        server.inject("body", body=msgspec.json.encode(page), route="/async/operations")
+    seen: list[str] = []
+    with pytest.raises(aj.DecodeError, match="repeated page token"):
+        async for op in zoo.iter_async_operations("queued"):
+            seen.append(op.id)
+    assert seen == [op.id for op in ops[:-1]]
+    listing = [r.query.get("page_token") for r in server.requests]
+    assert listing == [None, *tokens[:-1]]
+
+
+async def test_paging_follows_tokens_until_none(server: FakeApiServer, zoo: aj.ZooClient) -> None:
+    """Each page's token is sent for the next page, and a page without one ends the stream
+    (an empty page with a token does not)."""
+    ops = [server.zoo.add_operation(timeline=[("queued", None)]) for _ in range(3)]
+    pages = [
+        {"items": [server.zoo.list_item(ops[0])], "next_page": "p2"},
+        {"items": [], "next_page": "p3"},
+        {"items": [server.zoo.list_item(op) for op in ops[1:]], "next_page": None},
+    ]
+    for page in pages:
+        server.inject("body", body=msgspec.json.encode(page), route="/async/operations")
+    got = [op.id async for op in zoo.iter_async_operations("queued")]
+    assert got == [op.id for op in ops]
+    assert [r.query.get("page_token") for r in server.requests] == [None, "p2", "p3"]
