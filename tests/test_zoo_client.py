@@ -6,13 +6,14 @@ import random
 from collections import Counter
 
 import aiohttp
+import anyio
 import msgspec
 import pytest
 
 import async_jobs as aj
 from async_jobs.testing import FakeApiServer
 
-from .conftest import FAST_RETRY, TOKEN, client_tasks
+from .conftest import FAST_RETRY, TOKEN, client_tasks, eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -209,3 +210,29 @@ async def test_paging_follows_tokens_until_none(server: FakeApiServer, zoo: aj.Z
     got = [op.id async for op in zoo.iter_async_operations("queued")]
     assert got == [op.id for op in ops]
     assert [r.query.get("page_token") for r in server.requests] == [None, "p2", "p3"]
+
+
+@pytest.mark.parametrize("max_items", [0, 1, 2])
+async def test_max_items_is_exact(server: FakeApiServer, zoo: aj.ZooClient, max_items: int) -> None:
+    """``max_items`` items and no more; 0 sends no request at all."""
+    _populate(server, 30)
+    got = [op async for op in zoo.iter_async_operations("queued", limit=1, max_items=max_items)]
+    assert len(got) == max_items
+    if max_items == 0:
+        assert server.requests == []
+
+
+async def test_leaving_early_cancels_the_prefetch(server: FakeApiServer, zoo: aj.ZooClient) -> None:
+    """Breaking out of a listing cancels the next page in flight instead of waiting for it
+    (here a page the server takes a minute to send)."""
+    op = server.zoo.add_operation(timeline=[("queued", None)])
+    first = {"items": [server.zoo.list_item(op)], "next_page": "p2"}
+    server.inject("body", body=msgspec.json.encode(first), route="/async/operations")
+    server.inject("latency", delay=60, route="/async/operations")
+    iterator = zoo.iter_async_operations("queued")
+    with anyio.fail_after(10):
+        async for _ in iterator:
+            await eventually(lambda: len(server.requests) == 2)  # the prefetch is in flight
+            break
+        await iterator.aclose()
+    assert [r.query.get("page_token") for r in server.requests] == [None, "p2"]
