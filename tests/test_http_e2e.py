@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
 import time
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 
 import anyio
+import msgspec
 import pytest
 
 import async_jobs as aj
@@ -240,3 +242,37 @@ async def test_redirect_loop_is_transport_error(server: FakeApiServer, zoo: aj.Z
     server.inject("redirect", location="/async/operations/loop", times=None, route=ROUTE)
     with pytest.raises(aj.TransportError, match="redirects"):
         await zoo.get_async_operation("loop")
+
+
+async def test_401_with_a_static_token_is_sent_once(server: FakeApiServer) -> None:
+    """A static token cannot be renewed, so a 401 is final: no second request."""
+    fake = server.zoo.add_operation()
+    async with aj.ZooClient(token="wrong", base_url=server.url, retry=FAST_RETRY) as zoo:
+        with pytest.raises(aj.AuthenticationError):
+            await zoo.get_async_operation(fake.id)
+    assert _gets(server, fake.id) == 1
+
+
+def _padded_operation(size: int) -> bytes:
+    """A valid operation body of exactly ``size`` bytes (JSON allows trailing blanks)."""
+    body = msgspec.json.encode({"id": "padded", "status": "completed"})
+    return body + b" " * (size - len(body))
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["content-length", "gzip"])
+async def test_body_cap_is_exact(server: FakeApiServer, compressed: bool) -> None:
+    """A body of exactly ``max_body_size`` bytes (decompressed) is read; one byte more is
+    refused, whether its length is announced or only found while reading."""
+    cap = 4096
+    for size, fits in [(cap, True), (cap + 1, False)]:
+        body = _padded_operation(size)
+        headers = None
+        if compressed:
+            body, headers = gzip.compress(body), {"Content-Encoding": "gzip"}
+        server.inject("body", body=body, headers=headers, route=ROUTE)
+        async with aj.ZooClient(token=TOKEN, base_url=server.url, max_body_size=cap) as zoo:
+            if fits:
+                assert (await zoo.get_async_operation("padded")).id == "padded"
+            else:
+                with pytest.raises(aj.DecodeError, match=f"{cap}-byte limit"):
+                    await zoo.get_async_operation("padded")

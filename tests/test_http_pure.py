@@ -134,3 +134,9 @@ def test_base_url_checks() -> None:
     assert check_base_url("http://api.example.com", allow_insecure_http=True)
     with pytest.raises(ValueError):
         check_base_url("ftp://api.example.com")
+
+
+def test_excerpt_is_at_most_200_characters() -> None:
+    assert excerpt(b"x" * 200) == "x" * 200
+    assert excerpt(b"x" * 201) == "x" * 200 + "…"
+    assert excerpt("é".encode() * 1000) == "é" * 200 + "…"

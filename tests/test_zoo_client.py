@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import random
 from collections import Counter
 
@@ -236,3 +237,11 @@ async def test_leaving_early_cancels_the_prefetch(server: FakeApiServer, zoo: aj
             break
         await iterator.aclose()
     assert [r.query.get("page_token") for r in server.requests] == [None, "p2"]
+
+
+@pytest.mark.parametrize("cls", [aj.ZooClient, aj.MetafoldClient])
+def test_documented_transport_defaults(cls: type[aj.ZooClient | aj.MetafoldClient]) -> None:
+    """Requests time out after 30 s and bodies over 32 MiB are refused (README)."""
+    parameters = inspect.signature(cls).parameters
+    assert parameters["timeout"].default == 30.0
+    assert parameters["max_body_size"].default == 32 * 2**20
