@@ -140,3 +140,28 @@ def test_excerpt_is_at_most_200_characters() -> None:
     assert excerpt(b"x" * 200) == "x" * 200
     assert excerpt(b"x" * 201) == "x" * 200 + "…"
     assert excerpt("é".encode() * 1000) == "é" * 200 + "…"
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "message"),
+    [
+        (b'{"error_code": "bad", "message": "m", "error": "o"}', "bad", "m"),
+        (b'{"error": "invalid_client", "error_description": "d"}', "invalid_client", "d"),
+        (b'{"error": {"type": "x"}, "message": "m"}', None, "m"),  # not a code: an object
+        (b'{"error": "", "name": "Bad Request", "description": "d"}', "Bad Request", "d"),
+        (b'{"code": 400, "name": "Bad Request", "description": "d"}', "Bad Request", "d"),
+        (b'{"code": "E42", "msg": "m"}', "E42", "m"),
+        (b'{"code": 400, "msg": "m"}', None, "m"),
+        (b'{"errors": [{"msg": "Field is required"}]}', None, "Field is required"),
+        (b'{"errors": [{"field": "a", "msg": "x"}, {"msg": "y"}]}', None, "a: x; y"),
+        (b'{"message": "m", "description": "d", "msg": "g"}', None, "m"),
+        (b'{"description": "d", "msg": "g", "error_description": "e"}', None, "d"),
+        (b'{"msg": "g", "errors": [{"msg": "x"}], "error_description": "e"}', None, "g"),
+        (b'{"errors": [{"msg": "x"}], "error_description": "e"}', None, "x"),
+        (b'{"message": ""}', None, '{"message": ""}'),  # nothing readable: the excerpt
+        (b"", None, "(empty body)"),
+    ],
+)
+def test_error_body_precedence(body: bytes, code: str | None, message: str) -> None:
+    error = error_for_response(_response(400, body))
+    assert (error.code, error.message) == (code, message)
