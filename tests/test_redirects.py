@@ -146,3 +146,40 @@ async def test_a_3xx_without_location_is_an_api_error(
         await zoo.get_async_operation(op_id)
     assert info.value.status == status
     assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize("status", [307, 308])
+async def test_a_body_is_never_sent_on_to_another_origin(
+    server: FakeApiServer, status: int
+) -> None:
+    """A token exchange redirected to another origin keeping the method (307/308) would carry
+    the client secret there: it is refused, and the other server sees nothing."""
+    async with FakeApiServer(token=None) as other:
+        other.metafold.add_client(CLIENT_ID, SECRET)
+        location = other.url + "/oauth/token"
+        server.inject("redirect", status=status, location=location, route="/oauth/moved")
+        async with aj.MetafoldClient(
+            client_id=CLIENT_ID,
+            client_secret=SECRET,
+            token_url=server.url + "/oauth/moved",
+            audience=other.url + "/",
+            base_url=server.url,
+            project_id="p",
+            retry=FAST_RETRY,
+        ) as mf:
+            with pytest.raises(aj.TransportError, match="another origin") as info:
+                await mf.get_job("j")
+        assert SECRET not in str(info.value)
+        assert other.requests == []
+
+
+async def test_a_303_to_another_origin_drops_the_body_and_goes(
+    server: FakeApiServer, transport: HttpTransport
+) -> None:
+    async with FakeApiServer(token=None) as other:
+        target = other.zoo.add_operation(timeline=[("completed", None)])
+        location = other.url + _path(target.id)
+        server.inject("redirect", status=303, location=location, route="/submit")
+        response = await transport.request("POST", "/submit", json={"x": 1}, idempotent=False)
+        assert msgspec.json.decode(response.body)["id"] == target.id
+        assert _hops(other) == [("GET", _path(target.id), None)]
