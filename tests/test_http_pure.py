@@ -9,7 +9,9 @@ from yarl import URL
 
 import async_jobs as aj
 from async_jobs._http import (
+    HttpTransport,
     Response,
+    StaticTokenAuth,
     api_path,
     build_url,
     check_base_url,
@@ -165,3 +167,11 @@ def test_excerpt_is_at_most_200_characters() -> None:
 def test_error_body_precedence(body: bytes, code: str | None, message: str) -> None:
     error = error_for_response(_response(400, body))
     assert (error.code, error.message) == (code, message)
+
+
+def test_transport_refuses_plain_http_by_default() -> None:
+    auth = StaticTokenAuth(None)  # no secret: nothing registered that would need unregistering
+    with pytest.raises(ValueError, match="plain http"):
+        HttpTransport("http://api.example.com", auth=auth)
+    insecure = HttpTransport("http://api.example.com", auth=auth, allow_insecure_http=True)
+    assert insecure.base_url == "http://api.example.com"
