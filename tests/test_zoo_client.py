@@ -155,6 +155,21 @@ async def test_own_session_is_closed(server: FakeApiServer) -> None:
         await zoo.get_async_operation(fake.id)
 
 
+async def test_own_session_is_closed_even_from_a_cancelled_scope(server: FakeApiServer) -> None:
+    """aclose() in a cancelled task (a finally block, a task group shutting down) still runs
+    the session's close() to its end, so no connection is left to the garbage collector."""
+    fake = server.zoo.add_operation(timeline=[("queued", None)])
+    zoo = aj.ZooClient(token=TOKEN, base_url=server.url)
+    await zoo.get_async_operation(fake.id)
+    session = zoo._http._session
+    assert session is not None
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await zoo.aclose()
+    assert session.closed
+    assert session.connector is None  # close() finished: it drops the connector last
+
+
 async def test_environment_configuration(
     server: FakeApiServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
