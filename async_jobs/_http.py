@@ -473,6 +473,12 @@ class HttpTransport:
                 url = url.join(URL(response.headers["Location"]))
                 if response.status == 303:
                     method, data, json = "GET", None, None
+                if (data is not None or json is not None) and not _same_origin(url, origin):
+                    # A body may hold credentials too (a token exchange's client secret).
+                    raise TransportError(
+                        f"{method} {origin}: refusing to send the request body on to "
+                        f"another origin ({url.origin()})"
+                    )
                 continue
             return response
         raise TransportError(f"{method} {origin}: more than {MAX_REDIRECTS} redirects")

@@ -9,7 +9,9 @@ from yarl import URL
 
 import async_jobs as aj
 from async_jobs._http import (
+    HttpTransport,
     Response,
+    StaticTokenAuth,
     api_path,
     build_url,
     check_base_url,
@@ -134,3 +136,42 @@ def test_base_url_checks() -> None:
     assert check_base_url("http://api.example.com", allow_insecure_http=True)
     with pytest.raises(ValueError):
         check_base_url("ftp://api.example.com")
+
+
+def test_excerpt_is_at_most_200_characters() -> None:
+    assert excerpt(b"x" * 200) == "x" * 200
+    assert excerpt(b"x" * 201) == "x" * 200 + "…"
+    assert excerpt("é".encode() * 1000) == "é" * 200 + "…"
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "message"),
+    [
+        (b'{"error_code": "bad", "message": "m", "error": "o"}', "bad", "m"),
+        (b'{"error": "invalid_client", "error_description": "d"}', "invalid_client", "d"),
+        (b'{"error": {"type": "x"}, "message": "m"}', None, "m"),  # not a code: an object
+        (b'{"error": "", "name": "Bad Request", "description": "d"}', "Bad Request", "d"),
+        (b'{"code": 400, "name": "Bad Request", "description": "d"}', "Bad Request", "d"),
+        (b'{"code": "E42", "msg": "m"}', "E42", "m"),
+        (b'{"code": 400, "msg": "m"}', None, "m"),
+        (b'{"errors": [{"msg": "Field is required"}]}', None, "Field is required"),
+        (b'{"errors": [{"field": "a", "msg": "x"}, {"msg": "y"}]}', None, "a: x; y"),
+        (b'{"message": "m", "description": "d", "msg": "g"}', None, "m"),
+        (b'{"description": "d", "msg": "g", "error_description": "e"}', None, "d"),
+        (b'{"msg": "g", "errors": [{"msg": "x"}], "error_description": "e"}', None, "g"),
+        (b'{"errors": [{"msg": "x"}], "error_description": "e"}', None, "x"),
+        (b'{"message": ""}', None, '{"message": ""}'),  # nothing readable: the excerpt
+        (b"", None, "(empty body)"),
+    ],
+)
+def test_error_body_precedence(body: bytes, code: str | None, message: str) -> None:
+    error = error_for_response(_response(400, body))
+    assert (error.code, error.message) == (code, message)
+
+
+def test_transport_refuses_plain_http_by_default() -> None:
+    auth = StaticTokenAuth(None)  # no secret: nothing registered that would need unregistering
+    with pytest.raises(ValueError, match="plain http"):
+        HttpTransport("http://api.example.com", auth=auth)
+    insecure = HttpTransport("http://api.example.com", auth=auth, allow_insecure_http=True)
+    assert insecure.base_url == "http://api.example.com"

@@ -86,6 +86,9 @@ def test_defaults_match_the_design() -> None:
     poll = PollPolicy()
     assert (poll.initial, poll.multiplier, poll.maximum) == (1.0, 1.5, 15.0)
     assert RetryPolicy().max_attempts >= 4
+    # The defaults as the README documents them, every field.
+    assert PollPolicy() == PollPolicy(initial=1.0, multiplier=1.5, maximum=15.0, jitter=0.1)
+    assert RetryPolicy() == RetryPolicy(max_attempts=4, initial=0.5, multiplier=2.0, maximum=30.0)
     assert next_delay(poll, 0) == 1.0
     assert next_delay(poll, 1) == 1.5
     assert next_delay(poll, 100) == 15.0
@@ -99,6 +102,10 @@ def test_defaults_match_the_design() -> None:
         {"jitter": 1.5},
         {"initial": 10.0, "maximum": 1.0},
         {"initial": math.nan},
+        {"maximum": math.nan},
+        {"maximum": math.inf},
+        {"multiplier": math.nan},
+        {"multiplier": math.inf},
     ],
 )
 def test_poll_policy_rejects_nonsense(kwargs: dict[str, float]) -> None:
@@ -106,19 +113,37 @@ def test_poll_policy_rejects_nonsense(kwargs: dict[str, float]) -> None:
         PollPolicy(**kwargs)
 
 
-def test_retry_policy_rejects_nonsense() -> None:
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"max_attempts": 0},
+        {"max_attempts": 2.0},
+        {"initial": math.inf},
+        {"initial": -1.0},
+        {"maximum": -1.0},
+        {"maximum": math.nan},
+        {"multiplier": math.nan},
+        {"multiplier": 0.5},
+    ],
+)
+def test_retry_policy_rejects_nonsense(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
-        RetryPolicy(max_attempts=0)
-    with pytest.raises(ValueError):
-        RetryPolicy(initial=math.inf)
+        RetryPolicy(**kwargs)
 
 
-def test_policies_are_frozen_and_keyword_only() -> None:
+@pytest.mark.parametrize("cls", [PollPolicy, RetryPolicy])
+def test_policies_are_frozen_and_keyword_only(cls: type[PollPolicy | RetryPolicy]) -> None:
     with pytest.raises(TypeError):
-        PollPolicy(1.0)  # type: ignore[misc]
-    policy = PollPolicy()
+        cls(1.0)  # type: ignore[misc]
+    policy = cls()
     with pytest.raises(AttributeError):
         policy.initial = 2.0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("policy", [PollPolicy(), RetryPolicy()])
+def test_rand_outside_zero_one_is_clamped(policy: PollPolicy | RetryPolicy) -> None:
+    assert next_delay(policy, 0, rand=1.7) == next_delay(policy, 0, rand=1.0)
+    assert next_delay(policy, 0, rand=-3.0) == next_delay(policy, 0, rand=0.0)
 
 
 NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
@@ -136,6 +161,8 @@ NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
         ("inf", None),
         ("soon", None),
         ("Thu, 01 Jan 2026 12:00:30 GMT", 30.0),
+        ("Thu, 01 Jan 2026 12:00:30 -0000", 30.0),  # no zone given: read as UTC
+        ("Thu, 01 Jan 2026 13:00:30 +0100", 30.0),  # an offset is respected
         ("Wed, 31 Dec 2025 12:00:00 GMT", 0.0),
     ],
 )

@@ -206,7 +206,8 @@ def test_origin_comparison_includes_scheme_host_and_port() -> None:
 @pytest.mark.anyio
 async def test_redirect_to_another_scheme_drops_auth(server: FakeApiServer) -> None:
     """A redirect from the (loopback, plain-http) server to an https URL on the same host and
-    port: the TLS handshake fails, but no request with our header is ever sent there."""
+    port: the TLS handshake fails, but no request with our header is ever sent there. (The
+    hops that do complete over TLS, and what header each receives, are in test_tls.py.)"""
     location = f"https://127.0.0.1:{server.port}/async/operations/x"
     server.inject("redirect", location=location, route=ROUTE, times=None)
     async with aj.ZooClient(token=TOKEN, base_url=server.url, retry=FAST_RETRY) as zoo:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import inspect
 import random
 from collections import Counter
 
 import aiohttp
+import anyio
+import msgspec
 import pytest
 
 import async_jobs as aj
 from async_jobs.testing import FakeApiServer
 
-from .conftest import FAST_RETRY, TOKEN, client_tasks
+from .conftest import FAST_RETRY, TOKEN, client_tasks, eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -152,6 +155,21 @@ async def test_own_session_is_closed(server: FakeApiServer) -> None:
         await zoo.get_async_operation(fake.id)
 
 
+async def test_own_session_is_closed_even_from_a_cancelled_scope(server: FakeApiServer) -> None:
+    """aclose() in a cancelled task (a finally block, a task group shutting down) still runs
+    the session's close() to its end, so no connection is left to the garbage collector."""
+    fake = server.zoo.add_operation(timeline=[("queued", None)])
+    zoo = aj.ZooClient(token=TOKEN, base_url=server.url)
+    await zoo.get_async_operation(fake.id)
+    session = zoo._http._session
+    assert session is not None
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await zoo.aclose()
+    assert session.closed
+    assert session.connector is None  # close() finished: it drops the connector last
+
+
 async def test_environment_configuration(
     server: FakeApiServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -173,3 +191,72 @@ async def test_environment_configuration(
 def test_default_base_url(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ZOO_HOST", raising=False)
     assert aj.ZooClient(token="x").base_url == "https://api.zoo.dev"
+
+
+@pytest.mark.parametrize("tokens", [["A", "A"], ["A", "B", "A"]], ids=["same", "cycle"])
+async def test_a_repeated_page_token_ends_the_listing(
+    server: FakeApiServer, zoo: aj.ZooClient, tokens: list[str]
+) -> None:
+    """A server that hands back a token it already gave (at once, or after a detour) would
+    make the listing loop forever: the items before it are yielded, then DecodeError."""
+    ops = [server.zoo.add_operation(timeline=[("queued", None)]) for _ in tokens]
+    for op, token in zip(ops, tokens, strict=True):
+        page = {"items": [server.zoo.list_item(op)], "next_page": token}
+        server.inject("body", body=msgspec.json.encode(page), route="/async/operations")
+    seen: list[str] = []
+    with pytest.raises(aj.DecodeError, match="repeated page token"):
+        async for op in zoo.iter_async_operations("queued"):
+            seen.append(op.id)
+    assert seen == [op.id for op in ops[:-1]]
+    listing = [r.query.get("page_token") for r in server.requests]
+    assert listing == [None, *tokens[:-1]]
+
+
+async def test_paging_follows_tokens_until_none(server: FakeApiServer, zoo: aj.ZooClient) -> None:
+    """Each page's token is sent for the next page, and a page without one ends the stream
+    (an empty page with a token does not)."""
+    ops = [server.zoo.add_operation(timeline=[("queued", None)]) for _ in range(3)]
+    pages = [
+        {"items": [server.zoo.list_item(ops[0])], "next_page": "p2"},
+        {"items": [], "next_page": "p3"},
+        {"items": [server.zoo.list_item(op) for op in ops[1:]], "next_page": None},
+    ]
+    for page in pages:
+        server.inject("body", body=msgspec.json.encode(page), route="/async/operations")
+    got = [op.id async for op in zoo.iter_async_operations("queued")]
+    assert got == [op.id for op in ops]
+    assert [r.query.get("page_token") for r in server.requests] == [None, "p2", "p3"]
+
+
+@pytest.mark.parametrize("max_items", [0, 1, 2])
+async def test_max_items_is_exact(server: FakeApiServer, zoo: aj.ZooClient, max_items: int) -> None:
+    """``max_items`` items and no more; 0 sends no request at all."""
+    _populate(server, 30)
+    got = [op async for op in zoo.iter_async_operations("queued", limit=1, max_items=max_items)]
+    assert len(got) == max_items
+    if max_items == 0:
+        assert server.requests == []
+
+
+async def test_leaving_early_cancels_the_prefetch(server: FakeApiServer, zoo: aj.ZooClient) -> None:
+    """Breaking out of a listing cancels the next page in flight instead of waiting for it
+    (here a page the server takes a minute to send)."""
+    op = server.zoo.add_operation(timeline=[("queued", None)])
+    first = {"items": [server.zoo.list_item(op)], "next_page": "p2"}
+    server.inject("body", body=msgspec.json.encode(first), route="/async/operations")
+    server.inject("latency", delay=60, route="/async/operations")
+    iterator = zoo.iter_async_operations("queued")
+    with anyio.fail_after(10):
+        async for _ in iterator:
+            await eventually(lambda: len(server.requests) == 2)  # the prefetch is in flight
+            break
+        await iterator.aclose()
+    assert [r.query.get("page_token") for r in server.requests] == [None, "p2"]
+
+
+@pytest.mark.parametrize("cls", [aj.ZooClient, aj.MetafoldClient])
+def test_documented_transport_defaults(cls: type[aj.ZooClient | aj.MetafoldClient]) -> None:
+    """Requests time out after 30 s and bodies over 32 MiB are refused (README)."""
+    parameters = inspect.signature(cls).parameters
+    assert parameters["timeout"].default == 30.0
+    assert parameters["max_body_size"].default == 32 * 2**20

@@ -30,7 +30,7 @@ class Fault:
     - ``truncated``: the real answer cut in half with the full Content-Length, then close;
     - ``drop``: close the connection without answering;
     - ``html``: ``status`` (default 502) with an HTML error page;
-    - ``redirect``: 307 to ``location``;
+    - ``redirect``: ``status`` (default 307) to ``location``;
     - ``body``: ``status`` (default 200) with exactly ``body`` and extra ``headers`` (for
       hostile bodies: gzip bombs, non-UTF-8, deep nesting, ...).
     """

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl as _ssl
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -58,8 +59,11 @@ class FakeApiServer:
         port: int = 0,
         clock: FakeClock | None = None,
         seed: int | None = 0,
+        ssl: _ssl.SSLContext | None = None,
     ) -> None:
         self.token = token
+        #: A server-side TLS context: serve https instead of plain http.
+        self.ssl = ssl
         self.host = host
         self.port = port
         self.clock = clock or FakeClock()
@@ -79,10 +83,11 @@ class FakeApiServer:
 
     @property
     def url(self) -> str:
-        """The server's base URL, e.g. ``http://127.0.0.1:54321``."""
+        """The server's base URL, e.g. ``http://127.0.0.1:54321`` (``https`` with ``ssl=``)."""
         if self._runner is None:
             raise RuntimeError("the server is not running")
-        return f"http://{self.host}:{self.port}"
+        scheme = "https" if self.ssl is not None else "http"
+        return f"{scheme}://{self.host}:{self.port}"
 
     def inject(self, kind: FaultKind, **options: Any) -> Fault:
         """Arm a fault (see :class:`Fault` for kinds and options) and return it."""
@@ -125,7 +130,7 @@ class FakeApiServer:
         )
         try:
             await runner.setup()
-            await web.SockSite(runner, sock).start()
+            await web.SockSite(runner, sock, ssl_context=self.ssl).start()
         except BaseException:
             sock.close()
             await runner.cleanup()
@@ -234,7 +239,8 @@ class FakeApiServer:
                 content_type="text/html",
             )
         if kind == "redirect":
-            return web.Response(status=307, headers={"Location": fault.location or "/"})
+            status = fault.status or 307
+            return web.Response(status=status, headers={"Location": fault.location or "/"})
         if kind == "drop":
             _close(request)
             raise asyncio.CancelledError  # aiohttp drops the handler; nothing is sent
