@@ -132,9 +132,7 @@ class FakeApiServer:
     # -- request pipeline -------------------------------------------------------------------
 
     @web.middleware
-    async def _count_in_flight(
-        self, request: web.Request, handler: Handler
-    ) -> web.StreamResponse:
+    async def _count_in_flight(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
