@@ -4,7 +4,7 @@ Jobs whose API can list its active jobs (``JobRef.listing``) are grouped and pol
 that listing: one paged request stream per group per interval instead of one request per job.
 A watched job missing from its group's listing is confirmed with one GET before it is reported,
 so a lagging list or a job finishing between two pages never yields a wrong result. A group
-whose listing answers 401/403/404 falls back to per-job polling. Per-job polling runs on a
+whose listing answers 400/401/403/404 falls back to per-job polling. Per-job polling runs on a
 fixed pool of workers with jittered schedules; every request goes through its client's shared
 rate and concurrency limits.
 
@@ -31,7 +31,7 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._client import BaseClient
-from ._errors import AuthenticationError, NotFoundError, WaitTimeout
+from ._errors import AuthenticationError, BadRequestError, NotFoundError, WaitTimeout
 from ._policy import PollPolicy, next_delay
 from ._poll import FATAL_ERRORS, MISSED_POLL_ERRORS, J, JobRef, OnUpdate
 
@@ -39,8 +39,12 @@ __all__ = ["Watcher"]
 
 logger = logging.getLogger("async_jobs")
 
-#: Listing errors after which a group is polled job by job instead.
-FALLBACK_ERRORS: tuple[type[Exception], ...] = (AuthenticationError, NotFoundError)
+#: Listing errors after which a group is polled job by job instead: listing again cannot help.
+FALLBACK_ERRORS: tuple[type[Exception], ...] = (
+    BadRequestError,
+    AuthenticationError,
+    NotFoundError,
+)
 
 
 class _Entry:
