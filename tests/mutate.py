@@ -94,6 +94,11 @@ def _skipped_nodes(tree: ast.AST) -> set[int]:
         is_method_call = isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
         if is_method_call and node.func.attr in LOG_METHODS:  # type: ignore[attr-defined]
             skip(node)
+        # A statement that only logs: removing it is a logging change too.
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
+            func = node.value.func
+            if isinstance(func, ast.Attribute) and func.attr in LOG_METHODS:
+                skip(node)
         if isinstance(node, ast.Assign) and any(
             isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets
         ):
