@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import gc
+import json
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -200,3 +202,27 @@ def test_job_refs_compare_by_identity() -> None:
     assert client.async_operation("a") == client.async_operation("a")
     assert len({client.async_operation("a"), client.async_operation("b")}) == 2
     assert repr(client.async_operation("a")) == "JobRef('zoo.async_operation:a')"
+
+
+def test_job_refs_differ_by_kind_and_ids() -> None:
+    client = aj.ZooClient(token="t", base_url="http://127.0.0.1:9")
+    op = client.async_operation("a")
+    assert op != client.async_operation("b")
+    assert op != client.dataset_conversion("d", "a")
+    assert op != "zoo.async_operation:a"
+    assert op.key == "zoo.async_operation:a"
+
+
+@pytest.mark.parametrize("ids", [("a",), ("ab",), ("abc",), ("abcd",), ("ds-1", "conv/2")])
+def test_resume_tokens_keep_their_format(ids: tuple[str, ...]) -> None:
+    """A token written by an earlier process (or version) still names the same job."""
+    client = aj.ZooClient(token="t", base_url="http://127.0.0.1:9")
+    kind = "zoo.async_operation" if len(ids) == 1 else "zoo.dataset_conversion"
+    payload = json.dumps([1, kind, list(ids)], separators=(",", ":")).encode()
+    token = base64.urlsafe_b64encode(payload).decode().rstrip("=")  # unpadded base64url
+    ref = aj.JobRef.from_token(token, client)
+    assert (ref.kind, ref.ids) == (kind, ids)
+    assert ref.to_token() == token
+    newer = base64.urlsafe_b64encode(json.dumps([2, kind, list(ids)]).encode()).decode()
+    with pytest.raises(ValueError, match="version 2"):
+        aj.JobRef.from_token(newer, client)
