@@ -162,3 +162,15 @@ async def test_a_snapshot_is_a_stable_format(server: FakeApiServer) -> None:
             assert [job.id for job in await again.wait_all(timeout=SOON)] == [op.id]
     with pytest.raises(ValueError):
         aj.Watcher.restore(b'{"jobs": []}', zoo)
+
+
+@pytest.mark.parametrize("coalesce", [False, True])
+async def test_remove_works_with_or_without_a_group(server: FakeApiServer, coalesce: bool) -> None:
+    op = server.zoo.add_operation(timeline=[("in_progress", None)])
+    async with _zoo(server) as zoo, aj.Watcher(zoo, poll=POLL, coalesce=coalesce) as watcher:
+        listed = zoo.async_operation(op.id)
+        unlisted = aj.JobRef("custom", ("x",), listed.fetch)  # a ref with no listing at all
+        futures = [watcher.add(listed), watcher.add(unlisted)]
+        assert watcher.remove(listed) and watcher.remove(unlisted)
+        assert watcher.pending == 0
+    assert all(future.cancelled() for future in futures)
