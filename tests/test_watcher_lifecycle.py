@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import time
 
 import anyio
 import msgspec
@@ -174,3 +175,56 @@ async def test_remove_works_with_or_without_a_group(server: FakeApiServer, coale
         assert watcher.remove(listed) and watcher.remove(unlisted)
         assert watcher.pending == 0
     assert all(future.cancelled() for future in futures)
+
+
+async def test_jobs_added_before_entering_are_watched_once_entered(server: FakeApiServer) -> None:
+    op = server.zoo.add_operation(timeline=[("completed", None)])
+    dataset = server.conversions.add_dataset()
+    conv = server.conversions.add_conversion(dataset, [("success", None)])
+    async with _zoo(server) as zoo:
+        watcher = aj.Watcher(zoo, poll=POLL)
+        futures = [
+            watcher.add(zoo.async_operation(op.id)),
+            watcher.add(zoo.dataset_conversion(dataset, conv.id)),
+        ]
+        async with watcher:
+            with anyio.fail_after(SOON):
+                assert [(await f).id for f in futures] == [op.id, conv.id]
+
+
+async def test_removing_queued_jobs_loses_no_worker(server: FakeApiServer) -> None:
+    ops = [server.zoo.add_operation(timeline=[("completed", None)]) for _ in range(4)]
+    gate = server.inject("hold", times=None, route="/async/operations/*")
+    async with (
+        _zoo(server) as zoo,
+        aj.Watcher(zoo, poll=POLL, coalesce=False, max_concurrency=1) as watcher,
+    ):
+        refs = [zoo.async_operation(op.id) for op in ops[:3]]
+        futures = watcher.add_many(refs)
+        await eventually(lambda: server.in_flight == 1, timeout=SOON)
+        busy = next(i for i, op in enumerate(ops[:3]) if arrivals(server, f"{LISTING}/{op.id}"))
+        # The other two fall due while the only worker is busy: they wait in its queue.
+        await anyio.sleep(10 * POLL.initial)
+        for i, ref in enumerate(refs):
+            if i != busy:
+                assert watcher.remove(ref)
+        gate.release()
+        with anyio.fail_after(SOON):
+            assert (await futures[busy]).status == "completed"
+            # The worker skipped the two removed jobs and is still there for a new one.
+            assert (await watcher.add(zoo.async_operation(ops[3].id))).status == "completed"
+
+
+async def test_a_waiting_watcher_sleeps_instead_of_spinning(server: FakeApiServer) -> None:
+    op = server.zoo.add_operation(timeline=[("in_progress", None)])
+    path = f"{LISTING}/{op.id}"
+    slow = aj.PollPolicy(initial=0.9, multiplier=1.0, maximum=0.9, jitter=0.0)
+    async with _zoo(server) as zoo, aj.Watcher(zoo, poll=slow, coalesce=False) as watcher:
+        watcher.add(zoo.async_operation(op.id))
+        await eventually(lambda: bool(arrivals(server, path)), timeout=SOON)
+        # The next poll is 0.9 s away: waiting for it costs this process (nearly) no CPU time,
+        # however busy the machine is. A loop that spun until then would burn it all.
+        cpu = time.process_time()
+        await anyio.sleep(0.45)
+        used = time.process_time() - cpu
+    assert used < 0.15, used
