@@ -122,7 +122,8 @@ async def test_a_lagging_listing_is_confirmed_each_time_it_misses_a_job(
     # The listing never shows the job although it is running.
     empty = b'{"items": [], "next_page": null}'
     server.inject("body", body=empty, times=None, route=LISTING)
-    async with _zoo(server) as zoo, aj.Watcher(zoo, poll=POLL) as watcher:
+    # One worker: a confirmation that hands the job back to its group must not end it.
+    async with _zoo(server) as zoo, aj.Watcher(zoo, poll=POLL, max_concurrency=1) as watcher:
         future = watcher.add(zoo.async_operation(fake.id))
         await eventually(lambda: len(arrivals(server, path)) >= 3, timeout=SOON)
         assert not future.done()  # still running: back to its group after each confirmation
@@ -228,3 +229,16 @@ async def test_a_waiting_watcher_sleeps_instead_of_spinning(server: FakeApiServe
         await anyio.sleep(0.45)
         used = time.process_time() - cpu
     assert used < 0.15, used
+
+
+async def test_a_failed_job_loses_no_worker(server: FakeApiServer) -> None:
+    missing = "00000000-0000-4000-8000-000000000001"
+    op = server.zoo.add_operation(timeline=[("completed", None)])
+    async with (
+        _zoo(server) as zoo,
+        aj.Watcher(zoo, poll=POLL, coalesce=False, max_concurrency=1) as watcher,
+    ):
+        with anyio.fail_after(SOON):
+            with pytest.raises(aj.NotFoundError):
+                await watcher.add(zoo.async_operation(missing))
+            assert (await watcher.add(zoo.async_operation(op.id))).status == "completed"
