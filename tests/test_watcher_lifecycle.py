@@ -242,3 +242,34 @@ async def test_a_failed_job_loses_no_worker(server: FakeApiServer) -> None:
             with pytest.raises(aj.NotFoundError):
                 await watcher.add(zoo.async_operation(missing))
             assert (await watcher.add(zoo.async_operation(op.id))).status == "completed"
+
+
+async def test_a_group_that_emptied_serves_a_job_added_later(server: FakeApiServer) -> None:
+    first, second = (server.zoo.add_operation(timeline=[("completed", None)]) for _ in range(2))
+    brisk = aj.PollPolicy(initial=0.002, multiplier=1.0, maximum=0.002, jitter=0.0)
+    async with _zoo(server) as zoo, aj.Watcher(zoo, poll=brisk) as watcher:
+        with anyio.fail_after(SOON):
+            assert (await watcher.add(zoo.async_operation(first.id))).status == "completed"
+        await anyio.sleep(0.1)  # the group, empty now, waits for a job after its 2 ms pause
+        with anyio.fail_after(SOON):
+            assert (await watcher.add(zoo.async_operation(second.id))).status == "completed"
+
+
+async def test_a_job_whose_wait_ended_is_not_reported_by_its_listing(
+    server: FakeApiServer,
+) -> None:
+    op, other = (server.zoo.add_operation(timeline=[("in_progress", None)]) for _ in range(2))
+    sweep = len(aj.models.zoo.OPERATION_ACTIVE_STATUSES)
+    # The first sweep lags (the job is missing), and the GET that confirms it is refused.
+    server.inject("body", body=b'{"items": [], "next_page": null}', times=sweep, route=LISTING)
+    server.inject("status", status=403, times=1, route=f"{LISTING}/{op.id}")
+    seen: list[aj.AsyncOperation] = []
+    async with _zoo(server) as zoo, aj.Watcher(zoo, poll=POLL, on_update=seen.append) as watcher:
+        failing = watcher.add(zoo.async_operation(op.id))
+        watcher.add(zoo.async_operation(other.id))  # keeps the group sweeping
+        with anyio.fail_after(SOON), pytest.raises(aj.AuthenticationError):
+            await failing
+        # Later sweeps list the job again; its wait has ended, so nothing reports it.
+        await eventually(lambda: len(arrivals(server, LISTING)) >= 3 * sweep, timeout=SOON)
+    assert other.id in {job.id for job in seen}
+    assert op.id not in {job.id for job in seen}
