@@ -94,10 +94,15 @@ def _skipped_nodes(tree: ast.AST) -> set[int]:
         is_method_call = isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
         if is_method_call and node.func.attr in LOG_METHODS:  # type: ignore[attr-defined]
             skip(node)
-        # A statement that only logs: removing it is a logging change too.
+        # A statement that only logs (``logger.info(...)``): removing it is a logging change
+        # too. The receiver must look like a logger: ``future.exception()`` is not logging.
         if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
             func = node.value.func
-            if isinstance(func, ast.Attribute) and func.attr in LOG_METHODS:
+            if (
+                isinstance(func, ast.Attribute)
+                and func.attr in LOG_METHODS
+                and "log" in ast.unparse(func.value).lower()
+            ):
                 skip(node)
         if isinstance(node, ast.Assign) and any(
             isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets

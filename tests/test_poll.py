@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import gc
+import json
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -16,7 +20,15 @@ from .conftest import FAST_POLL, client_tasks
 
 pytestmark = pytest.mark.anyio
 
-WALK = [("queued", 0.03), ("uploaded", 0.03), ("in_progress", 0.05), ("completed", None)]
+#: Each step lasts an hour of fake time: a job moves on only when a test advances the clock,
+#: so every step is seen however slowly the polls come.
+HOUR = 3600.0
+WALK = [("queued", HOUR), ("uploaded", HOUR), ("in_progress", HOUR), ("completed", None)]
+
+
+def _advance(server: FakeApiServer) -> Callable[[Any], None]:
+    """An on_update that moves the fake clock to the job's next step once it has been seen."""
+    return lambda _job: server.clock.advance(HOUR)
 
 
 async def test_wait_ends_completed_reporting_each_change(
@@ -24,9 +36,12 @@ async def test_wait_ends_completed_reporting_each_change(
 ) -> None:
     fake = server.zoo.add_operation("file_volume", WALK)
     seen: list[str] = []
-    final = await aj.wait_until_terminal(
-        zoo.async_operation(fake.id), timeout=5, on_update=lambda op: seen.append(op.status)
-    )
+
+    def record(op: aj.AsyncOperation) -> None:
+        seen.append(op.status)
+        server.clock.advance(HOUR)
+
+    final = await aj.wait_until_terminal(zoo.async_operation(fake.id), timeout=5, on_update=record)
     assert final.status == "completed"
     assert final.job_state is aj.JobState.SUCCEEDED
     assert final.volume == 42.5
@@ -34,12 +49,13 @@ async def test_wait_ends_completed_reporting_each_change(
 
 
 async def test_async_on_update(server: FakeApiServer, zoo: aj.ZooClient) -> None:
-    fake = server.zoo.add_operation(timeline=[("queued", 0.02), ("completed", None)])
+    fake = server.zoo.add_operation(timeline=[("queued", HOUR), ("completed", None)])
     seen: list[aj.JobState] = []
 
     async def record(op: aj.AsyncOperation) -> None:
         await anyio.lowlevel.checkpoint()
         seen.append(op.job_state)
+        server.clock.advance(HOUR)
 
     await aj.wait_until_terminal(zoo.async_operation(fake.id), timeout=5, on_update=record)
     assert seen == [aj.JobState.PENDING, aj.JobState.SUCCEEDED]
@@ -47,9 +63,11 @@ async def test_async_on_update(server: FakeApiServer, zoo: aj.ZooClient) -> None
 
 async def test_failure_is_a_result(server: FakeApiServer, zoo: aj.ZooClient) -> None:
     fake = server.zoo.add_operation(
-        timeline=[("in_progress", 0.02), ("failed", None)], error="mesh is not watertight"
+        timeline=[("in_progress", HOUR), ("failed", None)], error="mesh is not watertight"
     )
-    final = await aj.wait_until_terminal(zoo.async_operation(fake.id), timeout=5)
+    final = await aj.wait_until_terminal(
+        zoo.async_operation(fake.id), timeout=5, on_update=_advance(server)
+    )
     assert final.job_state is aj.JobState.FAILED
     assert final.error == "mesh is not watertight"
 
@@ -64,8 +82,13 @@ async def test_failure_raises_when_asked(server: FakeApiServer, zoo: aj.ZooClien
 
 async def test_timeout_carries_last_job(server: FakeApiServer, zoo: aj.ZooClient) -> None:
     fake = server.zoo.add_operation(timeline=[("in_progress", None)])
+    route = f"/async/operations/{fake.id}"
+
+    def stall(_op: aj.AsyncOperation) -> None:
+        server.inject("hold", times=None, route=route)  # every later poll hangs
+
     with pytest.raises(aj.WaitTimeout) as info:
-        await aj.wait_until_terminal(zoo.async_operation(fake.id), timeout=0.1)
+        await aj.wait_until_terminal(zoo.async_operation(fake.id), timeout=1.0, on_update=stall)
     assert isinstance(info.value, TimeoutError)
     assert info.value.last is not None
     assert info.value.last.status == "in_progress"
@@ -83,19 +106,24 @@ async def test_watch_yields_changes_and_ends_terminal(
     server: FakeApiServer, zoo: aj.ZooClient
 ) -> None:
     fake = server.zoo.add_operation(timeline=WALK)
-    statuses = [op.status async for op in aj.watch(zoo.async_operation(fake.id), poll=FAST_POLL)]
+    statuses = []
+    async for op in aj.watch(zoo.async_operation(fake.id), poll=FAST_POLL):
+        statuses.append(op.status)
+        server.clock.advance(HOUR)
     assert statuses == ["queued", "uploaded", "in_progress", "completed"]
 
 
 async def test_wait_survives_transient_trouble(server: FakeApiServer, zoo: aj.ZooClient) -> None:
-    fake = server.zoo.add_operation(timeline=[("in_progress", 0.1), ("completed", None)])
+    fake = server.zoo.add_operation(timeline=[("in_progress", HOUR), ("completed", None)])
     route = f"/async/operations/{fake.id}"
     # More failures in a row than one request's retries: the wait must absorb them.
     server.inject("status", status=503, times=6, route=route)
     server.inject("malformed", times=2, route=route)
     server.inject("drop", times=2, route=route)
     server.inject("status", status=429, retry_after="0.01", times=3, route=route)
-    final = await aj.wait_until_terminal(zoo.async_operation(fake.id), timeout=10)
+    final = await aj.wait_until_terminal(
+        zoo.async_operation(fake.id), timeout=10, on_update=_advance(server)
+    )
     assert final.status == "completed"
     assert all(f.hits == f.times for f in server.faults.faults)
 
@@ -119,11 +147,14 @@ async def test_expired_token_ends_the_wait(server: FakeApiServer, zoo: aj.ZooCli
 
 
 async def test_unknown_status_keeps_waiting(server: FakeApiServer, zoo: aj.ZooClient) -> None:
-    fake = server.zoo.add_operation(timeline=[("paused", 0.05), ("completed", None)])
+    fake = server.zoo.add_operation(timeline=[("paused", HOUR), ("completed", None)])
     states: list[aj.JobState] = []
-    final = await aj.wait_until_terminal(
-        zoo.async_operation(fake.id), timeout=5, on_update=lambda op: states.append(op.job_state)
-    )
+
+    def record(op: aj.AsyncOperation) -> None:
+        states.append(op.job_state)
+        server.clock.advance(HOUR)
+
+    final = await aj.wait_until_terminal(zoo.async_operation(fake.id), timeout=5, on_update=record)
     assert states == [aj.JobState.UNKNOWN, aj.JobState.SUCCEEDED]
     assert final.status == "completed"
 
@@ -136,17 +167,6 @@ async def test_fake_clock_moves_jobs_without_sleeping(
     assert (await ref.fetch()).status == "queued"
     server.clock.advance(3600)
     assert (await aj.wait_until_terminal(ref, timeout=5)).status == "completed"
-
-
-async def test_poll_interval_backs_off_and_resets(server: FakeApiServer, zoo: aj.ZooClient) -> None:
-    fake = server.zoo.add_operation(timeline=[("in_progress", None)])
-    policy = aj.PollPolicy(initial=0.01, multiplier=2.0, maximum=0.08, jitter=0.0)
-    with anyio.move_on_after(0.5):
-        async for _ in aj.watch(zoo.async_operation(fake.id), poll=policy):
-            pass
-    polls = sum(1 for r in server.requests if r.path.endswith(fake.id))
-    # Backing off 0.01, 0.02, 0.04, 0.08, 0.08, ... gives far fewer than 0.5/0.01 = 50 polls.
-    assert 5 <= polls <= 12
 
 
 async def test_cancellation_leaves_nothing_behind(server: FakeApiServer, zoo: aj.ZooClient) -> None:
@@ -182,3 +202,30 @@ def test_job_refs_compare_by_identity() -> None:
     assert client.async_operation("a") == client.async_operation("a")
     assert len({client.async_operation("a"), client.async_operation("b")}) == 2
     assert repr(client.async_operation("a")) == "JobRef('zoo.async_operation:a')"
+
+
+def test_job_refs_differ_by_kind_and_ids() -> None:
+    client = aj.ZooClient(token="t", base_url="http://127.0.0.1:9")
+    op = client.async_operation("a")
+    assert op != client.async_operation("b")
+    assert op != client.dataset_conversion("d", "a")
+    assert op != "zoo.async_operation:a"
+    assert op.key == "zoo.async_operation:a"
+
+
+@pytest.mark.parametrize(
+    "ids", [*[("a" * n,) for n in range(1, 13)], ("ds-1", "conv/2")], ids=lambda ids: str(ids)
+)
+def test_resume_tokens_keep_their_format(ids: tuple[str, ...]) -> None:
+    """A token written by an earlier process (or version) still names the same job; the
+    ids' lengths give tokens of every length the unpadded encoding can have."""
+    client = aj.ZooClient(token="t", base_url="http://127.0.0.1:9")
+    kind = "zoo.async_operation" if len(ids) == 1 else "zoo.dataset_conversion"
+    payload = json.dumps([1, kind, list(ids)], separators=(",", ":")).encode()
+    token = base64.urlsafe_b64encode(payload).decode().rstrip("=")  # unpadded base64url
+    ref = aj.JobRef.from_token(token, client)
+    assert (ref.kind, ref.ids) == (kind, ids)
+    assert ref.to_token() == token
+    newer = base64.urlsafe_b64encode(json.dumps([2, kind, list(ids)]).encode()).decode()
+    with pytest.raises(ValueError, match="version 2"):
+        aj.JobRef.from_token(newer, client)

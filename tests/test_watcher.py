@@ -12,15 +12,17 @@ import anyio
 import pytest
 
 import async_jobs as aj
-from async_jobs.models.zoo import OPERATION_ACTIVE_STATUSES
+from async_jobs.models.zoo import CONVERSION_ACTIVE_STATUSES, OPERATION_ACTIVE_STATUSES
 from async_jobs.testing import FakeApiServer
 
-from .conftest import FAST_RETRY, TOKEN, client_tasks
+from .conftest import FAST_RETRY, TOKEN, client_tasks, eventually
 
 pytestmark = pytest.mark.anyio
 
 POLL = aj.PollPolicy(initial=0.02, multiplier=1.5, maximum=0.1, jitter=0.2)
 OP_FINALS = {"completed": "succeeded", "failed": "failed"}
+#: A step that lasts until a test advances the fake clock.
+HOUR = 3600.0
 
 
 def _zoo(server: FakeApiServer, **kw: Any) -> aj.ZooClient:
@@ -106,27 +108,28 @@ async def test_two_thousand_mixed_jobs_resolve_through_coalesced_listings(
     assert len(server.requests) < 3 * total
 
 
-async def test_coalescing_sends_far_fewer_requests_than_per_job_polling(
+async def test_coalescing_costs_a_sweep_per_group_not_a_request_per_job(
     server: FakeApiServer,
 ) -> None:
-    slow = aj.PollPolicy(initial=0.05, multiplier=1.0, maximum=0.05, jitter=0.1)
     dataset = server.conversions.add_dataset()
+    listing = f"/org/datasets/{dataset}/conversions"
     ids = [
-        server.conversions.add_conversion(dataset, [("in_progress", 0.6), ("success", None)]).id
+        server.conversions.add_conversion(dataset, [("in_progress", HOUR), ("success", None)]).id
         for _ in range(100)
     ]
-    counts = {}
-    for coalesce in (True, False):
-        before = len(server.requests)
-        server.clock.advance(0)  # same timelines for both runs: restart them
-        for conv_id in ids:
-            server.conversions.restart(conv_id, [("in_progress", 0.6), ("success", None)])
-        async with _zoo(server) as zoo, aj.Watcher(zoo, poll=slow, coalesce=coalesce) as w:
-            w.add_many(zoo.dataset_conversion(dataset, conv_id) for conv_id in ids)
-            jobs = await w.wait_all(timeout=30)
-        assert all(job.status == "success" for job in jobs)
-        counts[coalesce] = len(server.requests) - before
-    assert counts[True] * 5 < counts[False], counts
+    sweep = len(CONVERSION_ACTIVE_STATUSES)  # one request per active status (a single page)
+    async with _zoo(server) as zoo, aj.Watcher(zoo, poll=POLL) as watcher:
+        watcher.add_many(zoo.dataset_conversion(dataset, conv_id) for conv_id in ids)
+        await eventually(lambda: _count(server, listing) >= 3 * sweep)
+        # Three sweeps looked at 100 jobs, and no job cost a request of its own.
+        assert _count(server, listing + "/") == 0
+        server.clock.advance(HOUR)
+        jobs = await watcher.wait_all(timeout=30)
+    assert all(job.status == "success" for job in jobs)
+    # Leaving the listing costs each job exactly one GET, to confirm how it ended.
+    singles = Counter(r.path for r in server.requests if r.path.startswith(listing + "/"))
+    assert singles == Counter(f"{listing}/{conv_id}" for conv_id in ids)
+    assert _count(server, listing) - len(ids) < len(ids)  # the sweeps: far fewer than jobs
 
 
 async def test_job_finishing_while_the_listing_is_paged_is_confirmed(
@@ -162,20 +165,6 @@ async def test_listing_forbidden_falls_back_to_per_job_polling(
     assert listings == len(OPERATION_ACTIVE_STATUSES)
     fallbacks = [r for r in caplog.records if "one by one" in r.getMessage()]
     assert len(fallbacks) == 1
-
-
-async def test_rate_limit_is_honoured(server: FakeApiServer) -> None:
-    ops = [server.zoo.add_operation(timeline=[("in_progress", None)]) for _ in range(30)]
-    fast = aj.PollPolicy(initial=0.01, multiplier=1.0, maximum=0.01, jitter=0.0)
-    async with (
-        _zoo(server) as zoo,
-        aj.Watcher(zoo, poll=fast, coalesce=False, rate_limit=25) as watcher,
-    ):
-        watcher.add_many(zoo.async_operation(op.id) for op in ops)
-        await anyio.sleep(1.2)
-    stamps = sorted(r.at for r in server.requests)
-    busiest = max(sum(1 for t in stamps if start <= t < start + 1.0) for start in stamps)
-    assert 15 <= busiest <= 27, busiest
 
 
 async def test_rate_adapts_down_under_many_429s(server: FakeApiServer) -> None:
@@ -267,13 +256,14 @@ async def test_a_missing_job_fails_alone(server: FakeApiServer) -> None:
 
 async def test_on_update_per_ref_and_for_the_watcher(server: FakeApiServer) -> None:
     op = server.zoo.add_operation(
-        timeline=[("queued", 0.1), ("in_progress", 0.1), ("completed", None)]
+        timeline=[("queued", HOUR), ("in_progress", HOUR), ("completed", None)]
     )
     mine: list[str] = []
     everyone: list[str] = []
 
     async def record(job: aj.AsyncOperation) -> None:
         everyone.append(job.status)
+        server.clock.advance(HOUR)  # each status is seen before the job moves on
 
     async with _zoo(server) as zoo, aj.Watcher(zoo, poll=POLL, on_update=record) as watcher:
         await watcher.add(zoo.async_operation(op.id), on_update=lambda j: mine.append(j.status))
@@ -282,8 +272,10 @@ async def test_on_update_per_ref_and_for_the_watcher(server: FakeApiServer) -> N
 
 async def test_wait_all_timeout_lists_the_pending(server: FakeApiServer) -> None:
     stuck = server.zoo.add_operation(timeline=[("in_progress", None)])
+    seen = anyio.Event()
     async with _zoo(server) as zoo, aj.Watcher(zoo, poll=POLL) as watcher:
-        watcher.add(zoo.async_operation(stuck.id))
+        watcher.add(zoo.async_operation(stuck.id), on_update=lambda _job: seen.set())
+        await seen.wait()
         with pytest.raises(aj.WaitTimeout) as info:
             await watcher.wait_all(timeout=0.2)
     assert [job.status for job in info.value.last] == ["in_progress"]

@@ -3,6 +3,7 @@ and load shedding (503 with Retry-After), which happens apart from the fault pla
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import random
 from dataclasses import dataclass, field
@@ -11,7 +12,7 @@ from typing import Literal
 __all__ = ["Fault", "FaultKind", "FaultPlan", "Overload"]
 
 FaultKind = Literal[
-    "status", "latency", "malformed", "truncated", "drop", "html", "redirect", "body"
+    "status", "latency", "malformed", "truncated", "drop", "html", "redirect", "body", "hold"
 ]
 
 
@@ -32,7 +33,9 @@ class Fault:
     - ``html``: ``status`` (default 502) with an HTML error page;
     - ``redirect``: ``status`` (default 307) to ``location``;
     - ``body``: ``status`` (default 200) with exactly ``body`` and extra ``headers`` (for
-      hostile bodies: gzip bombs, non-UTF-8, deep nesting, ...).
+      hostile bodies: gzip bombs, non-UTF-8, deep nesting, ...);
+    - ``hold``: keep the request waiting until :meth:`release`, then answer normally (with
+      ``server.in_flight`` a test sees how many requests a client keeps open at once).
     """
 
     kind: FaultKind
@@ -48,6 +51,15 @@ class Fault:
     body: bytes | None = None
     headers: dict[str, str] | None = None
     hits: int = field(default=0, init=False)
+    _released: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
+
+    def release(self) -> None:
+        """Let every held request (and every later one) through."""
+        self._released.set()
+
+    async def wait_released(self) -> None:
+        """Return once :meth:`release` was called."""
+        await self._released.wait()
 
     def matches(self, path: str) -> bool:
         """True if this fault covers ``path`` and has hits left."""

@@ -72,6 +72,9 @@ class FakeApiServer:
         #: Requests received, kept or not; set ``keep_requests = False`` for long benchmarks.
         self.request_count = 0
         self.keep_requests = True
+        #: Requests being handled right now, and the most seen at once.
+        self.in_flight = 0
+        self.max_in_flight = 0
         zoo_options = ZooOptions()
         self.zoo = FakeZoo(self.clock, zoo_options)
         self.metafold = FakeMetafold(self.clock)
@@ -111,7 +114,7 @@ class FakeApiServer:
         return self.overloaded
 
     def _app(self) -> web.Application:
-        app = web.Application(middlewares=[self._middleware])
+        app = web.Application(middlewares=[self._count_in_flight, self._middleware])
         self.zoo.add_routes(app)
         self.metafold.add_routes(app)
         self.conversions.add_routes(app)
@@ -156,6 +159,15 @@ class FakeApiServer:
         await self.stop()
 
     # -- request pipeline -------------------------------------------------------------------
+
+    @web.middleware
+    async def _count_in_flight(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await handler(request)
+        finally:
+            self.in_flight -= 1
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -209,6 +221,9 @@ class FakeApiServer:
         self, fault: Fault, request: web.Request, handler: Handler
     ) -> web.StreamResponse:
         kind = fault.kind
+        if kind == "hold":
+            await fault.wait_released()
+            return await self._serve(request, handler)
         if kind == "latency":
             delay = fault.delay
             if fault.max_delay is not None:
