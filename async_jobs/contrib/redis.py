@@ -44,11 +44,12 @@ API; the results stream also carries the ref's ``key``, unique across APIs).
 A live worker keeps its entries from being taken over: every ``keepalive`` seconds it claims
 the entries it still owns again (``XCLAIM ... JUSTID``), which resets their idle time; only
 entries idle for ``claim_idle`` seconds, those of a dead or stalled worker, are taken over
-with ``XAUTOCLAIM``. An entry found taken over is dropped by its former holder. A worker
-that stops cleanly marks the entries it still holds as idle (``XCLAIM ... IDLE``), so the
-others take them over at their next pass. Lost Redis
-connections (a restart, a failover) are retried with backoff in every loop; nothing is acked
-before the handler succeeded.
+with ``XAUTOCLAIM``. An entry found taken over is dropped by its former holder; one found
+delivered to this worker but never received (a reply lost with its connection, the command
+retried by the client) is read again. A worker that stops cleanly marks the entries it still
+holds as idle (``XCLAIM ... IDLE``), so the others take them over at their next pass. Lost
+Redis connections (a restart, a failover) are retried with backoff in every loop; nothing is
+acked before the handler succeeded.
 """
 
 from __future__ import annotations
@@ -493,6 +494,7 @@ class DurableWorker:
         self._watcher: Watcher[Any] | None = None
         self._tg: TaskGroup | None = None
         self._secret: str | None = None
+        self._reread = False  # set by the keepalive loop: read own pending entries again
 
     @property
     def consumer(self) -> str:
@@ -630,6 +632,8 @@ class DurableWorker:
         cursor = "0"
         while True:
             await self._wait_for_room()
+            if self._reread:
+                self._reread, cursor = False, "0"
             count = min(100, self._room_left())
             try:
                 await watches.ensure_group()
@@ -691,18 +695,27 @@ class DurableWorker:
 
     async def _keepalive_loop(self) -> None:
         """Reset the idle time of the entries this worker still owns (``XCLAIM JUSTID``), so
-        no live worker's entry is taken over; drop the ones another worker took over."""
+        no live worker's entry is taken over; drop the ones another worker took over; have
+        the read loop read its own pending entries again when some are owned but not held."""
         backoff = _Backoff(self.watches, "refreshing held watches")
+        orphan_ms = int(self.keepalive * 1000)
         while True:
             await anyio.sleep(self.keepalive)
-            if not self._held:
-                continue
             snapshot = dict(self._held)
             try:
                 mine = await self._own_pending()
                 for entry_id, held in snapshot.items():
                     if entry_id not in mine and not held.settling:
                         self._lose(held)
+                if any(
+                    idle >= orphan_ms and entry_id not in self._held
+                    for entry_id, idle in mine.items()
+                ):
+                    # Delivered to this consumer but never received: a reply lost with its
+                    # connection, the command then retried by the client (redis-py does by
+                    # default), so the read loop saw no error. Read them again now rather
+                    # than after ``claim_idle``.
+                    self._reread = True
                 ids = [entry_id for entry_id in snapshot if entry_id in mine]
                 for start in range(0, len(ids), 1000):
                     await self.redis.xclaim(
@@ -717,9 +730,10 @@ class DurableWorker:
             except Exception as exc:
                 await backoff.trouble(exc)
 
-    async def _own_pending(self) -> set[str]:
-        """Ids of every entry the group's pending list attributes to this consumer."""
-        ids: set[str] = set()
+    async def _own_pending(self) -> dict[str, int]:
+        """Every entry the group's pending list attributes to this consumer: its id and how
+        long ago (ms) it was delivered or last claimed."""
+        ids: dict[str, int] = {}
         start = "-"
         while True:
             page = await self.redis.xpending_range(
@@ -730,7 +744,9 @@ class DurableWorker:
                 count=1000,
                 consumername=self.consumer,
             )
-            ids.update(_str(item["message_id"]) for item in page)
+            ids.update(
+                (_str(item["message_id"]), int(item["time_since_delivered"])) for item in page
+            )
             if len(page) < 1000:
                 return ids
             start = "(" + _str(page[-1]["message_id"])

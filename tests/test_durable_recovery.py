@@ -1,0 +1,236 @@
+"""async_jobs.contrib.redis at the exact points where Redis trouble and races bite, against a
+real redis-server (through a TCP proxy where the test must act between a command and its
+reply): a settle that must not end a newer watch, a write between WATCH and EXEC, a read
+whose reply was lost, a group that vanished, and the trimming of the results streams."""
+
+from __future__ import annotations
+
+from collections import Counter
+from functools import partial
+from typing import Any
+
+import anyio
+import pytest
+
+import async_jobs as aj
+from async_jobs.testing import FakeApiServer, RedisServer
+
+from ._redis import RedisProxy, clients, redis_module, restart_empty, sent, until
+
+pytestmark = pytest.mark.anyio
+
+POLL = aj.PollPolicy(initial=0.05, multiplier=1.5, maximum=0.2, jitter=0.2)
+#: Long enough that no test here can pass through a takeover or a keepalive by accident.
+NEVER = 60.0
+
+
+def durable(redis: Any, **options: Any) -> Any:
+    from async_jobs.contrib.redis import DurableWatches
+
+    return DurableWatches(redis, **options)
+
+
+async def records(redis: Any, stream: str = "async_jobs:results") -> list[dict[str, str]]:
+    return [
+        {k.decode(): v.decode() for k, v in fields.items()}
+        for _, fields in await redis.xrange(stream)
+    ]
+
+
+async def reached(value: Any, target: int) -> bool:
+    return bool(value() >= target)
+
+
+def no_retries() -> dict[str, Any]:
+    """Connection options of a client that surfaces every connection error at once."""
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    return {"retry": Retry(NoBackoff(), 0)}
+
+
+class Gated:
+    """A handler whose n-th call (from 0) waits for ``gates[n]``; records each call's context."""
+
+    def __init__(self, calls: int) -> None:
+        self.gates = [anyio.Event() for _ in range(calls)]
+        self.contexts: list[dict[str, Any]] = []
+
+    async def __call__(self, job: Any, context: dict[str, Any]) -> None:
+        index = len(self.contexts)
+        self.contexts.append(context)
+        await self.gates[index].wait()
+
+
+async def test_settling_an_old_watch_leaves_the_newer_watch_of_its_job(
+    server: FakeApiServer, redis_client: Any
+) -> None:
+    op = server.zoo.add_operation(timeline=[("completed", None)])
+    dw = durable(redis_client)
+    handler = Gated(2)
+    zoo, _ = clients(server)
+    async with zoo, dw.run(zoo, handler=handler, poll=POLL, prefetch=1, claim_idle=NEVER) as w:
+        ref = zoo.async_operation(op.id)
+        key = dw.job_key(ref.key)
+        first = await dw.submit(ref, {"n": 1})
+        await until(partial(reached, lambda: len(handler.contexts), 1), 30)
+        # While its handler runs, the first watch ends elsewhere (as when a worker that took
+        # it over handled it) and the job is submitted again: a newer watch owns it now.
+        await redis_client.delete(key)
+        second = await dw.submit(ref, {"n": 2})
+        assert second != first
+        handler.gates[0].set()
+        await until(partial(reached, lambda: w.handled, 1), 30)
+        assert await redis_client.get(key) == second.encode()  # the old settle left it
+        await until(partial(reached, lambda: len(handler.contexts), 2), 30)
+        handler.gates[1].set()
+        await until(partial(reached, lambda: w.handled, 2), 30)
+    assert handler.contexts == [{"n": 1}, {"n": 2}]
+    assert [r["watch"] for r in await records(redis_client)] == [first, second]
+    assert await redis_client.keys("async_jobs:watches:job:*") == []
+    assert (await dw.status()).pending == 0
+
+
+async def test_a_write_between_watch_and_exec_makes_the_settle_look_again(
+    server: FakeApiServer, redis_server: RedisServer, redis_client: Any
+) -> None:
+    op = server.zoo.add_operation(timeline=[("completed", None)])
+    handler = Gated(2)
+    other = durable(redis_client)  # another service instance, straight to Redis
+    zoo, _ = clients(server)
+    async with zoo, RedisProxy(redis_server) as proxy:
+        redis = redis_module().Redis(host=proxy.host, port=proxy.port, socket_timeout=10)
+        dw = durable(redis)
+        ref = zoo.async_operation(op.id)
+        key = dw.job_key(ref.key)
+        first = await dw.submit(ref, {"n": 1})
+        second = ""
+        settling: list[bytes] = []
+
+        async def between_watch_and_exec(commands: bytes, reply: bytes) -> bool:
+            nonlocal second
+            # The first handler call returned: the next MGET is its settle's, under WATCH.
+            if handler.gates[0].is_set() and not settling and sent(commands, "MGET", key):
+                settling.append(reply)
+                # The settle read the first watch; before its EXEC, that watch ends
+                # elsewhere and the job is submitted again.
+                await redis_client.delete(key)
+                second = await other.submit(ref, {"n": 2})
+            return True
+
+        proxy.on_reply = between_watch_and_exec
+        options = {"handler": handler, "poll": POLL, "prefetch": 1, "claim_idle": NEVER}
+        async with dw.run(zoo, **options) as worker:
+            await until(partial(reached, lambda: len(handler.contexts), 1), 30)
+            handler.gates[0].set()
+            await until(partial(reached, lambda: worker.handled, 1), 30)
+            assert len(settling) == 1 and first.encode() in settling[0]
+            # The EXEC failed and the settle looked again: the newer watch lives on, and
+            # the first watch's result was recorded once.
+            assert await redis_client.get(key) == second.encode()
+            assert [r["watch"] for r in await records(redis_client)] == [first]
+            await until(partial(reached, lambda: len(handler.contexts), 2), 30)
+            handler.gates[1].set()
+            await until(partial(reached, lambda: worker.handled, 2), 30)
+        await redis.aclose()
+    assert handler.contexts == [{"n": 1}, {"n": 2}]
+    assert [r["watch"] for r in await records(redis_client)] == [first, second]
+    assert await redis_client.keys("async_jobs:watches:job:*") == []
+    assert (await other.status()).pending == 0
+
+
+@pytest.mark.parametrize("client_retries", [False, True], ids=["error", "retried"])
+async def test_entries_whose_read_reply_was_lost_are_read_again(
+    server: FakeApiServer, redis_server: RedisServer, redis_client: Any, client_retries: bool
+) -> None:
+    """Redis delivered entries (they are pending for this worker) but the connection dropped
+    before the reply arrived. Without client retries the read loop sees the error; with them
+    (redis-py's default) the client sent XREADGROUP again and the worker saw nothing. Either
+    way the entries are read again long before ``claim_idle`` would have them taken over."""
+    ops = [server.zoo.add_operation(timeline=[("completed", None)]) for _ in range(3)]
+    handled: Counter[str] = Counter()
+
+    async def handler(job: Any, context: dict[str, Any]) -> None:
+        handled[job.id] += 1
+
+    async def drop_first_delivery(commands: bytes, reply: bytes) -> bool:
+        delivery = sent(commands, "XREADGROUP") and b"$1\r\n>\r\n" in commands
+        return not (delivery and b"async_jobs:watches" in reply and proxy.dropped == 0)
+
+    zoo, _ = clients(server)
+    # Without retries only the read loop's own re-read can find them in time (the
+    # keepalive is slower than the test's bound); with retries only the keepalive can.
+    keepalive = 0.2 if client_retries else NEVER - 1
+    async with zoo, RedisProxy(redis_server) as proxy:
+        options = {} if client_retries else no_retries()
+        redis = redis_module().Redis(host=proxy.host, port=proxy.port, socket_timeout=10, **options)
+        proxy.on_reply = drop_first_delivery
+        dw = durable(redis)
+        options = {"handler": handler, "poll": POLL, "claim_idle": NEVER, "keepalive": keepalive}
+        async with dw.run(zoo, **options) as worker:
+            await dw.ensure_group()
+            await durable(redis_client).submit_many(zoo.async_operation(op.id) for op in ops)
+            await until(partial(reached, lambda: worker.handled, 3), 30)
+        await redis.aclose()
+    assert proxy.dropped == 1
+    assert dict(handled) == {op.id: 1 for op in ops}
+    assert (worker.claimed, worker.duplicates) == (0, 0)
+    assert (await durable(redis_client).status()).pending == 0
+
+
+@pytest.mark.parametrize("loss", ["stream deleted", "restarted empty"])
+async def test_a_worker_recreates_a_lost_group_and_goes_on(
+    server: FakeApiServer, redis_server: RedisServer, redis_client: Any, loss: str
+) -> None:
+    ops = [server.zoo.add_operation(timeline=[("completed", None)]) for _ in range(2)]
+    handled: list[str] = []
+
+    async def handler(job: Any, context: dict[str, Any]) -> None:
+        handled.append(job.id)
+
+    dw = durable(redis_client)
+    zoo, _ = clients(server)
+    async with zoo, dw.run(zoo, handler=handler, poll=POLL, claim_idle=NEVER) as worker:
+        await dw.submit(zoo.async_operation(ops[0].id))
+        await until(partial(reached, lambda: worker.handled, 1), 30)
+        if loss == "stream deleted":
+            await redis_client.delete("async_jobs:watches")  # the group goes with it
+        else:
+            await anyio.to_thread.run_sync(restart_empty, redis_server)
+        # This instance believes the group exists: unless the worker made it again first,
+        # its XADD makes a stream with no group.
+        await dw.submit(zoo.async_operation(ops[1].id))
+        await until(partial(reached, lambda: worker.handled, 2), 30)
+    assert handled == [op.id for op in ops]
+    groups = await redis_client.xinfo_groups("async_jobs:watches")
+    assert [g["name"] for g in groups] == [b"async_jobs"]
+    status = await dw.status()
+    assert (status.pending, status.in_flight) == (0, {})
+
+
+async def test_results_and_dead_letters_are_trimmed_to_their_maxlen(
+    server: FakeApiServer, redis_client: Any
+) -> None:
+    node = 4  # entries per stream node: approximate trimming removes whole nodes
+    await redis_client.config_set("stream-node-max-entries", node)
+    ops = [server.zoo.add_operation(timeline=[("completed", None)]) for _ in range(40)]
+    failing = {op.id for op in ops[::3]}  # 14 dead-lettered, 26 handled
+
+    async def handler(job: Any, context: dict[str, Any]) -> None:
+        if job.id in failing:
+            raise RuntimeError("no")
+
+    dw = durable(redis_client, results_maxlen=10, dead_letter_maxlen=5)
+    once = aj.RetryPolicy(max_attempts=1)
+    zoo, _ = clients(server)
+    async with zoo, dw.run(zoo, handler=handler, poll=POLL, retry=once) as worker:
+        await dw.submit_many(zoo.async_operation(op.id) for op in ops)
+        await until(partial(reached, lambda: worker.handled + worker.dead_lettered, 40), 30)
+    assert (worker.handled, worker.dead_lettered) == (26, 14)
+    kept = [r["id"] for r in await records(redis_client)]
+    dead = [r["key"] for r in await records(redis_client, "async_jobs:dead")]
+    # At least maxlen records, the newest; less than a node more.
+    assert 10 <= len(kept) < 10 + node and not set(kept) & failing
+    assert 5 <= len(dead) < 5 + node and all(k.split(":")[-1] in failing for k in dead)
+    status = await dw.status()
+    assert (status.results, status.dead_lettered) == (len(kept), len(dead))
