@@ -104,7 +104,7 @@ async def test_worker_handles_jobs_and_records_results(
         refs = script.refs(zoo, mf)
         await dw.submit_many((ref, {"id": ref.ids[-1]}) for ref in refs)
         async with dw.run(zoo, mf, handler=handler, poll=POLL, claim_idle=5) as worker:
-            await until(lambda: _count(worker.handled, 60), 20)
+            await until(lambda: _count(worker.handled, 60), 30)
             status = await dw.status()
         assert worker.handled == 60 and worker.duplicates == 0 and worker.claimed == 0
     assert {job_id: contexts[job_id]["id"] for job_id in seen} == {j: j for j in script.truth}
@@ -136,10 +136,10 @@ async def test_resubmitting_a_handled_job_watches_it_again(
     zoo, _ = clients(server)
     async with zoo, dw.run(zoo, handler=handler, poll=POLL, claim_idle=5) as worker:
         first = await dw.submit(zoo.async_operation(op.id))
-        await until(lambda: _count(worker.handled, 1), 10)
+        await until(lambda: _count(worker.handled, 1), 30)
         second = await dw.submit(zoo.async_operation(op.id))
         assert second != first
-        await until(lambda: _count(worker.handled, 2), 10)
+        await until(lambda: _count(worker.handled, 2), 30)
     assert handled == [op.id, op.id]
 
 
@@ -166,7 +166,7 @@ async def test_failing_handler_is_retried_then_dead_lettered(
         await dw.submit(zoo.async_operation(flaky.id), {"n": 1})
         await dw.submit(zoo.async_operation(broken.id), {"n": 2})
         async with dw.run(zoo, handler=handler, poll=POLL, retry=QUICK_RETRY) as worker:
-            await until(lambda: _count(worker.handled + worker.dead_lettered, 2), 10)
+            await until(lambda: _count(worker.handled + worker.dead_lettered, 2), 30)
     assert calls == {flaky.id: 3, broken.id: 3}
     assert min(unacked_while_failing) >= 1  # nothing acked before its handler succeeded
     assert [r["id"] for r in await results(redis_client)] == [flaky.id]
@@ -194,7 +194,7 @@ async def test_job_that_cannot_be_fetched_is_dead_lettered(
     async with zoo:
         await dw.submit(zoo.async_operation("no-such-operation"))
         async with dw.run(zoo, handler=handler, poll=POLL, retry=QUICK_RETRY) as worker:
-            await until(lambda: _count(worker.dead_lettered, 1), 10)
+            await until(lambda: _count(worker.dead_lettered, 1), 30)
     ((_, dead),) = await redis_client.xrange("async_jobs:dead")
     assert dead[b"error"].startswith(b"watch failed: NotFoundError")
     assert dead[b"job"] == b""
@@ -214,7 +214,7 @@ async def test_unreadable_entries_are_dead_lettered(
             raise AssertionError("nothing to handle")
 
         async with dw.run(zoo, handler=handler, poll=POLL) as worker:
-            await until(lambda: _count(worker.dead_lettered, 2), 10)
+            await until(lambda: _count(worker.dead_lettered, 2), 30)
     errors = sorted(f[b"error"].decode() for _, f in await redis_client.xrange("async_jobs:dead"))
     assert errors[0].startswith("cannot watch metafold.job:p/")
     assert "none of the given clients serves 'metafold.job'" in errors[0]
@@ -239,7 +239,7 @@ async def test_abandoned_entries_are_taken_over(server: FakeApiServer, redis_cli
         assert (await dw.status()).in_flight == {"ghost": 90}
         options = {"handler": handler, "poll": POLL, "claim_idle": 0.5}
         async with dw.run(zoo, mf, **options) as worker:
-            await until(lambda: _count(worker.handled, 90), 20)
+            await until(lambda: _count(worker.handled, 90), 30)
         assert worker.claimed == 90
     assert dict(handled) == dict.fromkeys(script.truth, 1)
     assert (await dw.status()).in_flight == {}  # the ghost holds nothing any more
@@ -248,26 +248,38 @@ async def test_abandoned_entries_are_taken_over(server: FakeApiServer, redis_cli
 async def test_live_worker_keeps_its_long_running_entries(
     server: FakeApiServer, redis_client: Any
 ) -> None:
-    ops = [
-        server.zoo.add_operation(timeline=[("in_progress", 2.0), ("completed", None)])
-        for _ in range(5)
-    ]
+    """Worker ``a`` holds 5 watches whose handlers run until the test lets them go; worker
+    ``b`` takes over whatever is idle for 2 s. A canary entry, read by a consumer that then
+    dies *after* ``a`` read its 5, is taken over by ``b``: that takeover pass ran when ``a``'s
+    entries, had nothing refreshed them, were idle longer still and would have gone too
+    (the same pass scans every entry in id order). So ``b`` takes the canary and nothing
+    of ``a``'s, whatever the machine's speed; ``a`` never takes anything over itself."""
+    ops = [server.zoo.add_operation(timeline=[("completed", None)]) for _ in range(5)]
+    canary = server.zoo.add_operation(timeline=[("completed", None)])
+    release = anyio.Event()
     handled: Counter[str] = Counter()
 
     async def handler(job: Any, context: dict[str, Any]) -> None:
+        if job.id != canary.id:
+            await release.wait()
         handled[job.id] += 1
 
     zoo, _ = clients(server)
-    options = {"handler": handler, "poll": POLL, "claim_idle": 0.5, "keepalive": 0.1}
-    async with zoo:
-        a, b = durable(redis_client, consumer="a"), durable(redis_client, consumer="b")
-        async with a.run(zoo, **options) as first:
-            await a.submit_many(zoo.async_operation(op.id) for op in ops)
-            await until(lambda: _count(first.in_flight, 5), 5)
-            async with b.run(zoo, **options) as second:
-                await until(lambda: _count(first.handled, 5), 10)
-    assert dict(handled) == {op.id: 1 for op in ops}
-    assert (first.claimed, first.lost, second.claimed, second.handled) == (0, 0, 0, 0)
+    a, b = durable(redis_client, consumer="a"), durable(redis_client, consumer="b")
+    keeping = {"claim_idle": 60, "keepalive": 0.05, "prefetch": 5}  # holds its 5, no more
+    async with zoo, a.run(zoo, handler=handler, poll=POLL, **keeping) as first:
+        await a.submit_many(zoo.async_operation(op.id) for op in ops)
+        await until(lambda: _count(first.in_flight, 5), 30)
+        await a.submit(zoo.async_operation(canary.id))
+        await redis_client.xreadgroup("async_jobs", "ghost", {"async_jobs:watches": ">"})
+        assert (await a.status()).in_flight == {"a": 5, "ghost": 1}
+        async with b.run(zoo, handler=handler, poll=POLL, claim_idle=2.0) as second:
+            await until(lambda: _count(second.handled, 1), 30)
+            assert (second.claimed, first.lost) == (1, 0)
+            release.set()
+            await until(lambda: _count(first.handled, 5), 30)
+    assert dict(handled) == dict.fromkeys([op.id for op in ops] + [canary.id], 1)
+    assert (first.claimed, first.lost, second.claimed, second.handled) == (0, 0, 1, 1)
 
 
 async def test_duplicate_entry_for_a_watched_job_is_dropped(
@@ -290,7 +302,7 @@ async def test_duplicate_entry_for_a_watched_job_is_dropped(
             {"v": "1", "watch": "other", "key": ref.key, "token": ref.to_token()},
         )
         async with dw.run(zoo, handler=handler, poll=POLL) as worker:
-            await until(lambda: _count(worker.handled + worker.duplicates, 2), 10)
+            await until(lambda: _count(worker.handled + worker.duplicates, 2), 30)
         assert (worker.handled, worker.duplicates) == (1, 1)
     assert handled == [op.id]
     assert await redis_client.xlen("async_jobs:watches") == 0
@@ -327,9 +339,9 @@ async def test_redis_outage_is_waited_out_and_the_password_never_logged(
         async with zoo:
             await dw.submit_many(zoo.async_operation(op.id) for op in ops)
             async with dw.run(zoo, handler=handler, poll=POLL, claim_idle=3) as worker:
-                await until(lambda: _count(worker.in_flight, 10), 5)
+                await until(lambda: _count(worker.in_flight, 10), 30)
                 await anyio.to_thread.run_sync(partial(secured.restart, down_for=0.5))
-                await until(lambda: _count(worker.handled, 10), 20)
+                await until(lambda: _count(worker.handled, 10), 30)
         await redis.aclose()
     assert set(handled) == {op.id for op in ops}
     text = caplog.text
@@ -356,7 +368,7 @@ async def test_connections_that_decode_responses_work_too(
         ids = await dw.submit_many(script.refs(zoo, mf))
         assert ids == await dw.submit_many(script.refs(zoo, mf))
         async with dw.run(zoo, mf, handler=handler, poll=POLL) as worker:
-            await until(lambda: _count(worker.handled, 12), 10)
+            await until(lambda: _count(worker.handled, 12), 30)
         status = await dw.status()
     records = await redis.xrange("async_jobs:results")
     await redis.aclose()
@@ -402,9 +414,9 @@ async def test_a_stopping_worker_hands_its_watches_over_at_once(
         a, b = durable(redis_client, consumer="a"), durable(redis_client, consumer="b")
         async with a.run(zoo, **options) as first:
             await a.submit_many(zoo.async_operation(op.id) for op in ops)
-            await until(lambda: _count(first.in_flight, 20), 5)
+            await until(lambda: _count(first.in_flight, 20), 30)
         assert (await a.status()).in_flight == {"a": 20}
         async with b.run(zoo, **options) as second:
-            await until(lambda: _count(second.handled, 20), 5)
+            await until(lambda: _count(second.handled, 20), 30)
     assert dict(handled) == {op.id: 1 for op in ops}
     assert second.claimed == 20 and (await b.status()).in_flight == {}
