@@ -182,8 +182,11 @@ class RedisProxy:
         self.host = "127.0.0.1"
         self.port = 0
         self.on_reply: ReplyHook | None = None
-        #: Connections dropped by :attr:`on_reply`.
+        #: Connections dropped by :attr:`on_reply` or :attr:`cut_before`.
         self.dropped = 0
+        #: Bytes: the next time a client sends them, only what comes before reaches the
+        #: server and the connection drops there (once; then back to None).
+        self.cut_before: bytes | None = None
         self._tg: TaskGroup | None = None
         self._listener: Any = None
 
@@ -220,6 +223,12 @@ class RedisProxy:
             async def up() -> None:
                 try:
                     async for chunk in client:
+                        cut = self.cut_before
+                        if cut is not None and cut in chunk:
+                            self.cut_before = None
+                            self.dropped += 1
+                            await upstream.send(chunk[: chunk.index(cut)])
+                            break
                         commands.extend(chunk)
                         await upstream.send(chunk)
                 except closed:

@@ -5,6 +5,8 @@ whose reply was lost, a group that vanished, and the trimming of the results str
 
 from __future__ import annotations
 
+import logging
+import time
 from collections import Counter
 from functools import partial
 from typing import Any
@@ -180,7 +182,11 @@ async def test_entries_whose_read_reply_was_lost_are_read_again(
 
 @pytest.mark.parametrize("loss", ["stream deleted", "restarted empty"])
 async def test_a_worker_recreates_a_lost_group_and_goes_on(
-    server: FakeApiServer, redis_server: RedisServer, redis_client: Any, loss: str
+    server: FakeApiServer,
+    redis_server: RedisServer,
+    redis_client: Any,
+    loss: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     ops = [server.zoo.add_operation(timeline=[("completed", None)]) for _ in range(2)]
     handled: list[str] = []
@@ -188,24 +194,30 @@ async def test_a_worker_recreates_a_lost_group_and_goes_on(
     async def handler(job: Any, context: dict[str, Any]) -> None:
         handled.append(job.id)
 
+    caplog.set_level(logging.DEBUG, logger="async_jobs")
     dw = durable(redis_client)
+    other = durable(redis_client)  # another service instance, that only submits
+    await other.ensure_group()
     zoo, _ = clients(server)
-    async with zoo, dw.run(zoo, handler=handler, poll=POLL, claim_idle=NEVER) as worker:
-        await dw.submit(zoo.async_operation(ops[0].id))
+    # Takeover and keepalive passes a minute apart: only the read loop can notice in time.
+    options = {"handler": handler, "poll": POLL, "claim_idle": NEVER, "keepalive": NEVER - 1}
+    async with zoo, dw.run(zoo, **options) as worker:
+        await other.submit(zoo.async_operation(ops[0].id))
         await until(partial(reached, lambda: worker.handled, 1), 30)
         if loss == "stream deleted":
             await redis_client.delete("async_jobs:watches")  # the group goes with it
         else:
             await anyio.to_thread.run_sync(restart_empty, redis_server)
-        # This instance believes the group exists: unless the worker made it again first,
-        # its XADD makes a stream with no group.
-        await dw.submit(zoo.async_operation(ops[1].id))
+        # ``other`` believes the group exists: unless the worker made it again first, its
+        # XADD makes a stream with no group.
+        await other.submit(zoo.async_operation(ops[1].id))
         await until(partial(reached, lambda: worker.handled, 2), 30)
     assert handled == [op.id for op in ops]
     groups = await redis_client.xinfo_groups("async_jobs:watches")
     assert [g["name"] for g in groups] == [b"async_jobs"]
     status = await dw.status()
     assert (status.pending, status.in_flight) == (0, {})
+    assert "redis reachable again while reading watches" in caplog.text
 
 
 async def test_results_and_dead_letters_are_trimmed_to_their_maxlen(
@@ -234,3 +246,150 @@ async def test_results_and_dead_letters_are_trimmed_to_their_maxlen(
     assert 5 <= len(dead) < 5 + node and all(k.split(":")[-1] in failing for k in dead)
     status = await dw.status()
     assert (status.results, status.dead_lettered) == (len(kept), len(dead))
+
+
+@pytest.mark.parametrize("winner", ["lives on", "ended meanwhile"])
+async def test_a_submit_that_loses_the_race_for_its_job(
+    server: FakeApiServer, redis_server: RedisServer, redis_client: Any, winner: str
+) -> None:
+    """Instance A checks that the job has no watch; before its SET NX, instance B watches
+    the job. A's entry must go (read by a worker meanwhile or not) and A returns B's watch,
+    or, if B's watch ended before A looked again, a fresh watch of A's own."""
+    op = server.zoo.add_operation(timeline=[("completed", None)])
+    zoo, _ = clients(server)
+    b = durable(redis_client)
+    await b.ensure_group()
+    ref = zoo.async_operation(op.id)
+    key = b.job_key(ref.key)
+    won: list[str] = []
+
+    async def race(commands: bytes, reply: bytes) -> bool:
+        if not won and sent(commands, "GET", key):
+            won.append(await b.submit(ref))
+        elif len(won) == 1 and sent(commands, "EXEC") and sent(commands, "SET", key):
+            won.append("lost")
+            # A worker reads both entries before A deletes its own.
+            await redis_client.xreadgroup("async_jobs", "w", {"async_jobs:watches": ">"})
+            if winner == "ended meanwhile":  # as the worker that held B's watch settles it
+                (entry,) = [
+                    e
+                    for e, f in await redis_client.xrange("async_jobs:watches")
+                    if f[b"watch"] == won[0].encode()
+                ]
+                await redis_client.xack("async_jobs:watches", "async_jobs", entry)
+                await redis_client.xdel("async_jobs:watches", entry)
+                await redis_client.delete(key)
+        return True
+
+    async with zoo, RedisProxy(redis_server) as proxy:
+        redis = redis_module().Redis(host=proxy.host, port=proxy.port, socket_timeout=10)
+        proxy.on_reply = race
+        with anyio.fail_after(30):
+            watch = await durable(redis).submit(ref)
+        await redis.aclose()
+    assert won[1] == "lost"
+    entries = await redis_client.xrange("async_jobs:watches")
+    assert [f[b"watch"].decode() for _, f in entries] == [watch]
+    assert await redis_client.get(key) == watch.encode()
+    pending = await redis_client.xpending_range("async_jobs:watches", "async_jobs", "-", "+", 10)
+    if winner == "lives on":
+        assert watch == won[0]
+        assert [p["message_id"] for p in pending] == [entries[0][0]]  # only B's is held
+    else:
+        assert watch != won[0]
+        assert pending == []
+
+
+async def test_a_submit_cut_off_between_set_and_xadd_makes_one_watch(
+    server: FakeApiServer, redis_server: RedisServer, redis_client: Any
+) -> None:
+    """The connection drops after the SET NX reached Redis and before the XADD did, and the
+    client sends the submit again: the MULTI made both or neither, so one watch exists,
+    with its entry."""
+    op = server.zoo.add_operation(timeline=[("completed", None)])
+    zoo, _ = clients(server)
+    async with zoo, RedisProxy(redis_server) as proxy:
+        redis = redis_module().Redis(host=proxy.host, port=proxy.port, socket_timeout=10)
+        dw = durable(redis)
+        await dw.ensure_group()
+        proxy.cut_before = b"$4\r\nXADD\r\n"
+        ref = zoo.async_operation(op.id)
+        with anyio.fail_after(30):
+            watch = await dw.submit(ref)
+        await redis.aclose()
+    assert proxy.dropped == 1
+    entries = await redis_client.xrange("async_jobs:watches")
+    assert [f[b"watch"].decode() for _, f in entries] == [watch]
+    assert await redis_client.get(dw.job_key(ref.key)) == watch.encode()
+
+
+async def test_an_idle_worker_waits_on_redis_instead_of_polling_it(
+    server: FakeApiServer, redis_client: Any
+) -> None:
+    """Reads block for ``block`` seconds; takeover and keepalive passes come every
+    ``keepalive`` seconds. A slow machine makes fewer calls, never more."""
+    dw = durable(redis_client)
+
+    async def handler(job: Any, context: dict[str, Any]) -> None:
+        raise AssertionError("nothing to handle")
+
+    zoo, _ = clients(server)
+    async with zoo, dw.run(zoo, handler=handler, block=0.2, claim_idle=2.0, keepalive=0.5):
+        await redis_client.config_resetstat()
+        started = time.monotonic()
+        await anyio.sleep(1.0)
+        stats = await redis_client.info("commandstats")
+        elapsed = time.monotonic() - started
+
+    def calls(command: str) -> int:
+        return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+    assert 1 <= calls("xreadgroup") <= elapsed / 0.2 + 2
+    assert calls("xautoclaim") <= elapsed / 0.5 + 2
+    assert calls("xpending") <= elapsed / 0.5 + 2
+
+
+async def test_an_entry_taken_over_is_dropped_by_its_former_holder(
+    server: FakeApiServer, redis_client: Any
+) -> None:
+    op = server.zoo.add_operation(timeline=[("in_progress", 600.0), ("completed", None)])
+    handled: list[str] = []
+
+    async def handler(job: Any, context: dict[str, Any]) -> None:
+        handled.append(job.id)
+
+    zoo, _ = clients(server)
+    a, b = durable(redis_client, consumer="a"), durable(redis_client, consumer="b")
+    options = {"handler": handler, "poll": POLL, "claim_idle": NEVER}
+    async with zoo, a.run(zoo, keepalive=0.05, **options) as first:
+        await a.submit(zoo.async_operation(op.id))
+        await until(partial(reached, lambda: first.in_flight, 1), 30)
+        # b took it over (as after a stall of a longer than claim_idle).
+        ((entry, _),) = await redis_client.xrange("async_jobs:watches")
+        await redis_client.xclaim("async_jobs:watches", "async_jobs", "b", 0, [entry], justid=True)
+        await until(partial(reached, lambda: first.lost, 1), 30)
+        assert first.in_flight == 0
+        server.clock.advance(600)
+        async with b.run(zoo, **options) as second:  # resumes its own entries at once
+            await until(partial(reached, lambda: second.handled, 1), 30)
+    assert handled == [op.id]
+    assert (first.handled, first.lost, second.handled, second.claimed) == (0, 1, 1, 0)
+
+
+async def test_a_worker_with_one_free_slot_takes_over(
+    server: FakeApiServer, redis_client: Any
+) -> None:
+    op = server.zoo.add_operation(timeline=[("completed", None)])
+    handled: list[str] = []
+
+    async def handler(job: Any, context: dict[str, Any]) -> None:
+        handled.append(job.id)
+
+    dw = durable(redis_client)
+    zoo, _ = clients(server)
+    async with zoo:
+        await dw.submit(zoo.async_operation(op.id))
+        await redis_client.xreadgroup("async_jobs", "ghost", {"async_jobs:watches": ">"})
+        async with dw.run(zoo, handler=handler, poll=POLL, prefetch=1, claim_idle=0.3) as w:
+            await until(partial(reached, lambda: w.handled, 1), 30)
+    assert handled == [op.id] and w.claimed == 1

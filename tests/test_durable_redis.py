@@ -70,6 +70,9 @@ async def test_submit_is_idempotent_per_job(server: FakeApiServer, redis_client:
         )
         assert many == [first, ids[0]]
         assert await redis_client.xlen("async_jobs:watches") == 2
+        # One entry written per watch, none added and taken back.
+        info = await redis_client.xinfo_stream("async_jobs:watches")
+        assert info["last-generated-id"] == info["last-entry"][0]
         assert sorted(await redis_client.keys("async_jobs:watches:job:*")) == sorted(
             dw.job_key(f"zoo.async_operation:{one.id}").encode() for one in (op, other)
         )
@@ -117,6 +120,7 @@ async def test_worker_handles_jobs_and_records_results(
     assert await redis_client.xlen("async_jobs:watches") == 0
     # The worker left the group's consumer list on exit (it held nothing).
     assert (await dw.status()).in_flight == {}
+    assert await redis_client.xinfo_consumers("async_jobs:watches", "async_jobs") == []
 
 
 async def _count(value: int, target: int) -> bool:
@@ -395,8 +399,9 @@ def test_readme_example_runs(tmp_path: Path) -> None:
     assert lines[3].startswith("DurableStatus(pending=0, undelivered=0, in_flight={}")
 
 
+@pytest.mark.parametrize("stop", ["block ends", "cancelled"])
 async def test_a_stopping_worker_hands_its_watches_over_at_once(
-    server: FakeApiServer, redis_client: Any
+    server: FakeApiServer, redis_client: Any, stop: str
 ) -> None:
     ops = [
         server.zoo.add_operation(timeline=[("in_progress", 1.5), ("completed", None)])
@@ -408,15 +413,22 @@ async def test_a_stopping_worker_hands_its_watches_over_at_once(
         handled[job.id] += 1
 
     zoo, _ = clients(server)
-    # claim_idle is far longer than the test: only the hand-over can move the watches.
-    options = {"handler": handler, "poll": POLL, "claim_idle": 60, "keepalive": 0.1}
+    # claim_idle is far longer than the test: only the hand-over can move the watches, and
+    # only b's first takeover pass, at its start (the next one is a minute away).
+    options = {"handler": handler, "poll": POLL, "claim_idle": 60}
     async with zoo:
         a, b = durable(redis_client, consumer="a"), durable(redis_client, consumer="b")
-        async with a.run(zoo, **options) as first:
-            await a.submit_many(zoo.async_operation(op.id) for op in ops)
-            await until(lambda: _count(first.in_flight, 20), 30)
+        with anyio.CancelScope() as scope:  # a service stopped by cancellation, as most are
+            async with a.run(zoo, keepalive=0.1, **options) as first:
+                await a.submit_many(zoo.async_operation(op.id) for op in ops)
+                await until(lambda: _count(first.in_flight, 20), 30)
+                if stop == "cancelled":
+                    scope.cancel()
+                    await anyio.sleep_forever()
         assert (await a.status()).in_flight == {"a": 20}
-        async with b.run(zoo, **options) as second:
+        consumers = await redis_client.xinfo_consumers("async_jobs:watches", "async_jobs")
+        assert [c["name"] for c in consumers] == [b"a"]  # it still holds entries: kept
+        async with b.run(zoo, keepalive=59, **options) as second:
             await until(lambda: _count(second.handled, 20), 30)
     assert dict(handled) == {op.id: 1 for op in ops}
     assert second.claimed == 20 and (await b.status()).in_flight == {}
