@@ -149,6 +149,7 @@ async def test_entries_whose_read_reply_was_lost_are_read_again(
     before the reply arrived. Without client retries the read loop sees the error; with them
     (redis-py's default) the client sent XREADGROUP again and the worker saw nothing. Either
     way the entries are read again long before ``claim_idle`` would have them taken over."""
+    first = server.zoo.add_operation(timeline=[("in_progress", 600.0), ("completed", None)])
     ops = [server.zoo.add_operation(timeline=[("completed", None)]) for _ in range(3)]
     handled: Counter[str] = Counter()
 
@@ -163,21 +164,26 @@ async def test_entries_whose_read_reply_was_lost_are_read_again(
     # Without retries only the read loop's own re-read can find them in time (the
     # keepalive is slower than the test's bound); with retries only the keepalive can.
     keepalive = 0.2 if client_retries else NEVER - 1
+    submitter = durable(redis_client)
     async with zoo, RedisProxy(redis_server) as proxy:
         options = {} if client_retries else no_retries()
         redis = redis_module().Redis(host=proxy.host, port=proxy.port, socket_timeout=10, **options)
-        proxy.on_reply = drop_first_delivery
         dw = durable(redis)
         options = {"handler": handler, "poll": POLL, "claim_idle": NEVER, "keepalive": keepalive}
         async with dw.run(zoo, **options) as worker:
-            await dw.ensure_group()
-            await durable(redis_client).submit_many(zoo.async_operation(op.id) for op in ops)
+            # A watch held all along: the re-read returns it first, then the lost ones.
+            await submitter.submit(zoo.async_operation(first.id))
+            await until(partial(reached, lambda: worker.in_flight, 1), 30)
+            proxy.on_reply = drop_first_delivery
+            await submitter.submit_many(zoo.async_operation(op.id) for op in ops)
             await until(partial(reached, lambda: worker.handled, 3), 30)
+            server.clock.advance(600)
+            await until(partial(reached, lambda: worker.handled, 4), 30)
         await redis.aclose()
     assert proxy.dropped == 1
-    assert dict(handled) == {op.id: 1 for op in ops}
+    assert dict(handled) == {op.id: 1 for op in [first, *ops]}
     assert (worker.claimed, worker.duplicates) == (0, 0)
-    assert (await durable(redis_client).status()).pending == 0
+    assert (await submitter.status()).pending == 0
 
 
 @pytest.mark.parametrize("loss", ["stream deleted", "restarted empty"])

@@ -8,6 +8,7 @@ import logging
 import shutil
 import subprocess
 import sys
+import uuid
 from collections import Counter
 from functools import partial
 from pathlib import Path
@@ -171,6 +172,7 @@ async def test_failing_handler_is_retried_then_dead_lettered(
         await dw.submit(zoo.async_operation(broken.id), {"n": 2})
         async with dw.run(zoo, handler=handler, poll=POLL, retry=QUICK_RETRY) as worker:
             await until(lambda: _count(worker.handled + worker.dead_lettered, 2), 30)
+    assert (worker.handled, worker.dead_lettered) == (1, 1)
     assert calls == {flaky.id: 3, broken.id: 3}
     assert min(unacked_while_failing) >= 1  # nothing acked before its handler succeeded
     assert [r["id"] for r in await results(redis_client)] == [flaky.id]
@@ -196,12 +198,14 @@ async def test_job_that_cannot_be_fetched_is_dead_lettered(
         raise AssertionError("never terminal")
 
     async with zoo:
-        await dw.submit(zoo.async_operation("no-such-operation"))
+        await dw.submit(zoo.async_operation(str(uuid.uuid4())))  # no such operation
         async with dw.run(zoo, handler=handler, poll=POLL, retry=QUICK_RETRY) as worker:
             await until(lambda: _count(worker.dead_lettered, 1), 30)
     ((_, dead),) = await redis_client.xrange("async_jobs:dead")
     assert dead[b"error"].startswith(b"watch failed: NotFoundError")
     assert dead[b"job"] == b""
+    assert dead[b"attempts"] == b"3"  # QUICK_RETRY.max_attempts
+    assert worker.dead_lettered == 1
 
 
 async def test_unreadable_entries_are_dead_lettered(
@@ -210,19 +214,28 @@ async def test_unreadable_entries_are_dead_lettered(
     dw = durable(redis_client)
     zoo, mf = clients(server)
     project_job = server.metafold.add_job("p", timeline=[("success", None)])
+    op = server.zoo.add_operation(timeline=[("completed", None)])
+    handled: list[str] = []
     async with zoo, mf:
         await redis_client.xadd("async_jobs:watches", {"key": "x", "context": "{}"})
         await dw.submit(mf.job(project_job.id, project_id="p"))  # no Metafold client below
+        await dw.submit(zoo.async_operation(op.id))  # in the same batch, after them
 
         async def handler(job: Any, context: dict[str, Any]) -> None:
-            raise AssertionError("nothing to handle")
+            handled.append(job.id)
 
-        async with dw.run(zoo, handler=handler, poll=POLL) as worker:
-            await until(lambda: _count(worker.dead_lettered, 2), 30)
-    errors = sorted(f[b"error"].decode() for _, f in await redis_client.xrange("async_jobs:dead"))
-    assert errors[0].startswith("cannot watch metafold.job:p/")
-    assert "none of the given clients serves 'metafold.job'" in errors[0]
-    assert errors[1] == "unreadable entry: no watch, key or token"
+        options = {"handler": handler, "poll": POLL, "claim_idle": 60, "keepalive": 59}
+        async with dw.run(zoo, **options) as worker:
+            await until(lambda: _count(worker.dead_lettered + worker.handled, 3), 30)
+    assert handled == [op.id] and worker.dead_lettered == 2
+    dead = sorted(
+        (f[b"error"].decode(), f[b"attempts"])
+        for _, f in await redis_client.xrange("async_jobs:dead")
+    )
+    assert dead[0][0].startswith("cannot watch metafold.job:p/")
+    assert "none of the given clients serves 'metafold.job'" in dead[0][0]
+    assert dead[1][0] == "unreadable entry: no watch, key or token"
+    assert [attempts for _, attempts in dead] == [b"1", b"1"]  # no retry can help
     assert (await dw.status()).pending == 0
 
 
@@ -298,6 +311,13 @@ async def test_duplicate_entry_for_a_watched_job_is_dropped(
 
     zoo, _ = clients(server)
     async with zoo:
+        # An entry of a watch that ended already (its job handled), read in the same batch
+        # before the others.
+        done = zoo.async_operation(server.zoo.add_operation(timeline=[("completed", None)]).id)
+        await redis_client.xadd(
+            "async_jobs:watches",
+            {"v": "1", "watch": "ended", "key": done.key, "token": done.to_token()},
+        )
         ref = zoo.async_operation(op.id)
         await dw.submit(ref)
         # The loser of a race between two submits, not deleted yet by its submitter.
@@ -305,11 +325,14 @@ async def test_duplicate_entry_for_a_watched_job_is_dropped(
             "async_jobs:watches",
             {"v": "1", "watch": "other", "key": ref.key, "token": ref.to_token()},
         )
-        async with dw.run(zoo, handler=handler, poll=POLL) as worker:
+        # No keepalive pass in the test's time: the first read must do it all.
+        options = {"handler": handler, "poll": POLL, "claim_idle": 60, "keepalive": 59}
+        async with dw.run(zoo, **options) as worker:
             await until(lambda: _count(worker.handled + worker.duplicates, 2), 30)
         assert (worker.handled, worker.duplicates) == (1, 1)
     assert handled == [op.id]
     assert await redis_client.xlen("async_jobs:watches") == 0
+    assert (await dw.status()).in_flight == {}  # dropped entries are acknowledged too
 
 
 async def test_redis_outage_is_waited_out_and_the_password_never_logged(
