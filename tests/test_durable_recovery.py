@@ -108,12 +108,14 @@ async def test_a_write_between_watch_and_exec_makes_the_settle_look_again(
         first = await dw.submit(ref, {"n": 1})
         second = ""
         settling: list[bytes] = []
+        during: list[tuple[int, int]] = []
 
         async def between_watch_and_exec(commands: bytes, reply: bytes) -> bool:
             nonlocal second
             # The first handler call returned: the next MGET is its settle's, under WATCH.
             if handler.gates[0].is_set() and not settling and sent(commands, "MGET", key):
                 settling.append(reply)
+                during.append((worker.handled, worker.in_flight))  # not settled yet
                 # The settle read the first watch; before its EXEC, that watch ends
                 # elsewhere and the job is submitted again.
                 await redis_client.delete(key)
@@ -127,6 +129,7 @@ async def test_a_write_between_watch_and_exec_makes_the_settle_look_again(
             handler.gates[0].set()
             await until(partial(reached, lambda: worker.handled, 1), 30)
             assert len(settling) == 1 and first.encode() in settling[0]
+            assert during == [(0, 1)]
             # The EXEC failed and the settle looked again: the newer watch lives on, and
             # the first watch's result was recorded once.
             assert await redis_client.get(key) == second.encode()
@@ -399,3 +402,68 @@ async def test_a_worker_with_one_free_slot_takes_over(
         async with dw.run(zoo, handler=handler, poll=POLL, prefetch=1, claim_idle=0.3) as w:
             await until(partial(reached, lambda: w.handled, 1), 30)
     assert handled == [op.id] and w.claimed == 1
+
+
+async def test_a_deleted_entry_left_pending_is_acknowledged(
+    server: FakeApiServer, redis_client: Any
+) -> None:
+    """An entry deleted from the stream while a dead consumer held it: the worker that takes
+    it over (Redis 6.2 returns it as a nil, without its id; 7 drops it from the pending list
+    itself) finds no fields, and acknowledges it so that it leaves the pending list."""
+    op = server.zoo.add_operation(timeline=[("completed", None)])
+    handled: list[str] = []
+
+    async def handler(job: Any, context: dict[str, Any]) -> None:
+        handled.append(job.id)
+
+    dw = durable(redis_client)
+    zoo, _ = clients(server)
+    async with zoo:
+        await dw.submit_many([zoo.async_operation(op.id)])
+        await redis_client.xreadgroup("async_jobs", "ghost", {"async_jobs:watches": ">"})
+        ((entry, _),) = await redis_client.xrange("async_jobs:watches")
+        await redis_client.xdel("async_jobs:watches", entry)
+
+        async def acknowledged() -> bool:
+            summary = await redis_client.xpending("async_jobs:watches", "async_jobs")
+            return bool(summary["pending"] == 0)
+
+        async with dw.run(zoo, handler=handler, poll=POLL, claim_idle=0.2) as worker:
+            await until(acknowledged, 30)
+    assert handled == [] and worker.handled + worker.dead_lettered == 0
+
+
+async def test_a_settle_whose_connection_drops_is_retried(
+    server: FakeApiServer,
+    redis_server: RedisServer,
+    redis_client: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The connection drops at the settle's first command (its WATCH): the settle waits the
+    trouble out and runs again; the watch ends once."""
+    op = server.zoo.add_operation(timeline=[("completed", None)])
+    handled: list[str] = []
+
+    async def handler(job: Any, context: dict[str, Any]) -> None:
+        handled.append(job.id)
+
+    async def drop_first_settle(commands: bytes, reply: bytes) -> bool:
+        return not (sent(commands, "WATCH") and proxy.dropped == 0)
+
+    caplog.set_level(logging.DEBUG, logger="async_jobs")
+    zoo, _ = clients(server)
+    async with zoo, RedisProxy(redis_server) as proxy:
+        redis = redis_module().Redis(
+            host=proxy.host, port=proxy.port, socket_timeout=10, **no_retries()
+        )
+        proxy.on_reply = drop_first_settle
+        dw = durable(redis)
+        async with dw.run(zoo, handler=handler, poll=POLL, claim_idle=NEVER) as worker:
+            await dw.submit(zoo.async_operation(op.id))
+            await until(partial(reached, lambda: worker.handled, 1), 30)
+        await redis.aclose()
+    assert proxy.dropped == 1 and handled == [op.id]
+    assert "redis trouble while acknowledging handled watches" in caplog.text
+    assert [r["id"] for r in await records(redis_client)] == [op.id]
+    assert await redis_client.keys("async_jobs:watches:job:*") == []
+    assert (await durable(redis_client).status()).pending == 0

@@ -555,18 +555,22 @@ class DurableWorker:
             return await self._tg.__aexit__(exc_type, exc, tb)
         finally:
             self._tg = None
-            await self._watcher.__aexit__(None, None, None)
             held, self._held = list(self._held), {}
+            # First, and shielded: a worker is usually stopped by cancellation (its service
+            # shutting down), which would end the Watcher's exit, and what follows, early.
             with anyio.move_on_after(2.0, shield=True):
                 await self._hand_over(held)
                 await self._forget_consumer()
-            unregister_secret(self._secret)
-            logger.info(
-                "durable worker %s stopped (%d handled, %d handed over)",
-                self.consumer,
-                self.handled,
-                len(held),
-            )
+            try:
+                await self._watcher.__aexit__(None, None, None)
+            finally:
+                unregister_secret(self._secret)
+                logger.info(
+                    "durable worker %s stopped (%d handled, %d handed over)",
+                    self.consumer,
+                    self.handled,
+                    len(held),
+                )
 
     async def _hand_over(self, entry_ids: Sequence[str]) -> None:
         """Mark the entries this worker still holds as idle for ``claim_idle`` already
@@ -680,7 +684,10 @@ class DurableWorker:
                         start_id=start,
                         count=min(room, 100),
                     )
-                    claimed = [(_str(i), _fields(raw)) for i, raw in reply[1]]
+                    # Redis 6.2 claims an entry deleted while pending as a nil, without its
+                    # id: it is this consumer's now, and the next re-read of its own pending
+                    # entries (the keepalive sees it) acknowledges it.
+                    claimed = [(_str(i), _fields(raw)) for i, raw in reply[1] if i is not None]
                     fresh = sum(1 for entry_id, _ in claimed if entry_id not in self._held)
                     if fresh:
                         self.claimed += fresh
