@@ -182,6 +182,13 @@ async def test_entries_whose_read_reply_was_lost_are_read_again(
             await until(partial(reached, lambda: worker.handled, 3), 30)
             server.clock.advance(600)
             await until(partial(reached, lambda: worker.handled, 4), 30)
+            # Back to waiting on new entries: one read per ``block`` (1 s) at most.
+            await redis_client.config_resetstat()
+            started = time.monotonic()
+            await anyio.sleep(0.5)
+            stats = await redis_client.info("commandstats")
+            reads = int(stats.get("cmdstat_xreadgroup", {}).get("calls", 0))
+            assert reads <= time.monotonic() - started + 2
         await redis.aclose()
     assert proxy.dropped == 1
     assert dict(handled) == {op.id: 1 for op in [first, *ops]}
