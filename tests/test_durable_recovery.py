@@ -268,10 +268,11 @@ async def test_results_and_dead_letters_are_trimmed_to_their_maxlen(
 async def test_a_submit_that_loses_the_race_for_its_job(
     server: FakeApiServer, redis_server: RedisServer, redis_client: Any, winner: str
 ) -> None:
-    """Instance A checks that the job has no watch; before its SET NX, instance B watches
-    the job. A's entry must go (read by a worker meanwhile or not) and A returns B's watch,
-    or, if B's watch ended before A looked again, a fresh watch of A's own."""
-    op = server.zoo.add_operation(timeline=[("completed", None)])
+    """Instance A submits two jobs; it checks that the second has no watch and, before its
+    SET NX, instance B watches that job. A's entry for it must go (read by a worker
+    meanwhile or not), A's first watch stays, and A returns B's watch for the second, or, if
+    B's watch ended before A looked again, a fresh watch of A's own."""
+    free, op = (server.zoo.add_operation(timeline=[("completed", None)]) for _ in range(2))
     zoo, _ = clients(server)
     b = durable(redis_client)
     await b.ensure_group()
@@ -284,7 +285,7 @@ async def test_a_submit_that_loses_the_race_for_its_job(
             won.append(await b.submit(ref))
         elif len(won) == 1 and sent(commands, "EXEC") and sent(commands, "SET", key):
             won.append("lost")
-            # A worker reads both entries before A deletes its own.
+            # A worker reads every entry before A deletes its loser.
             await redis_client.xreadgroup("async_jobs", "w", {"async_jobs:watches": ">"})
             if winner == "ended meanwhile":  # as the worker that held B's watch settles it
                 (entry,) = [
@@ -301,19 +302,21 @@ async def test_a_submit_that_loses_the_race_for_its_job(
         redis = redis_module().Redis(host=proxy.host, port=proxy.port, socket_timeout=10)
         proxy.on_reply = race
         with anyio.fail_after(30):
-            watch = await durable(redis).submit(ref)
+            mine, watch = await durable(redis).submit_many([zoo.async_operation(free.id), ref])
         await redis.aclose()
     assert won[1] == "lost"
     entries = await redis_client.xrange("async_jobs:watches")
-    assert [f[b"watch"].decode() for _, f in entries] == [watch]
+    by_key = {f[b"key"].decode(): f[b"watch"].decode() for _, f in entries}
+    assert len(entries) == 2 and by_key == {f"zoo.async_operation:{free.id}": mine, ref.key: watch}
     assert await redis_client.get(key) == watch.encode()
     pending = await redis_client.xpending_range("async_jobs:watches", "async_jobs", "-", "+", 10)
+    held = {p["message_id"] for p in pending}
     if winner == "lives on":
         assert watch == won[0]
-        assert [p["message_id"] for p in pending] == [entries[0][0]]  # only B's is held
+        assert held == {e for e, _ in entries}  # the worker holds A's first and B's
     else:
         assert watch != won[0]
-        assert pending == []
+        assert held == {e for e, f in entries if f[b"watch"] == mine.encode()}
 
 
 async def test_a_submit_cut_off_between_set_and_xadd_makes_one_watch(
