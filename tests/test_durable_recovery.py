@@ -481,3 +481,35 @@ async def test_a_settle_whose_connection_drops_is_retried(
     assert [r["id"] for r in await records(redis_client)] == [op.id]
     assert await redis_client.keys("async_jobs:watches:job:*") == []
     assert (await durable(redis_client).status()).pending == 0
+
+
+async def test_a_worker_holding_more_than_a_page_keeps_them_all(
+    server: FakeApiServer, redis_client: Any
+) -> None:
+    """The keepalive reads this worker's pending list 1,000 entries a page: with 1,001 held,
+    every pass must see the last one too, or the worker would think it taken over."""
+    ops = [
+        server.zoo.add_operation(timeline=[("in_progress", 600.0), ("completed", None)])
+        for _ in range(1001)
+    ]
+
+    async def handler(job: Any, context: dict[str, Any]) -> None:
+        raise AssertionError("nothing ends")
+
+    async def passes() -> int:
+        stats = await redis_client.info("commandstats")
+        return int(stats.get("cmdstat_xpending", {}).get("calls", 0))
+
+    dw = durable(redis_client)
+    zoo, _ = clients(server)
+    async with zoo, dw.run(zoo, handler=handler, poll=POLL, claim_idle=NEVER, keepalive=0.05) as w:
+        await dw.submit_many(zoo.async_operation(op.id) for op in ops)
+        await until(partial(reached, lambda: w.in_flight, 1001), 30)
+        await redis_client.config_resetstat()
+        await until(lambda: _more(passes, 6), 30)  # 3 passes of 2 pages at least
+        assert (w.in_flight, w.lost) == (1001, 0)
+    assert (await dw.status()).in_flight == {w.consumer: 1001}
+
+
+async def _more(value: Any, target: int) -> bool:
+    return bool(await value() >= target)

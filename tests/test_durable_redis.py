@@ -313,11 +313,13 @@ async def test_duplicate_entry_for_a_watched_job_is_dropped(
     async with zoo:
         # An entry of a watch that ended already (its job handled), read in the same batch
         # before the others.
-        done = zoo.async_operation(server.zoo.add_operation(timeline=[("completed", None)]).id)
-        await redis_client.xadd(
-            "async_jobs:watches",
-            {"v": "1", "watch": "ended", "key": done.key, "token": done.to_token()},
-        )
+        for _ in range(2):
+            done = server.zoo.add_operation(timeline=[("completed", None)])
+            gone = zoo.async_operation(done.id)
+            await redis_client.xadd(
+                "async_jobs:watches",
+                {"v": "1", "watch": "ended", "key": gone.key, "token": gone.to_token()},
+            )
         ref = zoo.async_operation(op.id)
         await dw.submit(ref)
         # The loser of a race between two submits, not deleted yet by its submitter.
