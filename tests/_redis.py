@@ -4,15 +4,18 @@ jobs on FakeApiServer with their known outcome, and the report lines the run pri
 from __future__ import annotations
 
 import random
+import shutil
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 
 import anyio
 import pytest
+from anyio.abc import SocketAttribute, SocketStream, TaskGroup
 
 import async_jobs as aj
-from async_jobs.testing import FakeApiServer
+from async_jobs.testing import FakeApiServer, RedisServer
 
 from .conftest import FAST_RETRY, TOKEN
 
@@ -141,3 +144,109 @@ def server_truth(server: FakeApiServer, script: Script) -> dict[str, str]:
             state = server.metafold.state(ids[0], ids[1])
             truth[ids[1]] = METAFOLD_FINALS.get(state, "not terminal")
     return truth
+
+
+def restart_empty(server: RedisServer) -> None:
+    """Restart ``server`` with its data lost, as one without persistence would come back."""
+    server.stop()
+    for path in server.dir.glob("appendonly*"):
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    server.start()
+
+
+#: ``await hook(commands, reply)``: called with the commands a connection sent since its last
+#: reply and the first bytes of the reply, before they are forwarded; False drops the connection.
+ReplyHook = Callable[[bytes, bytes], Awaitable[bool]]
+
+
+def sent(commands: bytes, name: str, *args: str) -> bool:
+    """Whether ``commands`` (RESP as sent by redis-py) hold command ``name`` with ``args``."""
+    words = [name.upper(), *args]
+    return b"".join(b"$%d\r\n%s\r\n" % (len(w), w.encode()) for w in words) in commands
+
+
+class RedisProxy:
+    """A TCP proxy in front of a real redis-server, so that a test can act at an exact point
+    of the protocol: between a command and its reply (write a key from another connection,
+    or drop the connection so the client never sees a reply the server did send). Every
+    byte goes to and comes from the real server; only the timing is the test's."""
+
+    def __init__(self, server: RedisServer) -> None:
+        self.target = (server.host, server.port)
+        self.host = "127.0.0.1"
+        self.port = 0
+        self.on_reply: ReplyHook | None = None
+        #: Connections dropped by :attr:`on_reply` or :attr:`cut_before`.
+        self.dropped = 0
+        #: Bytes: the next time a client sends them, only what comes before reaches the
+        #: server and the connection drops there (once; then back to None).
+        self.cut_before: bytes | None = None
+        self._tg: TaskGroup | None = None
+        self._listener: Any = None
+
+    async def __aenter__(self) -> RedisProxy:
+        self._listener = await anyio.create_tcp_listener(local_host=self.host, local_port=0)
+        self.port = self._listener.extra(SocketAttribute.local_port)
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        self._tg.start_soon(self._listener.serve, self._serve)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._tg is not None
+        self._tg.cancel_scope.cancel()
+        try:
+            await self._tg.__aexit__(None, None, None)
+        finally:
+            await self._listener.aclose()
+
+    async def _serve(self, client: SocketStream) -> None:
+        closed = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
+        async with client, anyio.create_task_group() as tg:
+            try:
+                upstream = await anyio.connect_tcp(*self.target)
+            except OSError:
+                return  # the server is down: so is this connection
+            commands = bytearray()
+
+            async def up() -> None:
+                try:
+                    async for chunk in client:
+                        cut = self.cut_before
+                        if cut is not None and cut in chunk:
+                            self.cut_before = None
+                            self.dropped += 1
+                            await upstream.send(chunk[: chunk.index(cut)])
+                            break
+                        commands.extend(chunk)
+                        await upstream.send(chunk)
+                except closed:
+                    pass
+                tg.cancel_scope.cancel()
+
+            async def down() -> None:
+                try:
+                    async for chunk in upstream:
+                        asked = bytes(commands)
+                        commands.clear()
+                        hook = self.on_reply
+                        if asked and hook is not None and not await hook(asked, chunk):
+                            self.dropped += 1
+                            break
+                        await client.send(chunk)
+                except closed:
+                    pass
+                tg.cancel_scope.cancel()
+
+            async with upstream:
+                tg.start_soon(up)
+                tg.start_soon(down)
+                await anyio.sleep_forever()

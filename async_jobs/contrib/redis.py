@@ -44,11 +44,12 @@ API; the results stream also carries the ref's ``key``, unique across APIs).
 A live worker keeps its entries from being taken over: every ``keepalive`` seconds it claims
 the entries it still owns again (``XCLAIM ... JUSTID``), which resets their idle time; only
 entries idle for ``claim_idle`` seconds, those of a dead or stalled worker, are taken over
-with ``XAUTOCLAIM``. An entry found taken over is dropped by its former holder. A worker
-that stops cleanly marks the entries it still holds as idle (``XCLAIM ... IDLE``), so the
-others take them over at their next pass. Lost Redis
-connections (a restart, a failover) are retried with backoff in every loop; nothing is acked
-before the handler succeeded.
+with ``XAUTOCLAIM``. An entry found taken over is dropped by its former holder; one found
+delivered to this worker but never received (a reply lost with its connection, the command
+retried by the client) is read again. A worker that stops cleanly marks the entries it still
+holds as idle (``XCLAIM ... IDLE``), so the others take them over at their next pass. Lost
+Redis connections (a restart, a failover) are retried with backoff in every loop; nothing is
+acked before the handler succeeded.
 """
 
 from __future__ import annotations
@@ -493,6 +494,7 @@ class DurableWorker:
         self._watcher: Watcher[Any] | None = None
         self._tg: TaskGroup | None = None
         self._secret: str | None = None
+        self._reread = False  # set by the keepalive loop: read own pending entries again
 
     @property
     def consumer(self) -> str:
@@ -553,18 +555,22 @@ class DurableWorker:
             return await self._tg.__aexit__(exc_type, exc, tb)
         finally:
             self._tg = None
-            await self._watcher.__aexit__(None, None, None)
             held, self._held = list(self._held), {}
+            # First, and shielded: a worker is usually stopped by cancellation (its service
+            # shutting down), which would end the Watcher's exit, and what follows, early.
             with anyio.move_on_after(2.0, shield=True):
                 await self._hand_over(held)
                 await self._forget_consumer()
-            unregister_secret(self._secret)
-            logger.info(
-                "durable worker %s stopped (%d handled, %d handed over)",
-                self.consumer,
-                self.handled,
-                len(held),
-            )
+            try:
+                await self._watcher.__aexit__(None, None, None)
+            finally:
+                unregister_secret(self._secret)
+                logger.info(
+                    "durable worker %s stopped (%d handled, %d handed over)",
+                    self.consumer,
+                    self.handled,
+                    len(held),
+                )
 
     async def _hand_over(self, entry_ids: Sequence[str]) -> None:
         """Mark the entries this worker still holds as idle for ``claim_idle`` already
@@ -630,6 +636,8 @@ class DurableWorker:
         cursor = "0"
         while True:
             await self._wait_for_room()
+            if self._reread:
+                self._reread, cursor = False, "0"
             count = min(100, self._room_left())
             try:
                 await watches.ensure_group()
@@ -676,7 +684,10 @@ class DurableWorker:
                         start_id=start,
                         count=min(room, 100),
                     )
-                    claimed = [(_str(i), _fields(raw)) for i, raw in reply[1]]
+                    # Redis 6.2 claims an entry deleted while pending as a nil, without its
+                    # id: it is this consumer's now, and the next re-read of its own pending
+                    # entries (the keepalive sees it) acknowledges it.
+                    claimed = [(_str(i), _fields(raw)) for i, raw in reply[1] if i is not None]
                     fresh = sum(1 for entry_id, _ in claimed if entry_id not in self._held)
                     if fresh:
                         self.claimed += fresh
@@ -691,18 +702,27 @@ class DurableWorker:
 
     async def _keepalive_loop(self) -> None:
         """Reset the idle time of the entries this worker still owns (``XCLAIM JUSTID``), so
-        no live worker's entry is taken over; drop the ones another worker took over."""
+        no live worker's entry is taken over; drop the ones another worker took over; have
+        the read loop read its own pending entries again when some are owned but not held."""
         backoff = _Backoff(self.watches, "refreshing held watches")
+        orphan_ms = int(self.keepalive * 1000)
         while True:
             await anyio.sleep(self.keepalive)
-            if not self._held:
-                continue
             snapshot = dict(self._held)
             try:
                 mine = await self._own_pending()
                 for entry_id, held in snapshot.items():
                     if entry_id not in mine and not held.settling:
                         self._lose(held)
+                if any(
+                    idle >= orphan_ms and entry_id not in self._held
+                    for entry_id, idle in mine.items()
+                ):
+                    # Delivered to this consumer but never received: a reply lost with its
+                    # connection, the command then retried by the client (redis-py does by
+                    # default), so the read loop saw no error. Read them again now rather
+                    # than after ``claim_idle``.
+                    self._reread = True
                 ids = [entry_id for entry_id in snapshot if entry_id in mine]
                 for start in range(0, len(ids), 1000):
                     await self.redis.xclaim(
@@ -717,9 +737,10 @@ class DurableWorker:
             except Exception as exc:
                 await backoff.trouble(exc)
 
-    async def _own_pending(self) -> set[str]:
-        """Ids of every entry the group's pending list attributes to this consumer."""
-        ids: set[str] = set()
+    async def _own_pending(self) -> dict[str, int]:
+        """Every entry the group's pending list attributes to this consumer: its id and how
+        long ago (ms) it was delivered or last claimed."""
+        ids: dict[str, int] = {}
         start = "-"
         while True:
             page = await self.redis.xpending_range(
@@ -730,7 +751,9 @@ class DurableWorker:
                 count=1000,
                 consumername=self.consumer,
             )
-            ids.update(_str(item["message_id"]) for item in page)
+            ids.update(
+                (_str(item["message_id"]), int(item["time_since_delivered"])) for item in page
+            )
             if len(page) < 1000:
                 return ids
             start = "(" + _str(page[-1]["message_id"])
