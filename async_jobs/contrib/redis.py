@@ -32,7 +32,8 @@ What lives in Redis (names are options of :class:`DurableWatches`):
   handled job: ``key``, ``id``, ``state``, ``job`` (the terminal job as JSON), ``context``,
   ``watch``, ``entry``, ``consumer``, ``handled_at``.
 - the dead-letter stream (``async_jobs:dead``): watches given up after ``retry.max_attempts``
-  tries (a handler that keeps raising, a job whose GET keeps failing, an unreadable entry):
+  tries (a handler that keeps raising, a job whose GET ends its wait with 400/401/403/404 on
+  every try; an unreadable entry at once; a 429, 5xx or lost connection only costs a poll):
   ``key``, ``token``, ``context``, ``error``, ``attempts``, ``watch``, ``entry``,
   ``consumer``, ``failed_at`` and ``job`` (the terminal job as JSON, or empty).
 
@@ -331,8 +332,8 @@ class DurableWatches:
         most this many watches held at once (the rest stay for other workers). ``claim_idle``:
         seconds after which a dead worker's entries are taken over (``XAUTOCLAIM``);
         ``keepalive`` (default ``claim_idle / 4``): how often this worker refreshes its own.
-        ``retry``: tries and backoff of a failing handler (or a job whose GET keeps failing)
-        before the watch goes to the dead-letter stream. ``block``: seconds one
+        ``retry``: tries and backoff of a failing handler (or of a watch whose GET answers
+        400/401/403/404) before the watch goes to the dead-letter stream. ``block``: seconds one
         ``XREADGROUP`` waits for new entries (keep the connection's ``socket_timeout`` above
         it). Leaving the block stops the worker and hands the watches it held over to the
         others.
