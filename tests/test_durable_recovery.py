@@ -24,6 +24,7 @@ pytestmark = pytest.mark.anyio
 POLL = aj.PollPolicy(initial=0.05, multiplier=1.5, maximum=0.2, jitter=0.2)
 #: Long enough that no test here can pass through a takeover or a keepalive by accident.
 NEVER = 60.0
+STREAM, GROUP = "async_jobs:watches", "async_jobs"
 
 
 def durable(redis: Any, **options: Any) -> Any:
@@ -369,7 +370,10 @@ async def test_an_idle_worker_waits_on_redis_instead_of_polling_it(
 
     assert 1 <= calls("xreadgroup") <= elapsed / 0.2 + 2
     assert calls("xautoclaim") <= elapsed / 0.1 + 2
-    assert calls("xpending") <= elapsed / 0.1 + 2
+    # A keepalive pass: one XPENDING of this consumer's list, then one per held entry (here 1)
+    # in the script that refreshes only the entries still its own.
+    assert calls("evalsha") <= elapsed / 0.1 + 2
+    assert calls("xpending") <= 2 * (elapsed / 0.1 + 2)
 
 
 async def test_an_entry_taken_over_is_dropped_by_its_former_holder(
@@ -397,6 +401,43 @@ async def test_an_entry_taken_over_is_dropped_by_its_former_holder(
             await until(partial(reached, lambda: second.handled, 1), 30)
     assert handled == [op.id]
     assert (first.handled, first.lost, second.handled, second.claimed) == (0, 1, 1, 0)
+
+
+async def test_a_keepalive_never_takes_back_an_entry_claimed_during_its_pass(
+    server: FakeApiServer, redis_server: RedisServer, redis_client: Any
+) -> None:
+    """Another worker claims an entry between this worker's XPENDING and its refresh: the
+    refresh leaves it to its new owner (a plain XCLAIM would take it back, and both workers
+    would go on watching and handling the job)."""
+    op = server.zoo.add_operation(timeline=[("in_progress", 600.0), ("completed", None)])
+    handled: list[str] = []
+
+    async def handler(job: Any, context: dict[str, Any]) -> None:
+        handled.append(job.id)
+
+    zoo, _ = clients(server)
+    async with zoo, RedisProxy(redis_server) as proxy:
+        redis = redis_module().Redis(host=proxy.host, port=proxy.port, socket_timeout=10)
+        a = durable(redis, consumer="a")
+        taken: list[bytes] = []
+
+        async def claim_during_the_pass(commands: bytes, reply: bytes) -> bool:
+            if not taken and first.in_flight == 1 and sent(commands, "XPENDING", STREAM, GROUP):
+                ((entry, _),) = await redis_client.xrange(STREAM)
+                await redis_client.xclaim(STREAM, GROUP, "b", 0, [entry], justid=True)
+                taken.append(entry)
+            return True
+
+        options = {"handler": handler, "poll": POLL, "claim_idle": NEVER}
+        async with a.run(zoo, keepalive=0.05, **options) as first:
+            await a.submit(zoo.async_operation(op.id))
+            await until(partial(reached, lambda: first.in_flight, 1), 30)
+            proxy.on_reply = claim_during_the_pass
+            await until(partial(reached, lambda: first.lost, 1), 30)
+            owners = await redis_client.xpending_range(STREAM, GROUP, min="-", max="+", count=10)
+        await redis.aclose()
+    assert [(o["message_id"], o["consumer"]) for o in owners] == [(taken[0], b"b")]
+    assert first.in_flight == 0 and handled == []
 
 
 async def test_a_worker_with_one_free_slot_takes_over(

@@ -91,6 +91,21 @@ Handler = Callable[[Any, dict[str, Any]], Awaitable[object]]
 MAX_CONTEXT_BYTES = 64 * 1024
 #: Default handler retry schedule: 5 tries, 1 s, 2 s, 4 s, ... (full jitter) up to 60 s.
 DEFAULT_RETRY = RetryPolicy(max_attempts=5, initial=1.0, multiplier=2.0, maximum=60.0)
+#: Reset the idle time of the given entries that the pending list still gives to ARGV[2]
+#: (``XCLAIM JUSTID``), atomically: a plain XPENDING then XCLAIM would take back an entry that
+#: another worker claimed in between (both workers would then handle it).
+REFRESH_OWN_SCRIPT = """
+local kept = {}
+for i = 3, #ARGV do
+  local entry = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)[1]
+  if entry and entry[2] == ARGV[2] then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    kept[#kept + 1] = ARGV[i]
+  end
+end
+return kept
+"""
+
 #: How the worker loops back off while Redis is unreachable.
 REDIS_BACKOFF = PollPolicy(initial=0.1, multiplier=2.0, maximum=5.0, jitter=0.2)
 #: Redis errors a worker waits out (a restart, a failover, a dropped connection).
@@ -496,6 +511,7 @@ class DurableWorker:
         self._tg: TaskGroup | None = None
         self._secret: str | None = None
         self._reread = False  # set by the keepalive loop: read own pending entries again
+        self._refresh_own = watches.redis.register_script(REFRESH_OWN_SCRIPT)
 
     @property
     def consumer(self) -> str:
@@ -726,13 +742,9 @@ class DurableWorker:
                     self._reread = True
                 ids = [entry_id for entry_id in snapshot if entry_id in mine]
                 for start in range(0, len(ids), 1000):
-                    await self.redis.xclaim(
-                        self.watches.stream,
-                        self.watches.group,
-                        self.consumer,
-                        min_idle_time=0,
-                        message_ids=list[Any](ids[start : start + 1000]),
-                        justid=True,
+                    await self._refresh_own(
+                        keys=[self.watches.stream],
+                        args=[self.watches.group, self.consumer, *ids[start : start + 1000]],
                     )
                 backoff.ok()
             except Exception as exc:
