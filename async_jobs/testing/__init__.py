@@ -3,7 +3,7 @@ supported APIs with scripted job lifecycles and injectable faults."""
 
 from ._clock import FakeClock
 from ._conversions import FakeConversion, FakeConversions
-from ._faults import Fault, FaultKind, Overload
+from ._faults import Fault, FaultKind
 from ._metafold import FakeMetafold, FakeMetafoldJob, FakeMetafoldWorkflow
 from ._redis_server import RedisServer, RedisServerNotFound
 from ._server import FakeApiServer, RecordedRequest
@@ -21,7 +21,6 @@ __all__ = [
     "FakeZoo",
     "Fault",
     "FaultKind",
-    "Overload",
     "RecordedRequest",
     "RedisServer",
     "RedisServerNotFound",

@@ -1,5 +1,4 @@
-"""Fault injection for the fake server: errors, latency, broken bodies, dropped connections;
-and load shedding (503 with Retry-After), which happens apart from the fault plan."""
+"""Fault injection for the fake server: errors, latency, broken bodies, dropped connections."""
 
 from __future__ import annotations
 
@@ -9,7 +8,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["Fault", "FaultKind", "FaultPlan", "Overload"]
+__all__ = ["Fault", "FaultKind", "FaultPlan"]
 
 FaultKind = Literal[
     "status", "latency", "malformed", "truncated", "drop", "html", "redirect", "body", "hold"
@@ -99,42 +98,3 @@ class FaultPlan:
                 self.injected[fault.kind] = self.injected.get(fault.kind, 0) + 1
                 return fault
         return None
-
-
-class Overload:
-    """A server shedding load, as a busy gateway in front of it does: ``503`` with
-    ``Retry-After: retry_after`` for a ``share`` of the requests whose path matches ``route``
-    (a glob), at most ``times`` of them (None: no limit). It happens before and apart from the
-    fault plan (its own seeded random numbers; no fault is hit or counted). ``refused`` counts
-    the requests it answered."""
-
-    def __init__(
-        self,
-        *,
-        share: float = 1.0,
-        times: int | None = None,
-        retry_after: str = "1",
-        route: str = "*",
-        seed: int | None = 0,
-    ) -> None:
-        if not 0.0 <= share <= 1.0:
-            raise ValueError("share must be within [0, 1]")
-        if times is not None and times < 0:
-            raise ValueError("times must be >= 0")
-        self.share = share
-        self.times = times
-        self.retry_after = retry_after
-        self.route = route
-        self.refused = 0
-        self._random = random.Random(seed)
-
-    def refuses(self, path: str) -> bool:
-        """True if the request for ``path`` is to be refused (and counted as refused)."""
-        if self.times is not None and self.refused >= self.times:
-            return False
-        if not fnmatch.fnmatchcase(path, self.route):
-            return False
-        if self.share < 1.0 and self._random.random() >= self.share:
-            return False
-        self.refused += 1
-        return True

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from ._clock import FakeClock
 from ._conversions import FakeConversions
-from ._faults import Fault, FaultKind, FaultPlan, Overload
+from ._faults import Fault, FaultKind, FaultPlan
 from ._metafold import TOKEN_PATH, FakeMetafold, is_metafold_path
 from ._zoo import FakeZoo, ZooOptions, zoo_error
 
@@ -79,9 +79,8 @@ class FakeApiServer:
         self.zoo = FakeZoo(self.clock, zoo_options)
         self.metafold = FakeMetafold(self.clock)
         self.conversions = FakeConversions(self.clock, zoo_options)
-        #: The load being shed (see :meth:`overload`), or None.
-        self.overloaded: Overload | None = None
-        self._seed = seed
+        #: Load shedding (see :meth:`overload`): a plan of its own, picked before ``faults``.
+        self.shedding = FaultPlan(seed)
         self._runner: web.AppRunner | None = None
 
     @property
@@ -103,15 +102,26 @@ class FakeApiServer:
         times: int | None = None,
         retry_after: str = "1",
         route: str = "*",
-    ) -> Overload:
-        """Shed load from now on, apart from the fault plan: answer ``503`` with
-        ``Retry-After: retry_after`` to a ``share`` of the requests matching ``route``, at
-        most ``times`` of them (None: until ``server.overloaded = None``). Returns the
-        :class:`Overload`, whose ``refused`` counts the refused requests."""
-        self.overloaded = Overload(
-            share=share, times=times, retry_after=retry_after, route=route, seed=self._seed
+    ) -> Fault:
+        """Shed load from now on, apart from the fault plan (its own seeded random numbers;
+        no fault of ``faults`` is hit or counted): answer ``503`` with ``Retry-After:
+        retry_after`` to a ``share`` of the requests matching ``route``, at most ``times`` of
+        them (None: until ``server.shedding.clear()``). Returns the status :class:`Fault`,
+        whose ``hits`` counts the refused requests."""
+        if not 0.0 <= share <= 1.0:
+            raise ValueError("share must be within [0, 1]")
+        if times is not None and times < 0:
+            raise ValueError("times must be >= 0")
+        self.shedding.clear()
+        fault = Fault(
+            "status",
+            route=route,
+            times=times,
+            probability=share,
+            status=503,
+            retry_after=retry_after,
         )
-        return self.overloaded
+        return self.shedding.add(fault)
 
     def _app(self) -> web.Application:
         app = web.Application(middlewares=[self._count_in_flight, self._middleware])
@@ -183,12 +193,7 @@ class FakeApiServer:
                     time.monotonic(),
                 )
             )
-        overloaded = self.overloaded
-        if overloaded is not None and overloaded.refuses(request.path):
-            response = self.error(request, 503, "the service is overloaded", "overloaded")
-            response.headers["Retry-After"] = overloaded.retry_after
-            return response
-        fault = self.faults.pick(request.path)
+        fault = self.shedding.pick(request.path) or self.faults.pick(request.path)
         if fault is not None:
             return await self._apply(fault, request, handler)
         return await self._serve(request, handler)
