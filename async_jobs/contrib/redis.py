@@ -43,7 +43,8 @@ handler runs twice for one job. Handlers must be idempotent: dedupe on ``job.id`
 API; the results stream also carries the ref's ``key``, unique across APIs).
 
 A live worker keeps its entries from being taken over: every ``keepalive`` seconds it claims
-the entries it still owns again (``XCLAIM ... JUSTID``), which resets their idle time; only
+the entries it still owns again (``XCLAIM ... JUSTID``, in a script that checks the owner
+first), which resets their idle time; only
 entries idle for ``claim_idle`` seconds, those of a dead or stalled worker, are taken over
 with ``XAUTOCLAIM``. An entry found taken over is dropped by its former holder; one found
 delivered to this worker but never received (a reply lost with its connection, the command
@@ -95,15 +96,12 @@ DEFAULT_RETRY = RetryPolicy(max_attempts=5, initial=1.0, multiplier=2.0, maximum
 #: (``XCLAIM JUSTID``), atomically: a plain XPENDING then XCLAIM would take back an entry that
 #: another worker claimed in between (both workers would then handle it).
 REFRESH_OWN_SCRIPT = """
-local kept = {}
 for i = 3, #ARGV do
   local entry = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)[1]
   if entry and entry[2] == ARGV[2] then
     redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
-    kept[#kept + 1] = ARGV[i]
   end
 end
-return kept
 """
 
 #: How the worker loops back off while Redis is unreachable.
@@ -718,9 +716,10 @@ class DurableWorker:
                 await backoff.trouble(exc)
 
     async def _keepalive_loop(self) -> None:
-        """Reset the idle time of the entries this worker still owns (``XCLAIM JUSTID``), so
-        no live worker's entry is taken over; drop the ones another worker took over; have
-        the read loop read its own pending entries again when some are owned but not held."""
+        """Reset the idle time of the entries this worker still owns
+        (:data:`REFRESH_OWN_SCRIPT`), so no live worker's entry is taken over; drop the ones
+        another worker took over; have the read loop read its own pending entries again when
+        some are owned but not held."""
         backoff = _Backoff(self.watches, "refreshing held watches")
         orphan_ms = int(self.keepalive * 1000)
         while True:
