@@ -21,10 +21,9 @@ __all__ = [
     "FakeZoo",
     "ZooOptions",
     "check_uuid",
-    "parse_uuid",
+    "new_id",
     "zoo_error",
     "zoo_page",
-    "zoo_page_size",
     "zoo_time",
 ]
 
