@@ -6,13 +6,14 @@ from __future__ import annotations
 import random
 import shutil
 from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 import anyio
 import pytest
-from anyio.abc import SocketAttribute, SocketStream, TaskGroup
+from anyio.abc import SocketAttribute, SocketStream
 
 import async_jobs as aj
 from async_jobs.testing import FakeApiServer, RedisServer
@@ -184,15 +185,18 @@ class RedisProxy:
         #: Bytes: the next time a client sends them, only what comes before reaches the
         #: server and the connection drops there (once; then back to None).
         self.cut_before: bytes | None = None
-        self._tg: TaskGroup | None = None
-        self._listener: Any = None
+        self._stack = AsyncExitStack()
 
     async def __aenter__(self) -> RedisProxy:
-        self._listener = await anyio.create_tcp_listener(local_host=self.host, local_port=0)
-        self.port = self._listener.extra(SocketAttribute.local_port)
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
-        self._tg.start_soon(self._listener.serve, self._serve)
+        async with AsyncExitStack() as stack:
+            listener = await stack.enter_async_context(
+                await anyio.create_tcp_listener(local_host=self.host, local_port=0)
+            )
+            self.port = listener.extra(SocketAttribute.local_port)
+            tg = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(tg.cancel_scope.cancel)  # runs first: the serving ends
+            tg.start_soon(listener.serve, self._serve)
+            self._stack = stack.pop_all()
         return self
 
     async def __aexit__(
@@ -201,12 +205,7 @@ class RedisProxy:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        assert self._tg is not None
-        self._tg.cancel_scope.cancel()
-        try:
-            await self._tg.__aexit__(None, None, None)
-        finally:
-            await self._listener.aclose()
+        await self._stack.aclose()
 
     async def _serve(self, client: SocketStream) -> None:
         closed = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
