@@ -66,7 +66,8 @@ class BaseClient:
         full_key: Hashable = (id(self), *key)
         listing = self._listings.get(full_key)
         if listing is None:
-            listing = self._listings[full_key] = ActiveListing(full_key, list_active)
+            name = ":".join(key)
+            listing = self._listings[full_key] = ActiveListing(full_key, list_active, name=name)
         return listing
 
     def _ref_factories(self) -> Mapping[str, Callable[..., JobRef[Any]]]:

@@ -37,7 +37,7 @@ async def run_demo(out: Output, *, speed: float = 1.0) -> list[dict[str, Any]]:
         ):
             started = time.monotonic()
             with out.watching():
-                watcher: Watcher[Any]
+                watcher: Watcher
                 async with Watcher(zoo, mf, poll=DEMO_POLL) as watcher:
                     expected: dict[str, ScenarioJob] = {}
                     for job in jobs:

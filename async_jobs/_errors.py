@@ -12,6 +12,7 @@ Every exception the library raises on purpose derives from :class:`AsyncJobsErro
     ├── TransportError            connection failure or timeout (after retries)
     ├── DecodeError               a body that is not what the API promises
     ├── WaitTimeout               a wait ran past its deadline (also a TimeoutError)
+    ├── PollStalled               no poll of a job succeeded for its stall_timeout
     └── JobFailed                 the job ended FAILED or CANCELED and the caller asked to raise
 
 No message, ``repr()`` or attribute of these exceptions contains a bearer token.
@@ -19,7 +20,17 @@ No message, ``repr()`` or attribute of these exceptions contains a bearer token.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeVar
+
+    #: The job type an error carries; Any where the checker cannot tell (``except`` clauses).
+    T = TypeVar("T", default=Any)
+else:
+    from typing import TypeVar
+
+    T = TypeVar("T")
 
 __all__ = [
     "ApiError",
@@ -29,6 +40,7 @@ __all__ = [
     "DecodeError",
     "JobFailed",
     "NotFoundError",
+    "PollStalled",
     "RateLimitedError",
     "ServerError",
     "TransportError",
@@ -122,19 +134,31 @@ class DecodeError(AsyncJobsError):
         super().__init__(text)
 
 
-class WaitTimeout(AsyncJobsError, TimeoutError):
-    """A wait ran past its deadline; ``last`` is the last job observed (or None)."""
+class WaitTimeout(AsyncJobsError, TimeoutError, Generic[T]):
+    """A wait ran past its deadline; ``last`` is the last job observed (None if never seen;
+    for :meth:`Watcher.wait_all`, the list of the jobs still pending)."""
 
-    def __init__(self, message: str, *, last: Any = None) -> None:
-        self.last = last
+    def __init__(self, message: str, *, last: T | None = None) -> None:
+        self.last: T | None = last
         super().__init__(message)
 
 
-class JobFailed(AsyncJobsError):
+class PollStalled(AsyncJobsError, Generic[T]):
+    """No poll of a job (or of its group's listing) succeeded for ``stall_timeout`` seconds.
+
+    ``last`` is the last job observed (None if never seen); ``__cause__`` is the error of the
+    last failed attempt."""
+
+    def __init__(self, message: str, *, last: T | None = None) -> None:
+        self.last: T | None = last
+        super().__init__(message)
+
+
+class JobFailed(AsyncJobsError, Generic[T]):
     """The job ended FAILED or CANCELED and ``raise_on_failure=True`` was asked; ``job`` is it."""
 
-    def __init__(self, job: Any) -> None:
-        self.job = job
+    def __init__(self, job: T) -> None:
+        self.job: T = job
         state = getattr(job, "job_state", None)
         error = getattr(job, "error", None)
         text = f"job {getattr(job, 'id', '?')} ended {getattr(state, 'value', state)}"

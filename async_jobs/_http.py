@@ -13,6 +13,7 @@ import ipaddress
 import logging
 import random
 from collections.abc import Mapping, Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Protocol, TypeVar
@@ -33,8 +34,8 @@ from ._errors import (
     ServerError,
     TransportError,
 )
-from ._policy import RetryPolicy, next_delay, parse_retry_after
-from ._ratelimit import RateLimiter
+from ._policy import Outcome, PollStep, RetryPolicy, parse_retry_after
+from ._ratelimit import REQUEST_LIMITS, RateLimiter
 from ._redact import redact, register_secret, unregister_secret
 from ._version import __version__
 
@@ -271,6 +272,10 @@ def check_base_url(base_url: str, *, allow_insecure_http: bool = False) -> str:
     return base_url.rstrip("/")
 
 
+#: A request sent once: not idempotent, so never retried on its own.
+SINGLE_ATTEMPT = RetryPolicy(max_attempts=1)
+
+
 class _Transient(Exception):
     """A failure worth another attempt (internal)."""
 
@@ -397,22 +402,14 @@ class HttpTransport:
             else build_url(self.base_url, path, params)
         )
         retryable = method == "GET" if idempotent is None else idempotent
-        attempts = self.retry.max_attempts if retryable else 1
+        step = PollStep(self.retry if retryable else SINGLE_ATTEMPT)
         refreshed = False
-        attempt = 0
         while True:
             try:
                 # The credential comes first, outside the concurrency slot: getting it may
                 # itself send a request through this transport (an OAuth2 token exchange).
                 authorization = await self._auth.authorization() if authenticate else None
-                await self.limiter.acquire()
-                if self._concurrency is None:
-                    response = await self._send_once(method, url, data, json, authorization)
-                else:
-                    async with self._concurrency:
-                        response = await self._send_once(method, url, data, json, authorization)
-                if response.status == 429:
-                    self.limiter.throttled(anyio.current_time())
+                response = await self._send_limited(method, url, data, json, authorization)
                 if response.status == 401 and authenticate and not refreshed:
                     refreshed = True
                     if await self._auth.refresh():
@@ -429,22 +426,42 @@ class HttpTransport:
                     raise _Transient(error, hint)
                 raise error
             except _Transient as transient:
-                attempt += 1
-                if attempt >= attempts:
-                    raise transient.error from None
-                delay = next_delay(
-                    self.retry, attempt - 1, hint=transient.hint, rand=random.random()
+                decision = step.record(
+                    Outcome.MISSED, anyio.current_time(), hint=transient.hint, rand=random.random()
                 )
+                if decision.stop is not None:
+                    raise transient.error from None
                 logger.debug(
-                    "%s %s failed (%s); retry %d/%d in %.2fs",
+                    "%s %s failed (%s); retry %d in %.2fs",
                     method,
                     url,
                     transient.error,
-                    attempt,
-                    attempts - 1,
-                    delay,
+                    step.misses,
+                    decision.delay,
                 )
-                await anyio.sleep(delay)
+                await anyio.sleep(decision.delay)
+
+    async def _send_limited(
+        self, method: str, url: URL, data: Any, json: Any, authorization: str | None
+    ) -> Response:
+        """One attempt within this client's limits and the caller's (:data:`REQUEST_LIMITS`);
+        a 429 slows both down."""
+        caller = REQUEST_LIMITS.get()
+        async with AsyncExitStack() as slots:
+            if caller is not None:
+                await caller.rate.acquire()
+                if caller.concurrency is not None:
+                    await slots.enter_async_context(caller.concurrency)
+            await self.limiter.acquire()
+            if self._concurrency is not None:
+                await slots.enter_async_context(self._concurrency)
+            response = await self._send_once(method, url, data, json, authorization)
+        if response.status == 429:
+            now = anyio.current_time()
+            self.limiter.throttled(now)
+            if caller is not None:
+                caller.rate.throttled(now)
+        return response
 
     async def _send_once(
         self, method: str, url: URL, data: Any, json: Any, authorization: str | None

@@ -1,14 +1,15 @@
 """Pages and cursors: walk one paginated stream, or several merged in sort order.
 
-Each stream keeps at most one page in hand and one request in flight (the next page is
-fetched while the caller consumes the current one); several streams are merged with a k-way
-heap merge, so memory stays at a few pages however long the listing is.
+Each stream keeps at most about one page in hand; several streams are merged with a k-way heap
+merge, so memory stays at a few pages however long the listing is. Pages are fetched in
+bounded task groups, never across a ``yield`` (no task outlives a page step, so leaving a
+listing early, even without ``aclose()``, leaves nothing running): the first pages of all
+streams at once, then, whenever a stream runs dry, its next page together with the next pages
+of the other streams that are running low.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import heapq
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
@@ -35,59 +36,71 @@ FetchPage = Callable[[str | None], Awaitable[Page[T]]]
 
 
 class _Cursor(Generic[T]):
-    """Reads one stream page by page, with the next page prefetched."""
+    """Reads one stream page by page."""
 
-    def __init__(self, fetch: FetchPage[T], limiter: asyncio.Semaphore) -> None:
+    __slots__ = ("_fetch", "_seen_tokens", "buffer", "done", "page_size", "token")
+
+    def __init__(self, fetch: FetchPage[T]) -> None:
         self._fetch = fetch
-        self._limiter = limiter
-        self._buffer: deque[T] = deque()
-        self._pending: asyncio.Task[Page[T]] | None = None
         self._seen_tokens: set[str] = set()
+        self.buffer: deque[T] = deque()
+        self.token: str | None = None
+        self.done = False  # the last page was read
+        self.page_size = 0
 
-    def start(self) -> None:
-        self._pending = asyncio.ensure_future(self._fetch_limited(None))
+    @property
+    def low(self) -> bool:
+        """Worth fetching the next page now: under half a page in hand and more to come."""
+        return not self.done and len(self.buffer) <= self.page_size // 2
 
-    async def _fetch_limited(self, token: str | None) -> Page[T]:
-        async with self._limiter:
-            return await self._fetch(token)
-
-    async def next(self) -> list[T]:
-        """``[item]``, or ``[]`` at the end of the stream."""
-        while not self._buffer:
-            if self._pending is None:
-                return []
-            task = self._pending
-            page = await task
-            self._pending = None
-            self._buffer.extend(page.items)
+    async def fill(self, limiter: anyio.CapacityLimiter) -> None:
+        """Fetch the next page into the buffer (and on past empty pages, to the next item or
+        the end)."""
+        while True:
+            async with limiter:
+                page = await self._fetch(self.token)
+            self.buffer.extend(page.items)
+            self.page_size = max(self.page_size, len(page.items))
             token = page.next_page
-            if token:
-                if token in self._seen_tokens:
-                    raise DecodeError(f"the server repeated page token {token[:40]!r}")
-                self._seen_tokens.add(token)
-                self._pending = asyncio.ensure_future(self._fetch_limited(token))
-        return [self._buffer.popleft()]
+            if not token:
+                self.done = True
+                return
+            if token in self._seen_tokens:
+                raise DecodeError(f"the server repeated page token {token[:40]!r}")
+            self._seen_tokens.add(token)
+            self.token = token
+            if page.items:
+                return
 
-    async def aclose(self) -> None:
-        task, self._pending = self._pending, None
-        if task is None:
-            return
-        task.cancel()
-        # Wait for the cancelled fetch to finish (so no task outlives the iteration) and
-        # retrieve its outcome (so asyncio never logs "exception was never retrieved").
-        with anyio.CancelScope(shield=True), contextlib.suppress(BaseException):
-            await task
+
+async def _fill(cursors: Sequence[_Cursor[T]], limiter: anyio.CapacityLimiter) -> None:
+    """Fetch the next page of each of ``cursors`` concurrently; the first error is raised as
+    itself (never inside an exception group) and stops the other fetches."""
+    if len(cursors) == 1:
+        await cursors[0].fill(limiter)
+        return
+    errors: list[Exception] = []
+
+    async def fill(cursor: _Cursor[T], scope: anyio.CancelScope) -> None:
+        try:
+            await cursor.fill(limiter)
+        except Exception as exc:
+            errors.append(exc)
+            scope.cancel()
+
+    async with anyio.create_task_group() as tg:
+        for cursor in cursors:
+            tg.start_soon(fill, cursor, tg.cancel_scope)
+    if errors:
+        raise errors[0]
 
 
 async def iter_items(
     fetch: FetchPage[T], *, max_items: int | None = None
 ) -> AsyncGenerator[T, None]:
-    """Every item of one paginated stream, fetching the next page ahead."""
-    # aclosing: leaving early must close the inner stream (and cancel its prefetch) now,
-    # not whenever the garbage collector finalises it.
-    async with contextlib.aclosing(merge_streams([fetch], key=None, max_items=max_items)) as items:
-        async for item in items:
-            yield item
+    """Every item of one paginated stream, page by page."""
+    async for item in merge_streams([fetch], key=None, max_items=max_items):
+        yield item
 
 
 async def merge_streams(
@@ -100,34 +113,34 @@ async def merge_streams(
 ) -> AsyncGenerator[T, None]:
     """Merge streams that are each sorted by ``key`` into one sorted stream.
 
-    Streams are fetched concurrently (at most ``max_concurrency`` requests at once); each
-    has one page in hand and the next in flight. With one stream, ``key`` may be None.
+    Pages of different streams are fetched concurrently (at most ``max_concurrency`` requests
+    at once). With one stream, ``key`` may be None.
     """
     if max_items is not None and max_items <= 0:
         return
-    limiter = asyncio.Semaphore(max_concurrency)
-    cursors = [_Cursor(fetch, limiter) for fetch in fetches]
-    try:
-        for cursor in cursors:
-            cursor.start()
-        heap: list[tuple[float, int, T]] = []
-        sign = -1.0 if descending else 1.0
+    limiter = anyio.CapacityLimiter(max_concurrency)
+    cursors = [_Cursor(fetch) for fetch in fetches]
+    sign = -1.0 if descending else 1.0
+    heap: list[tuple[float, int, T]] = []
 
-        async def push(index: int) -> None:
-            for item in await cursors[index].next():
-                rank = sign * key(item) if key is not None else 0.0
-                heapq.heappush(heap, (rank, index, item))
+    def push(index: int) -> None:
+        buffer = cursors[index].buffer
+        if buffer:
+            item = buffer.popleft()
+            heapq.heappush(heap, (sign * key(item) if key is not None else 0.0, index, item))
 
-        for index in range(len(cursors)):
-            await push(index)
-        emitted = 0
-        while heap:
-            _, index, item = heapq.heappop(heap)
-            yield item
-            emitted += 1
-            if max_items is not None and emitted >= max_items:
-                return
-            await push(index)
-    finally:
-        for cursor in cursors:
-            await cursor.aclose()
+    await _fill(cursors, limiter)
+    for index in range(len(cursors)):
+        push(index)
+    emitted = 0
+    while heap:
+        _, index, item = heapq.heappop(heap)
+        yield item
+        emitted += 1
+        if max_items is not None and emitted >= max_items:
+            return
+        cursor = cursors[index]
+        if not cursor.buffer and not cursor.done:
+            # This stream ran dry: fetch its next page, and those of the streams running low.
+            await _fill([c for c in cursors if c is cursor or c.low], limiter)
+        push(index)

@@ -6,12 +6,23 @@ function can be tested without an event loop.
 
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
+from typing import NamedTuple
 
-__all__ = ["PollPolicy", "RetryPolicy", "next_delay", "parse_retry_after"]
+__all__ = [
+    "Decision",
+    "Outcome",
+    "PollPolicy",
+    "PollStep",
+    "RetryPolicy",
+    "Stop",
+    "next_delay",
+    "parse_retry_after",
+]
 
 
 def _check_positive(name: str, value: float) -> None:
@@ -121,3 +132,91 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
     return max((when - now).total_seconds(), 0.0)
+
+
+class Outcome(enum.Enum):
+    """What one poll (or one attempt of a request) came to."""
+
+    CHANGED = "changed"  #: the job was seen and differs from the last look (or is the first)
+    UNCHANGED = "unchanged"  #: the job was seen and looks as before
+    MISSED = "missed"  #: transient trouble: the loop backs off and asks again
+    FATAL = "fatal"  #: asking again cannot help: the loop ends with the error
+
+
+class Stop(enum.Enum):
+    """Why a poll or retry loop must end instead of sleeping again."""
+
+    FATAL = "fatal"  #: the outcome was FATAL
+    EXHAUSTED = "exhausted"  #: a RetryPolicy's ``max_attempts`` are spent
+    STALLED = "stalled"  #: no success for ``stall_timeout`` seconds
+
+
+class Decision(NamedTuple):
+    """What a loop does after an outcome: sleep ``delay`` seconds, or end because of ``stop``."""
+
+    delay: float
+    stop: Stop | None
+
+
+@dataclass(slots=True)
+class PollStep:
+    """The bookkeeping of one poll or retry loop, the one step every loop of the library
+    drives (a wait, the Watcher's jobs and listings, the transport's retries, the durable
+    worker's Redis backoff).
+
+    Pure: ``now`` (a monotonic clock reading) and ``rand`` (in [0, 1], for jitter) are
+    arguments. ``attempt`` is the position in the policy's schedule: a change resets it, so
+    polling speeds up again; ``misses`` counts consecutive missed polls; ``ok_at`` is when the
+    loop last succeeded (or started).
+    """
+
+    policy: PollPolicy | RetryPolicy
+    stall_timeout: float | None = None
+    ok_at: float = 0.0
+    attempt: int = 0
+    misses: int = 0
+
+    def __post_init__(self) -> None:
+        if self.stall_timeout is not None and not (
+            isinstance(self.stall_timeout, (int, float)) and self.stall_timeout > 0
+        ):
+            raise ValueError(f"stall_timeout must be > 0 or None, got {self.stall_timeout!r}")
+
+    @property
+    def stall_deadline(self) -> float:
+        """When the loop stalls unless a poll succeeds first (``inf`` without a stall_timeout)."""
+        if self.stall_timeout is None:
+            return math.inf
+        return self.ok_at + self.stall_timeout
+
+    def record(
+        self,
+        outcome: Outcome,
+        now: float,
+        *,
+        hint: float | None = None,
+        rand: float | None = None,
+    ) -> Decision:
+        """Take ``outcome`` into account and say what comes next.
+
+        A change resets the schedule; a success clears the misses and the stall clock; a miss
+        backs off (the server's ``hint`` wins, see :func:`next_delay`), and ends the loop once
+        a RetryPolicy's attempts are spent or nothing succeeded for ``stall_timeout`` seconds.
+        The delay never runs past the stall deadline, so a stall is noticed when it happens.
+        """
+        if outcome is Outcome.FATAL:
+            return Decision(0.0, Stop.FATAL)
+        if outcome is Outcome.MISSED:
+            self.misses += 1
+            if isinstance(self.policy, RetryPolicy) and self.misses >= self.policy.max_attempts:
+                return Decision(0.0, Stop.EXHAUSTED)
+            if now >= self.stall_deadline:
+                return Decision(0.0, Stop.STALLED)
+        else:
+            self.misses = 0
+            self.ok_at = now
+            if outcome is Outcome.CHANGED:
+                self.attempt = 0
+        delay = next_delay(self.policy, self.attempt, hint=hint, rand=rand)
+        self.attempt += 1
+        return Decision(min(delay, max(self.stall_deadline - now, 0.0)), None)

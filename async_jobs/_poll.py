@@ -25,23 +25,36 @@ from typing import Any, Generic, Protocol, TypeVar
 import anyio
 import msgspec
 
+from . import events
 from ._errors import (
     ApiError,
+    AsyncJobsError,
     AuthenticationError,
     BadRequestError,
     DecodeError,
     JobFailed,
     NotFoundError,
+    PollStalled,
     RateLimitedError,
     TransportError,
     WaitTimeout,
 )
-from ._policy import PollPolicy, next_delay
+from ._policy import Decision, Outcome, PollPolicy, PollStep, Stop
 from .models._state import JobState
 
-__all__ = ["ActiveListing", "Job", "JobRef", "wait_all", "wait_until_terminal", "watch"]
+__all__ = [
+    "ActiveListing",
+    "Job",
+    "JobRef",
+    "Poller",
+    "continued",
+    "outcome_of",
+    "wait_all",
+    "wait_until_terminal",
+    "watch",
+]
 
-logger = logging.getLogger("async_jobs")
+logger = logging.getLogger("async_jobs.poll")
 
 
 class Job(Protocol):
@@ -75,6 +88,7 @@ class Job(Protocol):
 
 J = TypeVar("J", bound=Job)
 J_co = TypeVar("J_co", bound=Job, covariant=True)
+T = TypeVar("T")
 OnUpdate = Callable[[J], Any]
 
 #: Errors that end a wait at once: asking again cannot help.
@@ -91,11 +105,19 @@ class ActiveListing(Generic[J_co]):
     Metafold project, ...); a :class:`~async_jobs.Watcher` polls such a group through it.
     Jobs are matched to refs by ``job.id == ref.ids[-1]``."""
 
-    __slots__ = ("key", "list_active")
+    __slots__ = ("key", "list_active", "name")
 
-    def __init__(self, key: Hashable, list_active: Callable[[], AsyncIterator[J_co]]) -> None:
+    def __init__(
+        self,
+        key: Hashable,
+        list_active: Callable[[], AsyncIterator[J_co]],
+        *,
+        name: str | None = None,
+    ) -> None:
         self.key = key
         self.list_active = list_active
+        #: How logs and events name the group (``zoo.dataset_conversions:<dataset id>``).
+        self.name = name if name is not None else str(key)
 
     def __repr__(self) -> str:
         return f"ActiveListing({self.key!r})"
@@ -167,37 +189,176 @@ class JobRef(Generic[J_co]):
         return hash(self.key)
 
 
-async def watch(ref: JobRef[J], *, poll: PollPolicy | None = None) -> AsyncGenerator[J, None]:
+class Poller(Generic[J]):
+    """The bookkeeping of one followed job (or one Watcher group's listing) around the pure
+    :class:`~async_jobs._policy.PollStep`: what was last seen, the log line and the events of
+    each poll. :func:`watch` and both Watcher loops drive it; nothing else polls."""
+
+    __slots__ = ("error", "key", "last", "listeners", "polls", "started", "step")
+
+    def __init__(
+        self,
+        key: str,
+        policy: PollPolicy,
+        *,
+        stall_timeout: float | None = None,
+        listeners: Sequence[events.Listener] = (),
+    ) -> None:
+        now = anyio.current_time()
+        self.key = key
+        self.step = PollStep(policy, stall_timeout=stall_timeout, ok_at=now)
+        self.last: J | None = None
+        self.error: BaseException | None = None  # of the last missed poll
+        self.polls = 0
+        self.started = now
+        self.listeners = listeners
+
+    def seen(self, job: J) -> tuple[J, bool, Decision]:
+        """Record a successful look at the job: the job as reported (its last known progress
+        kept), whether it changed, and what comes next."""
+        previous = self.last
+        job = continued(previous, job)
+        changed = previous is None or job != previous
+        if changed:
+            self.last = job
+        self.polls += 1
+        decision = self.listed(changed)
+        if events.enabled(self.listeners):
+            state = job.job_state.value
+            events.emit(events.PollDone(key=self.key, state=state, changed=changed), self.listeners)
+            old = previous.job_state.value if previous is not None else None
+            if old != state:
+                events.emit(events.StateChanged(key=self.key, old=old, new=state), self.listeners)
+        return job, changed, decision
+
+    def listed(self, changed: bool) -> Decision:
+        """Record a successful poll (a look at the job, or a group's listing)."""
+        outcome = Outcome.CHANGED if changed else Outcome.UNCHANGED
+        return self.step.record(outcome, anyio.current_time(), rand=random.random())
+
+    def missed(self, exc: BaseException) -> Decision:
+        """Record a failed poll: a fatal error (400, 401/403, 404) ends the wait, anything
+        else is a missed poll, backed off (the server's ``Retry-After`` wins)."""
+        fatal = isinstance(exc, FATAL_ERRORS)
+        hint = exc.retry_after if isinstance(exc, RateLimitedError) else None
+        outcome = Outcome.FATAL if fatal else Outcome.MISSED
+        decision = self.step.record(outcome, anyio.current_time(), hint=hint, rand=random.random())
+        if fatal:
+            return decision
+        self.error = exc
+        logger.debug("missed a poll of %s: %s", self.key, exc)
+        if events.enabled(self.listeners):
+            missed = events.PollMissed(
+                key=self.key,
+                error=type(exc).__name__,
+                consecutive=self.step.misses,
+                delay=decision.delay,
+            )
+            events.emit(missed, self.listeners)
+        return decision
+
+    def stalled(self) -> PollStalled[J]:
+        """The error ending a stalled wait (raise it ``from`` :attr:`error`)."""
+        state = self.last.job_state.value if self.last is not None else "never seen"
+        return PollStalled(
+            f"no poll of {self.key} succeeded for {self.step.stall_timeout}s (last: {state})",
+            last=self.last,
+        )
+
+    async def fetch(self, fetch: Callable[[], Awaitable[T]]) -> T:
+        """``fetch()``, given up at the stall deadline (a miss, as a timeout would be)."""
+        remaining = self.step.stall_deadline - anyio.current_time()
+        if math.isinf(remaining):
+            return await fetch()
+        with anyio.move_on_after(max(remaining, 0.0)):
+            return await fetch()
+        raise TransportError(f"no answer for {self.key} before its stall timeout")
+
+    def started_event(self) -> None:
+        """Emit :class:`~async_jobs.events.WaitStarted`."""
+        if events.enabled(self.listeners):
+            events.emit(events.WaitStarted(key=self.key), self.listeners)
+
+    def done_event(self, outcome: str) -> None:
+        """Emit :class:`~async_jobs.events.WaitDone` with ``outcome``."""
+        if events.enabled(self.listeners):
+            duration = anyio.current_time() - self.started
+            done = events.WaitDone(
+                key=self.key, outcome=outcome, duration=duration, polls=self.polls
+            )
+            events.emit(done, self.listeners)
+
+
+def continued(previous: J | None, job: J) -> J:
+    """``job`` as a wait reports it after ``previous``: a model that can carry history (a
+    conversion in an unknown phase keeps its last known progress) gets it."""
+    if previous is None:
+        return job
+    carry = getattr(job, "continued_from", None)
+    return job if carry is None else carry(previous)
+
+
+def outcome_of(error: BaseException | None, job: Job | None) -> str:
+    """The ``WaitDone`` outcome of a wait that ended with ``error`` (or the terminal ``job``)."""
+    if error is None:
+        return job.job_state.value if job is not None and job.is_terminal else "interrupted"
+    if isinstance(error, JobFailed):
+        return str(error.job.job_state.value)
+    if isinstance(error, PollStalled):
+        return "stalled"
+    if isinstance(error, WaitTimeout):
+        return "timeout"
+    if isinstance(error, AsyncJobsError):
+        return "error"
+    return "interrupted" if isinstance(error, anyio.get_cancelled_exc_class()) else "error"
+
+
+async def _follow(poller: Poller[J], ref: JobRef[J]) -> AsyncGenerator[J, None]:
+    """Every observed change of ``ref``'s job, ending with the terminal one; raises the fatal
+    error, or :class:`~async_jobs.PollStalled` once nothing succeeded for the stall timeout."""
+    while True:
+        try:
+            job = await poller.fetch(ref.fetch)
+        except MISSED_POLL_ERRORS as exc:
+            decision = poller.missed(exc)
+            if decision.stop is Stop.FATAL:
+                raise
+            if decision.stop is Stop.STALLED:
+                raise poller.stalled() from exc
+        else:
+            job, changed, decision = poller.seen(job)
+            if changed:
+                yield job
+                if job.is_terminal:
+                    return
+        await anyio.sleep(decision.delay)
+
+
+async def watch(
+    ref: JobRef[J], *, poll: PollPolicy | None = None, stall_timeout: float | None = None
+) -> AsyncGenerator[J, None]:
     """Yield the job each time it is seen to change (the first look included), ending with
     the terminal one.
 
     Transient trouble (connection errors, 429, 5xx, an unreadable body) costs a poll and is
-    retried with backoff; 400, 401/403 and 404 raise their typed error. Bound the wait with
-    ``anyio.fail_after`` or use :func:`wait_until_terminal`.
+    retried with backoff; 400, 401/403 and 404 raise their typed error. With
+    ``stall_timeout``, :class:`~async_jobs.PollStalled` once no poll succeeded for that many
+    seconds. Bound the wait with ``anyio.fail_after`` or use :func:`wait_until_terminal`.
     """
-    policy = poll or ref.poll or PollPolicy()
-    last: J | None = None
-    step = 0
-    while True:
-        hint: float | None = None
-        try:
-            job = await ref.fetch()
-        except FATAL_ERRORS:
-            raise
-        except MISSED_POLL_ERRORS as exc:
-            if isinstance(exc, RateLimitedError):
-                hint = exc.retry_after
-            logger.info("missed a poll of %s: %s", ref.key, exc)
-        else:
-            if last is None or job != last:
-                if last is not None:
-                    step = 0  # the job moved: look again soon
-                last = job
+    poller: Poller[J] = Poller(
+        ref.key, poll or ref.poll or PollPolicy(), stall_timeout=stall_timeout
+    )
+    poller.started_event()
+    error: BaseException | None = None
+    try:
+        async with aclosing(_follow(poller, ref)) as updates:
+            async for job in updates:
                 yield job
-                if job.is_terminal:
-                    return
-        await anyio.sleep(next_delay(policy, step, hint=hint, rand=random.random()))
-        step += 1
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        poller.done_event(outcome_of(error, poller.last))
 
 
 async def _notify(on_update: OnUpdate[J], job: J) -> None:
@@ -213,30 +374,43 @@ async def wait_until_terminal(
     poll: PollPolicy | None = None,
     on_update: OnUpdate[J] | None = None,
     raise_on_failure: bool = False,
+    stall_timeout: float | None = None,
 ) -> J:
     """Poll ``ref`` until the job is terminal and return it.
 
     A failed or canceled job is a result, unless ``raise_on_failure`` (then
     :class:`~async_jobs.JobFailed`). Past ``timeout`` seconds raises
-    :class:`~async_jobs.WaitTimeout` carrying ``.last``. ``on_update`` (sync or async) gets
-    every observed change. Cancelling the caller stops polling at once.
+    :class:`~async_jobs.WaitTimeout` carrying ``.last``; with ``stall_timeout``, raises
+    :class:`~async_jobs.PollStalled` once no poll succeeded for that many seconds.
+    ``on_update`` (sync or async) gets every observed change. Cancelling the caller stops
+    polling at once.
     """
     if timeout is not None and (math.isnan(timeout) or timeout < 0):
         raise ValueError("timeout must be >= 0 or None")
-    last: J | None = None
-    with anyio.move_on_after(timeout):
-        async with aclosing(watch(ref, poll=poll)) as updates:
-            async for job in updates:
-                last = job
-                if on_update is not None:
-                    await _notify(on_update, job)
-    if last is not None and last.is_terminal:
+    poller: Poller[J] = Poller(
+        ref.key, poll or ref.poll or PollPolicy(), stall_timeout=stall_timeout
+    )
+    poller.started_event()
+    error: BaseException | None = None
+    try:
+        with anyio.move_on_after(timeout):
+            async with aclosing(_follow(poller, ref)) as updates:
+                async for job in updates:
+                    if on_update is not None:
+                        await _notify(on_update, job)
+        last = poller.last
+        if last is None or not last.is_terminal:
+            # _follow only ends after a terminal job, so the deadline is what stopped us.
+            state = last.job_state.value if last is not None else "never seen"
+            raise WaitTimeout(f"{ref.key} not terminal after {timeout}s (last: {state})", last=last)
         if raise_on_failure and last.job_state in (JobState.FAILED, JobState.CANCELED):
             raise JobFailed(last)
         return last
-    # watch() only ends after a terminal job, so the deadline is what stopped us.
-    state = last.job_state.value if last is not None else "never seen"
-    raise WaitTimeout(f"{ref.key} not terminal after {timeout}s (last: {state})", last=last)
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        poller.done_event(outcome_of(error, poller.last))
 
 
 async def wait_all(

@@ -9,10 +9,11 @@ async wrapper the transport awaits.
 from __future__ import annotations
 
 import math
+from contextvars import ContextVar
 
 import anyio
 
-__all__ = ["RateLimiter"]
+__all__ = ["REQUEST_LIMITS", "RateLimiter", "RequestLimits"]
 
 #: At most one halving per this many seconds: one burst of 429s is one signal.
 COOLDOWN = 1.0
@@ -83,3 +84,27 @@ class RateLimiter:
         delay = self.reserve(anyio.current_time())
         if delay > 0:
             await anyio.sleep(delay)
+
+
+class RequestLimits:
+    """Limits a caller puts on every request sent on its behalf, on top of the client's own:
+    at most ``rate`` requests per second (adaptive, as :class:`RateLimiter`) and
+    ``max_concurrency`` in flight. Set :data:`REQUEST_LIMITS` in a task and every request
+    that task (or a task it starts) sends honours them; a Watcher bounds its own requests
+    this way without changing its clients' limits."""
+
+    __slots__ = ("concurrency", "rate")
+
+    def __init__(self, rate: float | None = None, max_concurrency: int | None = None) -> None:
+        if max_concurrency is not None and max_concurrency < 1:
+            raise ValueError("max_concurrency must be >= 1")
+        self.rate = RateLimiter(rate)
+        self.concurrency = (
+            anyio.CapacityLimiter(max_concurrency) if max_concurrency is not None else None
+        )
+
+
+#: The caller's :class:`RequestLimits` for requests sent from the current context, if any.
+REQUEST_LIMITS: ContextVar[RequestLimits | None] = ContextVar(
+    "async_jobs_request_limits", default=None
+)

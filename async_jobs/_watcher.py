@@ -1,14 +1,19 @@
-"""Watcher: follow many jobs at once with few requests.
+"""Watcher: follow many jobs at once with few requests, inside a service that runs for months.
 
 Jobs whose API can list its active jobs (``JobRef.listing``) are grouped and polled through
 that listing: one paged request stream per group per interval instead of one request per job.
 A watched job missing from its group's listing is confirmed with one GET before it is reported,
 so a lagging list or a job finishing between two pages never yields a wrong result. A group
 whose listing answers 400/401/403/404 falls back to per-job polling. Per-job polling runs on a
-fixed pool of workers with jittered schedules; every request goes through its client's shared
-rate and concurrency limits.
+fixed pool of workers with jittered schedules. Every loop drives the one poll step
+(:class:`~async_jobs._poll.Poller`), and every request the watcher sends stays within its own
+``max_concurrency`` and ``rate_limit`` (its clients' own limits are never changed).
 
-Per watched job the watcher keeps only its ref, its last observed state and its future.
+What a service can rely on (DESIGN.md "Services: what a Watcher promises"): each ``add()``
+gives its caller an awaitable of its own; a raising ``on_update`` is logged and the job stays
+watched; exceptions leave ``async with`` as themselves; a finished job is kept only while
+someone can still take it. Per watched job the watcher keeps its ref, its poll bookkeeping
+(the last job seen) and its callers' futures.
 """
 
 from __future__ import annotations
@@ -21,23 +26,33 @@ import logging
 import math
 import random
 from collections import deque
-from collections.abc import AsyncIterator, Hashable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable, Sequence
+from contextlib import AsyncExitStack
+from functools import partial
 from types import TracebackType
-from typing import Any, Generic
+from typing import Any
 
 import anyio
 import msgspec
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from . import events
 from ._client import BaseClient
-from ._errors import AuthenticationError, BadRequestError, NotFoundError, WaitTimeout
-from ._policy import PollPolicy, next_delay
-from ._poll import FATAL_ERRORS, MISSED_POLL_ERRORS, J, JobRef, OnUpdate
+from ._errors import (
+    ApiError,
+    AuthenticationError,
+    BadRequestError,
+    NotFoundError,
+    WaitTimeout,
+)
+from ._policy import Decision, PollPolicy, Stop
+from ._poll import MISSED_POLL_ERRORS, ActiveListing, J, JobRef, OnUpdate, Poller, outcome_of
+from ._ratelimit import REQUEST_LIMITS, RequestLimits
 
 __all__ = ["Watcher"]
 
-logger = logging.getLogger("async_jobs")
+logger = logging.getLogger("async_jobs.watcher")
 
 #: Listing errors after which a group is polled job by job instead (a 400: the server refuses
 #: the listing as sent, e.g. a page size above its own cap; retrying cannot help).
@@ -46,50 +61,55 @@ FALLBACK_ERRORS: tuple[type[Exception], ...] = (
     BadRequestError,
     NotFoundError,
 )
+SNAPSHOT_VERSION = 1
 
 
 class _Entry:
     """One watched job."""
 
-    __slots__ = ("confirming", "future", "last", "on_update", "ref", "step")
+    __slots__ = ("busy", "confirming", "group", "poller", "ref", "waiters")
 
-    def __init__(self, ref: JobRef[Any], future: asyncio.Future[Any], on_update: Any) -> None:
+    def __init__(self, ref: JobRef[Any], poller: Poller[Any], group: _Group | None) -> None:
         self.ref = ref
-        self.future = future
-        self.on_update = on_update
-        self.last: Any = None
-        self.step = 0
-        self.confirming = False
+        self.poller = poller
+        self.group = group  # polled through this group's listing unless it fell back
+        # Each caller's future and its own on_update (None for none).
+        self.waiters: dict[asyncio.Future[Any], OnUpdate[Any] | None] = {}
+        self.busy = False  # scheduled for a per-job poll, or being polled
+        self.confirming = False  # its per-job poll confirms a job missing from the listing
 
 
 class _Group:
     """Jobs polled through one listing."""
 
-    __slots__ = ("entries", "fallback", "key", "listing", "step", "wake")
+    __slots__ = ("entries", "fallback", "listing", "name", "poller", "wake")
 
-    def __init__(self, key: Hashable, listing: Any) -> None:
-        self.key = key
+    def __init__(self, listing: ActiveListing[Any], poller: Poller[Any]) -> None:
         self.listing = listing
+        self.name = listing.name
+        self.poller = poller
         self.entries: dict[str, _Entry] = {}
         self.fallback = False
-        self.step = 0
         self.wake = anyio.Event()
 
 
-class Watcher(Generic[J]):
-    """Follow many jobs at once; an async context manager.
+class Watcher:
+    """Follow many jobs at once; an async context manager, for one task group's lifetime.
 
-    ``Watcher(*clients, poll=..., max_concurrency=..., rate_limit=...)``: ``clients`` are the
-    API clients whose jobs will be added (needed by :meth:`restore`; their rate and concurrency
-    limits are set to ``rate_limit`` requests/s and ``max_concurrency`` requests in flight).
+    ``Watcher(*clients, poll=..., max_concurrency=16, rate_limit=None, stall_timeout=None)``:
+    ``clients`` are the API clients whose jobs will be added (needed by :meth:`restore`). The
+    watcher's own requests stay within ``max_concurrency`` in flight and ``rate_limit`` per
+    second, on top of (never instead of) each client's own limits.
 
-    ``w.add(ref)`` returns an awaitable of the terminal job; ``as_completed()`` yields jobs as
-    they finish; ``wait_all()`` waits for every one. Failed and canceled jobs are results;
-    a 400/401/403/404 on a job's own GET fails that job's awaitable with the typed error.
+    ``w.add(ref)`` returns a new awaitable of the terminal job for each call; ``w.last(ref)``
+    the last job seen; ``as_completed()`` yields jobs as they finish; ``wait_all()`` waits for
+    every one. Failed and canceled jobs are results; a 400/401/403/404 on a job's own GET fails
+    that job's awaitables with the typed error, and with ``stall_timeout`` a job none of whose
+    polls (nor its group's listings) succeeded for that long fails with
+    :class:`~async_jobs.PollStalled`.
 
-    Finished jobs wait in the watcher until ``as_completed()`` (or ``wait_all()``) takes them;
-    a long-running service that only uses the futures or ``on_update`` should pass
-    ``keep_completed=False`` so they are not kept at all.
+    A finished job is kept for :meth:`as_completed` only while one is running, or always with
+    ``keep_completed=True``; a service that only awaits futures keeps nothing.
     """
 
     def __init__(
@@ -100,33 +120,45 @@ class Watcher(Generic[J]):
         rate_limit: float | None = None,
         on_update: OnUpdate[Any] | None = None,
         coalesce: bool = True,
-        keep_completed: bool = True,
+        keep_completed: bool = False,
+        stall_timeout: float | None = None,
+        listeners: Sequence[events.Listener] = (),
     ) -> None:
+        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int):
+            raise ValueError(f"max_concurrency must be an int >= 1, got {max_concurrency!r}")
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be >= 1")
+        if stall_timeout is not None and not stall_timeout > 0:
+            raise ValueError("stall_timeout must be > 0 or None")
         self.clients = clients
         self.poll = poll or PollPolicy()
         self.max_concurrency = max_concurrency
+        self.rate_limit = rate_limit
         self.on_update = on_update
         self.coalesce = coalesce
         self.keep_completed = keep_completed
-        for client in clients:
-            client.set_limits(rate_limit=rate_limit, max_concurrency=max_concurrency)
+        self.stall_timeout = stall_timeout
+        self.listeners = tuple(listeners)
+        self._limits = RequestLimits(rate_limit, max_concurrency)
         self._entries: dict[str, _Entry] = {}
         self._groups: dict[Hashable, _Group] = {}
-        self._heap: list[tuple[float, int, str]] = []
+        self._heap: list[tuple[float, int, _Entry]] = []
         self._counter = itertools.count()
         self._wake = anyio.Event()
         self._done: deque[Any] = deque()
         self._done_event = anyio.Event()
         self._done_count = 0
+        self._consumers = 0
+        self._stack: AsyncExitStack | None = None
         self._task_group: TaskGroup | None = None
-        self._send: MemoryObjectSendStream[_Entry] | None = None
-        self._receive: MemoryObjectReceiveStream[_Entry] | None = None
-        self._pending_groups: list[_Group] = []
         self._restored: list[JobRef[Any]] = []
 
     # -- public API -------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        """True between entering and leaving ``async with``."""
+        return self._task_group is not None
 
     @property
     def pending(self) -> int:
@@ -139,102 +171,132 @@ class Watcher(Generic[J]):
         return self._done_count
 
     def add(self, ref: JobRef[J], *, on_update: OnUpdate[J] | None = None) -> asyncio.Future[J]:
-        """Watch ``ref``; returns a future of its terminal job (the same one if it is already
-        watched)."""
-        existing = self._entries.get(ref.key)
-        if existing is not None:
-            return existing.future
+        """Watch ``ref``; returns a new future of its terminal job, this caller's own.
+
+        Adding a job already watched shares its polls (one request stream per job, whatever
+        the number of callers). Cancelling the future (e.g. a caller's ``asyncio.wait_for``
+        timing out) touches no other caller's and leaves the job watched. ``on_update`` gets
+        this job's changes until the future is done. Raises ``RuntimeError`` unless the
+        watcher is running.
+        """
+        if self._task_group is None:
+            raise RuntimeError("this Watcher is not running: add() inside `async with watcher:`")
+        entry = self._entries.get(ref.key)
+        if entry is None:
+            entry = self._watch(ref)
         future: asyncio.Future[J] = asyncio.get_running_loop().create_future()
-        entry = _Entry(ref, future, on_update)
-        self._entries[ref.key] = entry
-        listing = getattr(ref, "listing", None)
-        if self.coalesce and listing is not None:
-            group = self._groups.get(listing.key)
-            if group is None:
-                group = self._groups[listing.key] = _Group(listing.key, listing)
-                self._start_group(group)
-            if group.fallback:
-                self._schedule(entry, self._spread())
-            else:
-                group.entries[ref.key] = entry
-                group.wake.set()
-        else:
-            self._schedule(entry, self._spread())
+        entry.waiters[future] = on_update
+        future.add_done_callback(partial(_forget_waiter, entry))
         return future
 
     def add_many(self, refs: Iterable[JobRef[J]]) -> list[asyncio.Future[J]]:
         """:meth:`add` each ref; the futures in the same order."""
         return [self.add(ref) for ref in refs]
 
+    def last(self, ref: JobRef[J]) -> J | None:
+        """The last job observed for ``ref`` while it is watched (its last known progress
+        kept); None if not seen yet, or not watched (a finished job's result is its
+        future's)."""
+        entry = self._entries.get(ref.key)
+        return entry.poller.last if entry is not None else None
+
     def remove(self, ref: JobRef[Any]) -> bool:
-        """Stop watching ``ref`` (its future is cancelled); False if it was not watched."""
+        """Stop watching ``ref`` (every caller's future is cancelled); False if it was not
+        watched."""
         entry = self._entries.pop(ref.key, None)
         if entry is None:
             return False
-        listing = getattr(ref, "listing", None)
-        if listing is not None and listing.key in self._groups:
-            self._groups[listing.key].entries.pop(ref.key, None)
-        entry.future.cancel()
+        if entry.group is not None:
+            entry.group.entries.pop(ref.key, None)
+        for future in list(entry.waiters):
+            future.cancel()
+        entry.poller.done_event("interrupted")
         return True
 
-    async def as_completed(self) -> AsyncIterator[J]:
-        """Yield terminal jobs as they finish (each once), until none is pending."""
-        while True:
-            while self._done:
-                yield self._done.popleft()
-            if not self._entries:
-                return
-            await self._done_event.wait()
-            self._done_event = anyio.Event()
+    async def as_completed(self) -> AsyncIterator[Any]:
+        """Yield terminal jobs as they finish (each once, to one consumer), until none is
+        pending. Jobs that finish while no consumer runs are kept only with
+        ``keep_completed=True``."""
+        self._consumers += 1
+        try:
+            while True:
+                while self._done:
+                    yield self._done.popleft()
+                if not self._entries:
+                    return
+                event = self._done_event
+                await event.wait()
+                if self._done_event is event:
+                    self._done_event = anyio.Event()
+        finally:
+            self._consumers -= 1
 
-    async def wait_all(self, timeout: float | None = None) -> list[J]:
+    async def wait_all(self, timeout: float | None = None) -> list[Any]:
         """Wait until every watched job is terminal; their final states in the order added.
 
-        Raises :class:`~async_jobs.WaitTimeout` (``.last`` = the jobs still pending) past
-        ``timeout``, or the typed error of a job whose GET failed for good."""
-        futures = [entry.future for entry in self._entries.values()]
-        with anyio.move_on_after(timeout) as scope:
-            while self._entries:
-                await self._done_event.wait()
-                self._done_event = anyio.Event()
-        if scope.cancelled_caught:
-            pending = [entry.last for entry in self._entries.values()]
-            raise WaitTimeout(f"{len(pending)} jobs not terminal after {timeout}s", last=pending)
-        self._done.clear()
-        return [future.result() for future in futures]
+        Raises :class:`~async_jobs.WaitTimeout` (``.last`` = the last jobs seen of those still
+        pending) past ``timeout``, or the typed error of a job whose wait failed for good."""
+        entries = list(self._entries.values())
+        futures: list[asyncio.Future[Any]] = [self.add(entry.ref) for entry in entries]
+        if not futures:
+            return []
+        try:
+            with anyio.move_on_after(timeout) as scope:
+                await asyncio.wait(futures)
+            if scope.cancelled_caught:
+                pending = [
+                    e.poller.last for e, f in zip(entries, futures, strict=True) if not f.done()
+                ]
+                raise WaitTimeout(
+                    f"{len(pending)} jobs not terminal after {timeout}s", last=pending
+                )
+            self._done.clear()
+            return [future.result() for future in futures]
+        finally:
+            for future in futures:
+                future.cancel()
 
     def snapshot(self) -> bytes:
         """The pending jobs as resume tokens (never a credential), for :meth:`restore`."""
         return msgspec.json.encode(
-            {"version": 1, "jobs": [entry.ref.to_token() for entry in self._entries.values()]}
+            {
+                "version": SNAPSHOT_VERSION,
+                "jobs": [entry.ref.to_token() for entry in self._entries.values()],
+            }
         )
 
     @classmethod
-    def restore(cls, data: bytes, *clients: BaseClient, **options: Any) -> Watcher[Any]:
+    def restore(cls, data: bytes, *clients: BaseClient, **options: Any) -> Watcher:
         """A new watcher over the jobs of a :meth:`snapshot`, rebuilt with ``clients``; they
         are watched once it is entered (use :meth:`as_completed` or :meth:`wait_all`)."""
         try:
             decoded = msgspec.json.decode(data, type=_Snapshot)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise ValueError(f"not a Watcher snapshot: {exc}") from None
-        watcher: Watcher[Any] = cls(*clients, **options)
+        if decoded.version != SNAPSHOT_VERSION:
+            raise ValueError(f"unsupported Watcher snapshot version {decoded.version}")
+        watcher = cls(*clients, **options)
         watcher._restored = [JobRef.from_token(token, *clients) for token in decoded.jobs]
         return watcher
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    async def __aenter__(self) -> Watcher[J]:
-        self._send, self._receive = anyio.create_memory_object_stream[_Entry](self.max_concurrency)
-        self._task_group = anyio.create_task_group()
-        await self._task_group.__aenter__()
-        self._task_group.start_soon(self._schedule_loop)
-        for _ in range(self.max_concurrency):
-            self._task_group.start_soon(self._worker)
-        for group in self._pending_groups:
-            self._task_group.start_soon(self._group_loop, group)
-        self._pending_groups.clear()
-        self.add_many(self._restored)
-        self._restored = []
+    async def __aenter__(self) -> Watcher:
+        if self._stack is not None:
+            raise RuntimeError("this Watcher is already running")
+        async with AsyncExitStack() as stack:
+            send, receive = anyio.create_memory_object_stream[_Entry](self.max_concurrency)
+            stack.enter_context(send)
+            stack.enter_context(receive)
+            tg = await stack.enter_async_context(anyio.create_task_group())
+            tg.start_soon(self._guarded, self._schedule_loop, send)
+            for _ in range(self.max_concurrency):
+                tg.start_soon(self._guarded, self._worker, receive)
+            self._task_group = tg
+            self._stack = stack.pop_all()
+        restored, self._restored = self._restored, []
+        for ref in restored:
+            self._watch(ref)
         return self
 
     async def __aexit__(
@@ -242,82 +304,138 @@ class Watcher(Generic[J]):
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool | None:
-        assert self._task_group is not None
-        self._task_group.cancel_scope.cancel()
+    ) -> None:
+        # The body's exception is never handed to the task group: it leaves as itself, never
+        # inside an ExceptionGroup. The loops only end by this cancellation.
+        stack, self._stack = self._stack, None
+        tg, self._task_group = self._task_group, None
+        if stack is None or tg is None:
+            return
+        tg.cancel_scope.cancel()
         try:
-            return await self._task_group.__aexit__(exc_type, exc, tb)
+            # Not under a shield of its own: the task group's scope must be the current one
+            # when it exits; it waits for its cancelled tasks by itself.
+            await stack.aclose()
         finally:
-            for entry in self._entries.values():
-                entry.future.cancel()
+            entries = list(self._entries.values())
             self._entries.clear()
-            self._task_group = None
-            if self._send is not None:
-                self._send.close()
-            if self._receive is not None:
-                self._receive.close()
+            self._groups.clear()
+            self._heap.clear()
+            for entry in entries:
+                for future in list(entry.waiters):
+                    future.cancel()
+                entry.poller.done_event("interrupted")
+            self._done_event.set()
+
+    async def _guarded(self, loop: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Run one of the watcher's loops; a bug in it fails the waits it serves, never the
+        caller's ``async with``."""
+        REQUEST_LIMITS.set(self._limits)
+        try:
+            await loop(*args)
+        except Exception as exc:
+            logger.exception("watcher loop %s failed; failing its jobs", loop.__name__)
+            for entry in list(self._entries.values()):
+                self._settle(entry, error=exc)
 
     # -- scheduling -------------------------------------------------------------------------
+
+    def _watch(self, ref: JobRef[Any]) -> _Entry:
+        listing = ref.listing
+        group: _Group | None = None
+        if self.coalesce and listing is not None:
+            group = self._groups.get(listing.key)
+            if group is None:
+                group = self._start_group(listing)
+        poller: Poller[Any] = Poller(
+            ref.key, self.poll, stall_timeout=self.stall_timeout, listeners=self.listeners
+        )
+        entry = _Entry(ref, poller, group)
+        self._entries[ref.key] = entry
+        poller.started_event()
+        if group is not None and not group.fallback:
+            group.entries[ref.key] = entry
+            group.wake.set()
+        else:
+            self._schedule(entry, self._spread())
+        return entry
 
     def _spread(self) -> float:
         """A first poll spread over the initial interval: no thundering herd."""
         return anyio.current_time() + random.random() * self.poll.initial
 
     def _schedule(self, entry: _Entry, when: float) -> None:
-        heapq.heappush(self._heap, (when, next(self._counter), entry.ref.key))
+        """Poll ``entry`` on its own at ``when`` (once: a job is never queued twice)."""
+        if entry.busy:
+            return
+        entry.busy = True
+        heapq.heappush(self._heap, (when, next(self._counter), entry))
         self._wake.set()
 
-    def _start_group(self, group: _Group) -> None:
-        if self._task_group is None:
-            self._pending_groups.append(group)
-        else:
-            self._task_group.start_soon(self._group_loop, group)
+    def _start_group(self, listing: ActiveListing[Any]) -> _Group:
+        poller: Poller[Any] = Poller(
+            listing.name, self.poll, stall_timeout=self.stall_timeout, listeners=self.listeners
+        )
+        group = self._groups[listing.key] = _Group(listing, poller)
+        assert self._task_group is not None
+        self._task_group.start_soon(self._guarded, self._group_loop, group)
+        return group
 
-    async def _schedule_loop(self) -> None:
-        assert self._send is not None
+    async def _schedule_loop(self, send: MemoryObjectSendStream[_Entry]) -> None:
         while True:
             now = anyio.current_time()
             while self._heap and self._heap[0][0] <= now:
-                _, _, key = heapq.heappop(self._heap)
-                entry = self._entries.get(key)
-                if entry is not None:
-                    await self._send.send(entry)
+                _, _, entry = heapq.heappop(self._heap)
+                if self._entries.get(entry.ref.key) is entry:
+                    await send.send(entry)
+                else:
+                    entry.busy = False
             delay = self._heap[0][0] - anyio.current_time() if self._heap else math.inf
             if delay > 0:
                 with anyio.move_on_after(delay):
                     await self._wake.wait()
                 self._wake = anyio.Event()
 
-    async def _worker(self) -> None:
-        assert self._receive is not None
-        async for entry in self._receive:
-            if entry.ref.key not in self._entries:
-                continue
-            hint: float | None = None
-            try:
-                job = await entry.ref.fetch()
-            except FATAL_ERRORS as exc:
-                self._fail(entry, exc)
-                continue
-            except MISSED_POLL_ERRORS as exc:
-                hint = getattr(exc, "retry_after", None)
-                logger.info("missed a poll of %s: %s", entry.ref.key, exc)
-            else:
-                if await self._observe(entry, job):
-                    entry.step = 0
-            if entry.ref.key not in self._entries:
-                continue
-            confirming, entry.confirming = entry.confirming, False
-            if confirming and self._in_live_group(entry):
-                continue  # its group's listing takes over again
-            delay = next_delay(self.poll, entry.step, hint=hint, rand=random.random())
-            entry.step += 1
-            self._schedule(entry, anyio.current_time() + delay)
+    async def _worker(self, receive: MemoryObjectReceiveStream[_Entry]) -> None:
+        async for entry in receive:
+            if entry is self._entries.get(entry.ref.key):
+                await self._poll_one(entry)
 
-    def _in_live_group(self, entry: _Entry) -> bool:
-        listing = getattr(entry.ref, "listing", None)
-        group = self._groups.get(listing.key) if listing is not None else None
-        return group is not None and not group.fallback and entry.ref.key in group.entries
+    async def _poll_one(self, entry: _Entry) -> None:
+        """One per-job poll of ``entry``, then its next one scheduled (or its wait ended)."""
+        poller = entry.poller
+        confirming, entry.confirming = entry.confirming, False
+        try:
+            job = await poller.fetch(entry.ref.fetch)
+        except MISSED_POLL_ERRORS as exc:
+            decision = poller.missed(exc)
+            if decision.stop is Stop.FATAL:
+                self._settle(entry, error=exc)
+                return
+            if decision.stop is Stop.STALLED:
+                self._stall(entry, exc)
+                return
+        except Exception as exc:  # a fetch that is not ours: it fails its own job only
+            self._settle(entry, error=exc)
+            return
+        else:
+            previous = poller.last
+            # A job still under way, only missing from one listing: the GET's body has more
+            # fields than a listing's, so it is a change only if what it says changed.
+            if (
+                confirming
+                and previous is not None
+                and not job.is_terminal
+                and (job.job_state, job.progress) == (previous.job_state, previous.progress)
+            ):
+                job = previous
+            _, decision = await self._observe(entry, job)
+        if self._entries.get(entry.ref.key) is not entry:
+            return
+        entry.busy = False
+        if confirming and entry.group is not None and not entry.group.fallback:
+            return  # its group's listing takes over again
+        self._schedule(entry, anyio.current_time() + decision.delay)
 
     async def _group_loop(self, group: _Group) -> None:
         while True:
@@ -325,30 +443,36 @@ class Watcher(Generic[J]):
                 await group.wake.wait()
                 group.wake = anyio.Event()
                 continue
-            hint: float | None = None
-            changed = False
+            group.wake = anyio.Event()  # the jobs added so far are in this sweep
             try:
-                active = {job.id: job async for job in group.listing.list_active()}
+                active = await group.poller.fetch(partial(_collect, group.listing))
             except FALLBACK_ERRORS as exc:
                 self._fall_back(group, exc)
                 return
             except MISSED_POLL_ERRORS as exc:
-                hint = getattr(exc, "retry_after", None)
-                logger.info("missed a listing of %s: %s", group.key, exc)
+                decision = group.poller.missed(exc)
+                if decision.stop is Stop.STALLED:
+                    for entry in list(group.entries.values()):
+                        self._stall(entry, exc, of=group.name)
+                    group.poller = Poller(
+                        group.name,
+                        self.poll,
+                        stall_timeout=self.stall_timeout,
+                        listeners=self.listeners,
+                    )
+                    continue
             else:
-                for key, entry in list(group.entries.items()):
+                changed = False
+                for entry in list(group.entries.values()):
                     job = active.get(entry.ref.ids[-1])
                     if job is None:
-                        if not entry.confirming:
-                            entry.confirming = True
-                            self._schedule(entry, anyio.current_time())
-                    elif await self._observe(entry, job):
-                        changed = True
-                    if key not in self._entries:
-                        group.entries.pop(key, None)
-            group.step = 0 if changed else group.step + 1
-            delay = next_delay(self.poll, group.step, hint=hint, rand=random.random())
-            await self._group_pause(group, delay)
+                        entry.confirming = True
+                        self._schedule(entry, anyio.current_time())
+                    else:
+                        seen_change, _ = await self._observe(entry, job)
+                        changed = changed or seen_change
+                decision = group.poller.listed(changed)
+            await self._group_pause(group, decision.delay)
 
     async def _group_pause(self, group: _Group, delay: float) -> None:
         """Sleep ``delay``, cut to ``poll.initial`` once a new job joins the group."""
@@ -360,13 +484,16 @@ class Watcher(Generic[J]):
                 group.wake = anyio.Event()
                 deadline = min(deadline, anyio.current_time() + self.poll.initial)
 
-    def _fall_back(self, group: _Group, exc: BaseException) -> None:
+    def _fall_back(self, group: _Group, exc: Exception) -> None:
         logger.warning(
             "cannot list %s (%s); polling its %d jobs one by one",
-            group.key,
+            group.name,
             exc,
             len(group.entries),
         )
+        if events.enabled(self.listeners):
+            status = exc.status if isinstance(exc, ApiError) else None
+            events.emit(events.ListingFallback(group=group.name, status=status), self.listeners)
         group.fallback = True
         for entry in group.entries.values():
             self._schedule(entry, self._spread())
@@ -374,41 +501,78 @@ class Watcher(Generic[J]):
 
     # -- results ----------------------------------------------------------------------------
 
-    async def _observe(self, entry: _Entry, job: Any) -> bool:
-        """Record ``job`` for ``entry``; report a change; resolve a terminal one."""
-        if entry.last is not None and job == entry.last:
-            return False
-        entry.last = job
-        for callback in (entry.on_update, self.on_update):
-            if callback is not None:
-                result = callback(job)
-                if inspect.isawaitable(result):
-                    await result
-        if job.is_terminal:
-            self._resolve(entry, job)
-        return True
+    async def _observe(self, entry: _Entry, job: Any) -> tuple[bool, Decision]:
+        """Record a look at ``entry``'s job: report a change to the callbacks, resolve a
+        terminal job. Whether it changed, and the poll step's decision."""
+        job, changed, decision = entry.poller.seen(job)
+        if changed:
+            callbacks = [callback for callback in entry.waiters.values() if callback is not None]
+            if self.on_update is not None:
+                callbacks.append(self.on_update)
+            for callback in callbacks:
+                await self._notify(entry, callback, job)
+            if job.is_terminal and self._entries.get(entry.ref.key) is entry:
+                self._settle(entry, job=job)
+        return changed, decision
 
-    def _finish(self, entry: _Entry) -> None:
+    async def _notify(self, entry: _Entry, callback: OnUpdate[Any], job: Any) -> None:
+        """Call one ``on_update``; one that raises is logged and emitted, and changes nothing
+        else."""
+        try:
+            result = callback(job)
+            if inspect.isawaitable(result):
+                await result
+        except Exception as exc:
+            logger.error(
+                "on_update callback %r raised for %s; the job stays watched",
+                callback,
+                entry.ref.key,
+                exc_info=True,
+            )
+            if events.enabled(self.listeners):
+                failed = events.CallbackFailed(key=entry.ref.key, error=type(exc).__name__)
+                events.emit(failed, self.listeners)
+
+    def _stall(self, entry: _Entry, cause: BaseException, *, of: str | None = None) -> None:
+        error = entry.poller.stalled()
+        if of is not None:
+            error.args = (f"no listing of {of} succeeded for {self.stall_timeout}s",)
+        error.__cause__ = cause
+        self._settle(entry, error=error)
+
+    def _settle(
+        self, entry: _Entry, *, job: Any = None, error: BaseException | None = None
+    ) -> None:
+        """End ``entry``'s wait with its terminal ``job`` or ``error``."""
         key = entry.ref.key
-        self._entries.pop(key, None)
-        listing = getattr(entry.ref, "listing", None)
-        if listing is not None and listing.key in self._groups:
-            self._groups[listing.key].entries.pop(key, None)
+        if self._entries.get(key) is entry:
+            del self._entries[key]
+        if entry.group is not None:
+            entry.group.entries.pop(key, None)
+        for future in list(entry.waiters):
+            if future.done():
+                continue
+            if error is None:
+                future.set_result(job)
+            else:
+                future.set_exception(error)
+                future.add_done_callback(_retrieve)
+        entry.waiters.clear()
+        entry.poller.done_event(outcome_of(error, job))
+        if error is None and (self.keep_completed or self._consumers):
+            self._done.append(job)
         self._done_count += 1
         self._done_event.set()
 
-    def _resolve(self, entry: _Entry, job: Any) -> None:
-        if not entry.future.done():
-            entry.future.set_result(job)
-        if self.keep_completed:
-            self._done.append(job)
-        self._finish(entry)
 
-    def _fail(self, entry: _Entry, exc: BaseException) -> None:
-        if not entry.future.done():
-            entry.future.set_exception(exc)
-            entry.future.add_done_callback(_retrieve)
-        self._finish(entry)
+async def _collect(listing: ActiveListing[Any]) -> dict[str, Any]:
+    """One sweep of a group's listing: its active jobs by id."""
+    return {job.id: job async for job in listing.list_active()}
+
+
+def _forget_waiter(entry: _Entry, future: asyncio.Future[Any]) -> None:
+    """A caller's future is done (or cancelled): drop it and its callback."""
+    entry.waiters.pop(future, None)
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:

@@ -91,7 +91,7 @@ async def _in_process(url: str, token: str, jobs_file: str) -> dict[str, Any]:
     handled: dict[str, float] = {}
     async with aj.ZooClient(token=token, base_url=url) as zoo:
         started = time.time()
-        watcher: aj.Watcher[Any]
+        watcher: aj.Watcher
         async with aj.Watcher(zoo, poll=POLL, max_concurrency=CONCURRENCY) as watcher:
             for job in jobs:
                 ref = zoo.job_ref(job["kind"], job["ids"])

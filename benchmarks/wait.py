@@ -78,7 +78,7 @@ async def _async_jobs(mode: str, p: dict[str, Any], ids: list[str], resolved: di
     ) as mf:
         refs = [mf.job(job_id) for job_id in ids]
         if mode == MODES[0]:
-            watcher: aj.Watcher[Any]
+            watcher: aj.Watcher
             async with aj.Watcher(mf, poll=poll, max_concurrency=WORKERS) as watcher:
                 for ref in refs:
                     future = watcher.add(ref)

@@ -75,7 +75,7 @@ async def _child(mode: str, url: str, token: str, jobs_file: str) -> dict[str, A
                 await anyio.sleep(1.0)
                 watching = rss_bytes()
         else:
-            watcher: aj.Watcher[Any]
+            watcher: aj.Watcher
             async with aj.Watcher(
                 zoo, mf, poll=POLL, coalesce=mode == "coalesced", max_concurrency=64
             ) as watcher:

@@ -195,13 +195,11 @@ async def test_unknown_phase_keeps_waiting(server: FakeApiServer, zoo: aj.ZooCli
         zoo.dataset_conversion(dataset, fake.id), timeout=10, on_update=_stepper(server, seen)
     )
     assert [c.phase for c in seen] == ["snapshot_original", "mesh_repair", "salon", "completed"]
-    assert seen[1].progress is None and seen[1].phase_index is None
-    assert seen[1].job_state is aj.JobState.RUNNING
-    # What a progress display does with it: keep the last known value.
-    shown: list[float] = []
-    for conv in seen:
-        shown.append(conv.progress if conv.progress is not None else shown[-1])
-    assert shown == sorted(shown) and shown[1] == shown[0]
+    # DESIGN.md: an unknown phase keeps the last known progress in everything a wait reports.
+    assert seen[1].phase_index is None and seen[1].job_state is aj.JobState.RUNNING
+    assert seen[0].progress is not None and seen[1].progress == seen[0].progress
+    progress = [conv.progress for conv in seen]
+    assert None not in progress and progress == sorted(progress)
     assert final.job_state is aj.JobState.SUCCEEDED
 
 

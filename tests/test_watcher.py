@@ -179,9 +179,10 @@ async def test_rate_adapts_down_under_many_429s(server: FakeApiServer) -> None:
     ):
         watcher.add_many(zoo.async_operation(op.id) for op in ops)
         jobs = await watcher.wait_all(timeout=20)
-        limiter = zoo._http.limiter
-        assert limiter.throttle_count == 20
-        assert limiter.rate is not None and limiter.rate < 200  # it slowed itself down
+        own = watcher._limits.rate
+        assert own.throttle_count == 20
+        assert own.rate is not None and own.rate < 200  # it slowed itself down
+        assert zoo._http.limiter.rate is None  # and left its client's limits alone
     assert all(job.status == "completed" for job in jobs)
 
 
@@ -234,13 +235,15 @@ async def test_as_completed_add_twice_and_remove(server: FakeApiServer) -> None:
     gone = server.zoo.add_operation(timeline=[("queued", None)])
     async with _zoo(server) as zoo, aj.Watcher(zoo, poll=POLL) as watcher:
         futures = [watcher.add(zoo.async_operation(op.id)) for op in ops]
-        assert watcher.add(zoo.async_operation(ops[0].id)) is futures[0]
+        again = watcher.add(zoo.async_operation(ops[0].id))
+        assert again is not futures[0]  # each caller its own awaitable
         doomed = watcher.add(zoo.async_operation(gone.id))
         assert watcher.remove(zoo.async_operation(gone.id))
         assert not watcher.remove(zoo.async_operation(gone.id))
         seen = [job.id async for job in watcher.as_completed()]
     assert Counter(seen) == Counter(op.id for op in ops)
     assert doomed.cancelled()
+    assert (await again).id == (await futures[0]).id == ops[0].id
 
 
 async def test_a_missing_job_fails_alone(server: FakeApiServer) -> None:

@@ -178,19 +178,20 @@ async def test_remove_works_with_or_without_a_group(server: FakeApiServer, coale
     assert all(future.cancelled() for future in futures)
 
 
-async def test_jobs_added_before_entering_are_watched_once_entered(server: FakeApiServer) -> None:
+async def test_add_outside_async_with_raises_at_once(server: FakeApiServer) -> None:
+    """DESIGN.md: add() on a watcher that is not running raises RuntimeError at once (a
+    future that could never resolve is worse); the same watcher works once entered."""
     op = server.zoo.add_operation(timeline=[("completed", None)])
-    dataset = server.conversions.add_dataset()
-    conv = server.conversions.add_conversion(dataset, [("success", None)])
     async with _zoo(server) as zoo:
         watcher = aj.Watcher(zoo, poll=POLL)
-        futures = [
-            watcher.add(zoo.async_operation(op.id)),
-            watcher.add(zoo.dataset_conversion(dataset, conv.id)),
-        ]
+        with pytest.raises(RuntimeError, match="not running"):
+            watcher.add(zoo.async_operation(op.id))
         async with watcher:
             with anyio.fail_after(SOON):
-                assert [(await f).id for f in futures] == [op.id, conv.id]
+                assert (await watcher.add(zoo.async_operation(op.id))).id == op.id
+        with pytest.raises(RuntimeError, match="not running"):
+            watcher.add(zoo.async_operation(op.id))
+        assert server.requests  # it did poll while running
 
 
 async def test_removing_queued_jobs_loses_no_worker(server: FakeApiServer) -> None:

@@ -64,6 +64,7 @@ import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from functools import partial
 from types import TracebackType
@@ -76,7 +77,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from .._client import BaseClient
-from .._policy import PollPolicy, RetryPolicy, next_delay
+from .._policy import Decision, Outcome, PollPolicy, PollStep, RetryPolicy, Stop
 from .._poll import JobRef
 from .._redact import register_secret, unregister_secret
 from .._watcher import Watcher
@@ -396,7 +397,6 @@ class _Held:
     """One watch this worker holds."""
 
     __slots__ = (
-        "attempts",
         "context",
         "entry_id",
         "future",
@@ -404,6 +404,7 @@ class _Held:
         "raw_context",
         "ref",
         "settling",
+        "step",
         "token",
         "watch_id",
     )
@@ -417,17 +418,29 @@ class _Held:
         self.context: dict[str, Any] = {}
         self.ref: JobRef[Any] | None = None
         self.future: Any = None
-        self.attempts = 0
+        self.step: PollStep | None = None  # the failures of its watch and handler so far
         self.settling = False
+
+    @property
+    def attempts(self) -> int:
+        """Failed attempts (of the watch or the handler) so far."""
+        return self.step.misses if self.step is not None else 0
+
+    def failed(self, retry: RetryPolicy) -> Decision:
+        """Count one more failed attempt: how long until the next one, or EXHAUSTED."""
+        if self.step is None:
+            self.step = PollStep(retry)
+        return self.step.record(Outcome.MISSED, anyio.current_time(), rand=random.random())
 
 
 class _Backoff:
-    """Waits out Redis trouble in one loop; logs the start and the end of an outage."""
+    """Waits out Redis trouble in one loop, on the library's one poll step; logs the start and
+    the end of an outage."""
 
     def __init__(self, watches: DurableWatches, what: str) -> None:
         self.watches = watches
         self.what = what
-        self.attempt = 0
+        self.step = PollStep(REDIS_BACKOFF)
 
     async def trouble(self, exc: Exception) -> None:
         """Wait out ``exc`` if it is a passing Redis problem; re-raise anything else."""
@@ -437,17 +450,17 @@ class _Backoff:
             self.watches._group_ready = False  # the group is gone (data lost): make it again
         elif not isinstance(exc, RECOVERABLE_ERRORS):
             raise exc
-        level = logging.WARNING if self.attempt == 0 else logging.DEBUG
+        decision = self.step.record(Outcome.MISSED, anyio.current_time(), rand=random.random())
+        level = logging.WARNING if self.step.misses == 1 else logging.DEBUG
         logger.log(
             level, "redis trouble while %s (%s: %s); retrying", self.what, type(exc).__name__, exc
         )
-        await anyio.sleep(next_delay(REDIS_BACKOFF, self.attempt, rand=random.random()))
-        self.attempt += 1
+        await anyio.sleep(decision.delay)
 
     def ok(self) -> None:
-        if self.attempt:
+        if self.step.misses:
             logger.info("redis reachable again while %s", self.what)
-            self.attempt = 0
+            self.step.record(Outcome.CHANGED, anyio.current_time())
 
 
 class DurableWorker:
@@ -501,12 +514,12 @@ class DurableWorker:
         self.lost = 0
         self._held: dict[str, _Held] = {}
         self._room = anyio.Event()
-        self._added = anyio.Event()
         self._limiter = anyio.CapacityLimiter(concurrency)
         self._to_settle: list[_Settle] = []
         self._settle_wake = anyio.Event()
-        self._watcher: Watcher[Any] | None = None
+        self._watcher: Watcher | None = None
         self._tg: TaskGroup | None = None
+        self._stack: AsyncExitStack | None = None
         self._secret: str | None = None
         self._reread = False  # set by the keepalive loop: read own pending entries again
         self._refresh_own = watches.redis.register_script(REFRESH_OWN_SCRIPT)
@@ -534,27 +547,25 @@ class DurableWorker:
     async def __aenter__(self) -> DurableWorker:
         password = self.redis.connection_pool.connection_kwargs.get("password")
         self._secret = password if isinstance(password, str) else None
-        register_secret(self._secret)  # masked in every async_jobs log record
-        watcher: Watcher[Any] = Watcher(
-            *self.clients,
-            poll=self.poll,
-            max_concurrency=self.concurrency,
-            rate_limit=self.rate_limit,
-        )
-        try:
-            await watcher.__aenter__()
-        except BaseException:
-            unregister_secret(self._secret)
-            raise
-        self._watcher = watcher
-        tg = anyio.create_task_group()
-        await tg.__aenter__()
-        self._tg = tg
-        tg.start_soon(self._read_loop)
-        tg.start_soon(self._claim_loop)
-        tg.start_soon(self._keepalive_loop)
-        tg.start_soon(self._drain_loop)
-        tg.start_soon(self._settle_loop)
+        async with AsyncExitStack() as stack:
+            register_secret(self._secret)  # masked in every async_jobs log record
+            stack.callback(unregister_secret, self._secret)
+            watcher = Watcher(
+                *self.clients,
+                poll=self.poll,
+                max_concurrency=self.concurrency,
+                rate_limit=self.rate_limit,
+            )
+            self._watcher = await stack.enter_async_context(watcher)
+            # After the loops end and before the Watcher stops: hand the watches over.
+            stack.push_async_callback(self._leave)
+            tg = await stack.enter_async_context(anyio.create_task_group())
+            tg.start_soon(self._read_loop)
+            tg.start_soon(self._claim_loop)
+            tg.start_soon(self._keepalive_loop)
+            tg.start_soon(self._settle_loop)
+            self._tg = tg
+            self._stack = stack.pop_all()
         logger.info("durable worker %s started on stream %s", self.consumer, self.watches.stream)
         return self
 
@@ -563,29 +574,31 @@ class DurableWorker:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool | None:
-        assert self._tg is not None and self._watcher is not None
-        self._tg.cancel_scope.cancel()
-        try:
-            return await self._tg.__aexit__(exc_type, exc, tb)
-        finally:
-            self._tg = None
-            held, self._held = list(self._held), {}
-            # First, and shielded: a worker is usually stopped by cancellation (its service
-            # shutting down), which would end the Watcher's exit, and what follows, early.
-            with anyio.move_on_after(2.0, shield=True):
-                await self._hand_over(held)
-                await self._forget_consumer()
-            try:
-                await self._watcher.__aexit__(None, None, None)
-            finally:
-                unregister_secret(self._secret)
-                logger.info(
-                    "durable worker %s stopped (%d handled, %d handed over)",
-                    self.consumer,
-                    self.handled,
-                    len(held),
-                )
+    ) -> None:
+        # The body's exception is never handed to the task group: it leaves as itself.
+        stack, self._stack = self._stack, None
+        tg, self._tg = self._tg, None
+        if stack is None or tg is None:
+            return
+        tg.cancel_scope.cancel()
+        # Not under a shield of its own: the task group's scope must be the current one when
+        # it exits; it waits for its cancelled tasks by itself, and _leave shields its work.
+        await stack.aclose()
+
+    async def _leave(self) -> None:
+        """Hand the watches still held over to the other workers and leave the group."""
+        held, self._held = list(self._held), {}
+        # Shielded: a worker is usually stopped by cancellation (its service shutting down),
+        # which would end this, and the Watcher's exit after it, early.
+        with anyio.move_on_after(2.0, shield=True):
+            await self._hand_over(held)
+            await self._forget_consumer()
+        logger.info(
+            "durable worker %s stopped (%d handled, %d handed over)",
+            self.consumer,
+            self.handled,
+            len(held),
+        )
 
     async def _hand_over(self, entry_ids: Sequence[str]) -> None:
         """Mark the entries this worker still holds as idle for ``claim_idle`` already
@@ -770,15 +783,6 @@ class DurableWorker:
                 return ids
             start = "(" + _str(page[-1]["message_id"])
 
-    async def _drain_loop(self) -> None:
-        """Consume the Watcher's completed-jobs queue (results come through futures)."""
-        assert self._watcher is not None
-        while True:
-            async for _ in self._watcher.as_completed():
-                pass
-            await self._added.wait()
-            self._added = anyio.Event()
-
     # -- holding ----------------------------------------------------------------------------
 
     async def _accept(self, entries: Sequence[tuple[str, dict[str, str]]]) -> None:
@@ -825,7 +829,7 @@ class DurableWorker:
             if held.entry_id in self._held:
                 continue
             self._held[held.entry_id] = held
-            held.attempts = 1
+            held.failed(self.retry)
             assert self._tg is not None
             self._tg.start_soon(self._dead_letter, held, error, None)
 
@@ -847,7 +851,6 @@ class DurableWorker:
         future = self._watcher.add(held.ref)
         held.future = future
         future.add_done_callback(partial(self._on_done, held))
-        self._added.set()
 
     def _on_done(self, held: _Held, future: Any) -> None:
         if future.cancelled() or self._held.get(held.entry_id) is not held or self._tg is None:
@@ -870,9 +873,9 @@ class DurableWorker:
             return  # taken over by another worker meanwhile
         failure = future.exception()
         if failure is not None:
-            held.attempts += 1
+            decision = held.failed(self.retry)
             error = f"watch failed: {type(failure).__name__}: {failure}"
-            if held.attempts >= self.retry.max_attempts:
+            if decision.stop is Stop.EXHAUSTED:
                 await self._dead_letter(held, error, None)
                 return
             logger.warning(
@@ -882,7 +885,7 @@ class DurableWorker:
                 held.attempts,
                 self.retry.max_attempts,
             )
-            await anyio.sleep(next_delay(self.retry, held.attempts - 1, rand=random.random()))
+            await anyio.sleep(decision.delay)
             if self._held.get(held.entry_id) is held:
                 self._watch(held)
             return
@@ -892,9 +895,9 @@ class DurableWorker:
                 async with self._limiter:
                     await self.handler(job, held.context)
             except Exception as exc:
-                held.attempts += 1
+                decision = held.failed(self.retry)
                 error = f"{type(exc).__name__}: {exc}"
-                if held.attempts >= self.retry.max_attempts:
+                if decision.stop is Stop.EXHAUSTED:
                     logger.error(
                         "handler failed for %s %d times, last with %s; dead-lettered",
                         held.key,
@@ -910,7 +913,7 @@ class DurableWorker:
                     self.retry.max_attempts,
                     error,
                 )
-                await anyio.sleep(next_delay(self.retry, held.attempts - 1, rand=random.random()))
+                await anyio.sleep(decision.delay)
                 if self._held.get(held.entry_id) is not held:
                     return  # taken over meanwhile: the new holder handles it
             else:

@@ -245,6 +245,9 @@ class DatasetConversion(msgspec.Struct, kw_only=True, frozen=True):
     manual_kcl_override: str | None = None
     manual_kcl_override_active: bool = False
     manual_kcl_override_updated_at: datetime | None = None
+    #: Set by a wait (never by the server): the progress last known before the conversion
+    #: entered a phase this library does not know, which :attr:`progress` then reports.
+    last_known_progress: float | None = None
 
     @property
     def job_state(self) -> JobState:
@@ -268,15 +271,25 @@ class DatasetConversion(msgspec.Struct, kw_only=True, frozen=True):
         """0.0 at ``queued`` to 1.0 at ``completed``, from the phase's position in
         :data:`CONVERSION_PHASES`; 1.0 once terminal (whatever the phase).
 
-        None for an unknown (or missing) phase of a conversion still under way: one
-        response alone cannot know the last known progress, so keep the previous value
-        where you display it (``shown = conv.progress if conv.progress is not None else
-        shown``).
+        For an unknown (or missing) phase of a conversion still under way, the last known
+        progress: every wait (``watch``, ``on_update``, ``Watcher.last``) reports
+        conversions through :meth:`continued_from`, so that is never None after a known
+        value; a conversion decoded on its own has None there.
         """
         if self.is_terminal:
             return 1.0
         index = self.phase_index
-        return None if index is None else index / _LAST_PHASE_INDEX
+        return self.last_known_progress if index is None else index / _LAST_PHASE_INDEX
+
+    def continued_from(self, previous: DatasetConversion) -> DatasetConversion:
+        """This look at the conversion as a wait reports it after ``previous``: in an unknown
+        phase it keeps ``previous``'s progress."""
+        if self.phase_index is not None or self.is_terminal:
+            return self
+        known = previous.progress
+        if known is None or known == self.last_known_progress:
+            return self
+        return msgspec.structs.replace(self, last_known_progress=known)
 
     @property
     def error(self) -> str | None:
