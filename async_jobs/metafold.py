@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 import anyio
 import msgspec
@@ -43,18 +43,24 @@ from .models.metafold import (
     METAFOLD_ACTIVE_STATES,
     WORKFLOW_QUERY_FIELDS,
     WORKFLOW_SORT_FIELDS,
+    JobSort,
+    JobSortField,
     MetafoldJob,
     MetafoldWorkflow,
+    WorkflowSort,
+    WorkflowSortField,
 )
 
 __all__ = [
     "DEFAULT_BASE_URL",
     "DEFAULT_TOKEN_URL",
+    "JobSortSpec",
     "MetafoldClient",
     "MetafoldQuery",
     "Not",
     "Resource",
     "SortSpec",
+    "WorkflowSortSpec",
     "build_sort",
     "dependency_order",
     "q",
@@ -67,7 +73,13 @@ DEFAULT_TOKEN_URL = "https://metafold3d.us.auth0.com/oauth/token"
 
 Resource = Literal["jobs", "workflows"]
 #: ``"created:-1"`` (the API's own form) or ``("created", True)`` (field, descending).
-SortSpec = str | tuple[str, bool]
+SortSpec: TypeAlias = str | tuple[str, bool]
+#: ``list_jobs(sort=)``: a :data:`SortSpec` typed ``Literal[...] | str`` (the field of the tuple
+#: form too): known values complete in editors, any other str still type-checks (and is
+#: checked against the fields the API sorts by at run time).
+JobSortSpec: TypeAlias = JobSort | str | tuple[JobSortField | str, bool]
+#: ``list_workflows(sort=)``: as :data:`JobSortSpec`, with the fields workflows sort by.
+WorkflowSortSpec: TypeAlias = WorkflowSort | str | tuple[WorkflowSortField | str, bool]
 
 _SORT_FIELDS: dict[str, tuple[str, ...]] = {
     "jobs": JOB_SORT_FIELDS,
@@ -244,7 +256,7 @@ class MetafoldClient(BaseClient):
         if bool(client_id) != bool(client_secret):
             raise ValueError("pass client_id and client_secret together")
         url = from_env(base_url, "METAFOLD_BASE_URL") or DEFAULT_BASE_URL
-        self.project_id = from_env(project_id, "METAFOLD_PROJECT_ID")
+        self.project_id: str | None = from_env(project_id, "METAFOLD_PROJECT_ID")
         if not (client_id and client_secret) and not token:
             client_id = from_env(None, "METAFOLD_CLIENT_ID")
             client_secret = from_env(None, "METAFOLD_CLIENT_SECRET")
@@ -317,13 +329,15 @@ class MetafoldClient(BaseClient):
         self,
         project_id: str | None = None,
         *,
-        sort: SortSpec | None = None,
+        sort: JobSortSpec | None = None,
         q: str | None = None,
     ) -> list[MetafoldJob]:
         """``GET /projects/{id}/jobs``: every matching job (the API does not paginate).
 
         ``sort`` is ``"field:1"``/``"field:-1"`` or ``(field, descending)``; ``q`` a search
         string (build one with :func:`q`). Both are checked before any request is sent.
+        ``sort`` is typed ``Literal[...] | str`` (:data:`JobSortSpec`): known values complete
+        in editors, new server values still type-check.
         """
         pid = self.resolve_project_id(project_id)
         params = self._list_params(sort, q, "jobs")
@@ -368,12 +382,14 @@ class MetafoldClient(BaseClient):
         self,
         project_id: str | None = None,
         *,
-        sort: SortSpec | None = None,
+        sort: WorkflowSortSpec | None = None,
         q: str | None = None,
     ) -> list[MetafoldWorkflow]:
         """``GET /projects/{id}/workflows``: every matching workflow (no pagination).
 
-        ``sort`` fields: id, created, started, finished; ``q`` fields: id, state.
+        ``sort`` fields: id, created, started, finished; ``q`` fields: id, state. ``sort`` is
+        typed ``Literal[...] | str`` (:data:`WorkflowSortSpec`): known values complete in
+        editors, new server values still type-check.
         """
         pid = self.resolve_project_id(project_id)
         params = self._list_params(sort, q, "workflows")

@@ -21,7 +21,12 @@ from .models.zoo import (
     OPERATION_SORT_MODES,
     OPERATION_STATUSES,
     AsyncOperation,
+    ConversionPhase,
+    ConversionSortMode,
+    ConversionStatusFilter,
     DatasetConversion,
+    OperationSortMode,
+    OperationStatus,
 )
 
 __all__ = ["ZooClient"]
@@ -102,12 +107,18 @@ class ZooClient(BaseClient):
 
     async def list_async_operations(
         self,
-        status: str | None = None,
-        sort_by: str = "created_at_descending",
+        status: OperationStatus | str | None = None,
+        sort_by: OperationSortMode | str = "created_at_descending",
         limit: int | None = None,
         page_token: str | None = None,
     ) -> Page[AsyncOperation]:
-        """One page of ``GET /async/operations`` (a staff-only endpoint today)."""
+        """One page of ``GET /async/operations`` (a staff-only endpoint today).
+
+        ``status`` (one of :data:`~async_jobs.models.zoo.OPERATION_STATUSES`) and ``sort_by``
+        (one of :data:`~async_jobs.models.zoo.OPERATION_SORT_MODES`) are typed
+        ``Literal[...] | str``: known values complete in editors, new server values still
+        type-check. Both are checked against those tuples before any request is sent.
+        """
         if status is not None:
             _check_choice("status", status, OPERATION_STATUSES)
         _check_choice("sort_by", sort_by, OPERATION_SORT_MODES)
@@ -120,8 +131,8 @@ class ZooClient(BaseClient):
 
     def iter_async_operations(
         self,
-        status: str | Sequence[str] | None = None,
-        sort_by: str = "created_at_descending",
+        status: OperationStatus | str | Sequence[OperationStatus | str] | None = None,
+        sort_by: OperationSortMode | str = "created_at_descending",
         limit: int | None = None,
         max_items: int | None = None,
     ) -> AsyncGenerator[AsyncOperation, None]:
@@ -129,7 +140,9 @@ class ZooClient(BaseClient):
 
         ``status=None`` means every known status. Each status is its own stream, fetched
         concurrently with the next page prefetched, and the streams are merged by
-        ``created_at``. Arguments are checked before any request is sent.
+        ``created_at``. ``status`` and ``sort_by`` are typed ``Literal[...] | str``, as in
+        :meth:`list_async_operations`: known values complete in editors, new server values
+        still type-check. Arguments are checked before any request is sent.
         """
         if status is None:
             statuses: Sequence[str] = OPERATION_STATUSES
@@ -185,12 +198,12 @@ class ZooClient(BaseClient):
         self,
         dataset_id: str,
         *,
-        sort_by: str = "created_at_descending",
+        sort_by: ConversionSortMode | str = "created_at_descending",
         limit: int | None = None,
         page_token: str | None = None,
-        filter: str | None = None,
+        filter: ConversionStatusFilter | str | None = None,
         q: str | None = None,
-        phase: str | None = None,
+        phase: ConversionPhase | str | None = None,
     ) -> Page[DatasetConversion]:
         """One page of ``GET /org/datasets/{id}/conversions`` (summaries: no outputs or
         snapshot images; :meth:`get_dataset_conversion` has those).
@@ -199,6 +212,12 @@ class ZooClient(BaseClient):
         API's filter string, e.g. ``"status:success"`` (one expression, sent as is); ``q``
         searches conversion ids and file paths; ``phase`` names one pipeline phase (sent as
         is, so a phase the server adds later works too). Checked before any request.
+
+        ``sort_by``, ``filter`` and ``phase`` are typed ``Literal[...] | str``: known values
+        (:data:`~async_jobs.models.zoo.CONVERSION_SORT_MODES`,
+        :data:`~async_jobs.models.zoo.CONVERSION_STATUS_FILTERS`,
+        :data:`~async_jobs.models.zoo.CONVERSION_PHASES`) complete in editors, new server
+        values still type-check (``sort_by`` is checked against its tuple at run time).
         """
         path = api_path("org", "datasets", dataset_id, "conversions")
         _check_choice("sort_by", sort_by, CONVERSION_SORT_MODES)
@@ -224,16 +243,20 @@ class ZooClient(BaseClient):
         self,
         dataset_id: str,
         *,
-        sort_by: str = "created_at_descending",
+        sort_by: ConversionSortMode | str = "created_at_descending",
         limit: int | None = None,
-        filter: str | None = None,
+        filter: ConversionStatusFilter | str | None = None,
         q: str | None = None,
-        phase: str | None = None,
+        phase: ConversionPhase | str | None = None,
         max_items: int | None = None,
     ) -> AsyncGenerator[DatasetConversion, None]:
         """Every conversion of a dataset matching ``filter``/``q``/``phase``, in ``sort_by``
         order, as one stream with the next page prefetched (``filter`` is one expression in
-        the API, so there is nothing to merge). Arguments are checked before any request."""
+        the API, so there is nothing to merge). Arguments are checked before any request.
+
+        ``sort_by``, ``filter`` and ``phase`` are typed ``Literal[...] | str``, as in
+        :meth:`list_dataset_conversions`: known values complete in editors, new server values
+        still type-check."""
         api_path("org", "datasets", dataset_id, "conversions")
         _check_choice("sort_by", sort_by, CONVERSION_SORT_MODES)
         _check_limit(limit)

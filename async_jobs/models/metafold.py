@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from types import MappingProxyType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, TypeAlias
 
 import msgspec
 
@@ -29,16 +29,22 @@ from ._state import JobState, active_values, map_state
 
 __all__ = [
     "JOB_QUERY_FIELDS",
+    "JOB_SORTS",
     "JOB_SORT_FIELDS",
     "METAFOLD_ACTIVE_STATES",
     "METAFOLD_STATES",
     "METAFOLD_STATE_NAMES",
     "WORKFLOW_QUERY_FIELDS",
+    "WORKFLOW_SORTS",
     "WORKFLOW_SORT_FIELDS",
+    "JobSort",
+    "JobSortField",
     "MetafoldAsset",
     "MetafoldIO",
     "MetafoldJob",
     "MetafoldWorkflow",
+    "WorkflowSort",
+    "WorkflowSortField",
     "parse_metafold_datetime",
 ]
 
@@ -60,6 +66,46 @@ METAFOLD_ACTIVE_STATES: tuple[str, ...] = active_values(METAFOLD_STATES)
 JOB_SORT_FIELDS: tuple[str, ...] = ("id", "name", "created", "started", "finished")
 #: Fields ``sort=`` accepts on ``GET /projects/{id}/workflows``.
 WORKFLOW_SORT_FIELDS: tuple[str, ...] = ("id", "created", "started", "finished")
+#: Every ``sort=`` value of ``GET /projects/{id}/jobs``: ``field:1`` (ascending) or
+#: ``field:-1`` (descending) for each of :data:`JOB_SORT_FIELDS`.
+JOB_SORTS: tuple[str, ...] = tuple(f"{f}:{o}" for f in JOB_SORT_FIELDS for o in ("1", "-1"))
+#: Every ``sort=`` value of ``GET /projects/{id}/workflows``.
+WORKFLOW_SORTS: tuple[str, ...] = tuple(
+    f"{f}:{o}" for f in WORKFLOW_SORT_FIELDS for o in ("1", "-1")
+)
+
+# Literal aliases of the tuples above: the client types ``sort=`` as ``Literal[...] | str``
+# (and the field of ``(field, descending)`` likewise), so the known values complete in editors
+# while any str still type-checks. A test compares each with its tuple (typing.get_args).
+
+#: The values of :data:`JOB_SORT_FIELDS`, for type checkers and editors.
+JobSortField: TypeAlias = Literal["id", "name", "created", "started", "finished"]
+#: The values of :data:`WORKFLOW_SORT_FIELDS`, for type checkers and editors.
+WorkflowSortField: TypeAlias = Literal["id", "created", "started", "finished"]
+#: The values of :data:`JOB_SORTS`, for type checkers and editors.
+JobSort: TypeAlias = Literal[
+    "id:1",
+    "id:-1",
+    "name:1",
+    "name:-1",
+    "created:1",
+    "created:-1",
+    "started:1",
+    "started:-1",
+    "finished:1",
+    "finished:-1",
+]
+#: The values of :data:`WORKFLOW_SORTS`, for type checkers and editors.
+WorkflowSort: TypeAlias = Literal[
+    "id:1",
+    "id:-1",
+    "created:1",
+    "created:-1",
+    "started:1",
+    "started:-1",
+    "finished:1",
+    "finished:-1",
+]
 #: Fields ``q=`` searches on ``GET /projects/{id}/jobs``.
 JOB_QUERY_FIELDS: tuple[str, ...] = ("id", "name", "type", "state")
 #: Fields ``q=`` searches on ``GET /projects/{id}/workflows``.

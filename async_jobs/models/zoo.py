@@ -12,7 +12,7 @@ import binascii
 from collections.abc import Mapping
 from datetime import datetime
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal, TypeAlias
 
 import msgspec
 
@@ -25,16 +25,28 @@ __all__ = [
     "CONVERSION_SORT_MODES",
     "CONVERSION_STATES",
     "CONVERSION_STATUSES",
+    "CONVERSION_STATUS_FILTERS",
     "OPERATION_ACTIVE_STATUSES",
     "OPERATION_SORT_MODES",
     "OPERATION_STATES",
     "OPERATION_STATUSES",
     "OPERATION_TYPES",
     "AsyncOperation",
+    "ConversionPhase",
+    "ConversionSortMode",
+    "ConversionStatus",
+    "ConversionStatusFilter",
     "DatasetConversion",
     "DatasetSnapshotImage",
+    "OperationSortMode",
+    "OperationStatus",
     "conversion_state",
 ]
+
+# The Literal aliases below type the client's enumerated parameters as ``Literal[...] | str``:
+# the known values complete in editors, and a value a server adds later (or a str read from a
+# config file or a command line) still type-checks. Each one lists exactly the values of the
+# tuple next to it (a test compares them with typing.get_args).
 
 #: Zoo async operation status -> JobState (the seed doc's five values).
 OPERATION_STATES: Mapping[str, JobState] = MappingProxyType(
@@ -48,10 +60,14 @@ OPERATION_STATES: Mapping[str, JobState] = MappingProxyType(
 )
 #: The known statuses, in lifecycle order; the list endpoint filters by one of them.
 OPERATION_STATUSES: tuple[str, ...] = tuple(OPERATION_STATES)
+#: The values of :data:`OPERATION_STATUSES`, for type checkers and editors.
+OperationStatus: TypeAlias = Literal["queued", "uploaded", "in_progress", "completed", "failed"]
 #: The statuses of operations still under way (what a Watcher lists to coalesce polling).
 OPERATION_ACTIVE_STATUSES: tuple[str, ...] = active_values(OPERATION_STATES)
 #: ``sort_by`` values of ``GET /async/operations`` (``CreatedAtSortMode``).
 OPERATION_SORT_MODES: tuple[str, ...] = ("created_at_ascending", "created_at_descending")
+#: The values of :data:`OPERATION_SORT_MODES`, for type checkers and editors.
+OperationSortMode: TypeAlias = Literal["created_at_ascending", "created_at_descending"]
 #: Operation types known today (``AsyncApiCallType``); others decode as plain strings.
 OPERATION_TYPES: tuple[str, ...] = (
     "file_conversion",
@@ -149,6 +165,35 @@ CONVERSION_STATES: Mapping[str, JobState] = MappingProxyType(
 CONVERSION_ERROR_PREFIX = "error_"
 #: The known statuses, in the spec's order; ``filter=status:<value>`` names one of them.
 CONVERSION_STATUSES: tuple[str, ...] = tuple(CONVERSION_STATES)
+#: The values of :data:`CONVERSION_STATUSES`, for type checkers and editors.
+ConversionStatus: TypeAlias = Literal[
+    "queued",
+    "canceled",
+    "in_progress",
+    "success",
+    "error_user",
+    "error_geometry_mismatch",
+    "error_execution",
+    "error_connection",
+    "error_unsupported",
+    "error_internal",
+]
+#: ``filter=`` expressions selecting one known status (``"status:success"``, ...); the API
+#: takes one expression per request.
+CONVERSION_STATUS_FILTERS: tuple[str, ...] = tuple(f"status:{s}" for s in CONVERSION_STATUSES)
+#: The values of :data:`CONVERSION_STATUS_FILTERS`, for type checkers and editors.
+ConversionStatusFilter: TypeAlias = Literal[
+    "status:queued",
+    "status:canceled",
+    "status:in_progress",
+    "status:success",
+    "status:error_user",
+    "status:error_geometry_mismatch",
+    "status:error_execution",
+    "status:error_connection",
+    "status:error_unsupported",
+    "status:error_internal",
+]
 #: The statuses of conversions still under way (what a Watcher lists to coalesce polling).
 CONVERSION_ACTIVE_STATUSES: tuple[str, ...] = active_values(CONVERSION_STATES)
 #: The pipeline phases in the live spec's order (``OrgDatasetFileConversionPhase``). The seed
@@ -168,6 +213,21 @@ CONVERSION_PHASES: tuple[str, ...] = (
     "snapshot_salon_kcl",
     "completed",
 )
+#: The values of :data:`CONVERSION_PHASES`, for type checkers and editors.
+ConversionPhase: TypeAlias = Literal[
+    "queued",
+    "zoo_generated_original_metadata",
+    "snapshot_original",
+    "user_provided_metadata",
+    "manual_kcl_override",
+    "convert_raw_kcl",
+    "zoo_generated_raw_kcl_metadata",
+    "snapshot_raw_kcl",
+    "salon",
+    "zoo_generated_salon_kcl_metadata",
+    "snapshot_salon_kcl",
+    "completed",
+]
 #: ``sort_by`` values of ``GET /org/datasets/{id}/conversions`` (``ConversionSortMode``).
 CONVERSION_SORT_MODES: tuple[str, ...] = (
     "created_at_ascending",
@@ -179,6 +239,17 @@ CONVERSION_SORT_MODES: tuple[str, ...] = (
     "updated_at_ascending",
     "updated_at_descending",
 )
+#: The values of :data:`CONVERSION_SORT_MODES`, for type checkers and editors.
+ConversionSortMode: TypeAlias = Literal[
+    "created_at_ascending",
+    "created_at_descending",
+    "status_ascending",
+    "status_descending",
+    "phase_ascending",
+    "phase_descending",
+    "updated_at_ascending",
+    "updated_at_descending",
+]
 _PHASE_INDEX: Mapping[str, int] = MappingProxyType(
     {phase: index for index, phase in enumerate(CONVERSION_PHASES)}
 )

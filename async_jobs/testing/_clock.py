@@ -19,7 +19,7 @@ class FakeClock:
         if speed < 0:
             raise ValueError("speed must be >= 0")
         self.speed = speed
-        self.epoch = epoch or datetime.now(timezone.utc)
+        self.epoch: datetime = epoch or datetime.now(timezone.utc)
         self._started = time.monotonic()
         self._offset = 0.0
 

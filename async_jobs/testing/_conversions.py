@@ -137,7 +137,7 @@ class FakeConversions:
 
     def __init__(self, clock: FakeClock, options: ZooOptions | None = None) -> None:
         self.clock = clock
-        self.options = options if options is not None else ZooOptions()
+        self.options: ZooOptions = options if options is not None else ZooOptions()
         self.datasets: dict[str, dict[str, FakeConversion]] = {}
         self._last_created: datetime | None = None
         self._count = 0

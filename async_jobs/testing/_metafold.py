@@ -242,7 +242,7 @@ class FakeMetafold:
         self.tokens: dict[str, float] = {}
         self.token_lifetime = DEFAULT_TOKEN_LIFETIME
         self.audience: str | None = None
-        self.exchanges = 0
+        self.exchanges: int = 0
         #: Raw (still percent-encoded) path and query of every Metafold request served.
         self.raw_paths: list[str] = []
         self._last_created: float | None = None

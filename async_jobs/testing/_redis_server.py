@@ -73,11 +73,11 @@ class RedisServer:
             )
         self.executable = found
         self.host = "127.0.0.1"
-        self.port = port or free_port(self.host)
+        self.port: int = port or free_port(self.host)
         self.password = password
         self.appendfsync = appendfsync
         self.start_timeout = start_timeout
-        self.dir = Path(tempfile.mkdtemp(prefix="async-jobs-redis-"))
+        self.dir: Path = Path(tempfile.mkdtemp(prefix="async-jobs-redis-"))
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property

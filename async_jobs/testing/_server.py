@@ -65,22 +65,22 @@ class FakeApiServer:
         #: A server-side TLS context: serve https instead of plain http.
         self.ssl = ssl
         self.host = host
-        self.port = port
-        self.clock = clock or FakeClock()
-        self.faults = FaultPlan(seed)
+        self.port: int = port
+        self.clock: FakeClock = clock or FakeClock()
+        self.faults: FaultPlan = FaultPlan(seed)
         self.requests: list[RecordedRequest] = []
         #: Requests received, kept or not; set ``keep_requests = False`` for long benchmarks.
-        self.request_count = 0
+        self.request_count: int = 0
         self.keep_requests = True
         #: Requests being handled right now, and the most seen at once.
-        self.in_flight = 0
-        self.max_in_flight = 0
+        self.in_flight: int = 0
+        self.max_in_flight: int = 0
         zoo_options = ZooOptions()
-        self.zoo = FakeZoo(self.clock, zoo_options)
-        self.metafold = FakeMetafold(self.clock)
-        self.conversions = FakeConversions(self.clock, zoo_options)
+        self.zoo: FakeZoo = FakeZoo(self.clock, zoo_options)
+        self.metafold: FakeMetafold = FakeMetafold(self.clock)
+        self.conversions: FakeConversions = FakeConversions(self.clock, zoo_options)
         #: Load shedding (see :meth:`overload`): a plan of its own, picked before ``faults``.
-        self.shedding = FaultPlan(seed)
+        self.shedding: FaultPlan = FaultPlan(seed)
         self._runner: web.AppRunner | None = None
 
     @property
@@ -137,7 +137,7 @@ class FakeApiServer:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self.port))
-        self.port = sock.getsockname()[1]
+        self.port = int(sock.getsockname()[1])
         runner = web.AppRunner(
             self._app(), access_log=None, handle_signals=False, shutdown_timeout=0.1
         )

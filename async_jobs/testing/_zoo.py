@@ -238,7 +238,7 @@ class FakeZoo:
 
     def __init__(self, clock: FakeClock, options: ZooOptions | None = None) -> None:
         self.clock = clock
-        self.options = options if options is not None else ZooOptions()
+        self.options: ZooOptions = options if options is not None else ZooOptions()
         self.operations: dict[str, FakeOperation] = {}
         self._last_created: datetime | None = None
 
