@@ -4,6 +4,7 @@ Zoo async operations, Zoo org dataset conversions and Metafold project jobs/work
 one poller (:func:`wait_until_terminal`, :func:`watch`) for all of them.
 """
 
+from . import events
 from ._errors import (
     ApiError,
     AsyncJobsError,
@@ -12,6 +13,7 @@ from ._errors import (
     DecodeError,
     JobFailed,
     NotFoundError,
+    PollStalled,
     RateLimitedError,
     ServerError,
     TransportError,
@@ -22,6 +24,7 @@ from ._policy import PollPolicy, RetryPolicy, next_delay
 from ._poll import ActiveListing, Job, JobRef, wait_until_terminal, watch
 from ._version import __version__
 from ._watcher import Watcher
+from .events import add_listener
 from .metafold import MetafoldClient, MetafoldQuery, wait_for_workflow_jobs
 from .metafold import Not as MetafoldNot
 from .metafold import q as metafold_q
@@ -54,6 +57,7 @@ __all__ = [
     "NotFoundError",
     "Page",
     "PollPolicy",
+    "PollStalled",
     "RateLimitedError",
     "RetryPolicy",
     "ServerError",
@@ -63,6 +67,8 @@ __all__ = [
     "Watcher",
     "ZooClient",
     "__version__",
+    "add_listener",
+    "events",
     "metafold_q",
     "next_delay",
     "wait_for_workflow_jobs",

@@ -56,7 +56,7 @@ class BaseClient:
             rate_limit=rate_limit,
             max_concurrency=max_concurrency,
         )
-        self.poll = poll or PollPolicy()
+        self.poll: PollPolicy = poll or PollPolicy()
         self._listings: dict[Hashable, ActiveListing[Any]] = {}
 
     def _listing(

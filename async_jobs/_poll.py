@@ -114,10 +114,10 @@ class ActiveListing(Generic[J_co]):
         *,
         name: str | None = None,
     ) -> None:
-        self.key = key
-        self.list_active = list_active
+        self.key: Hashable = key
+        self.list_active: Callable[[], AsyncIterator[J_co]] = list_active
         #: How logs and events name the group (``zoo.dataset_conversions:<dataset id>``).
-        self.name = name if name is not None else str(key)
+        self.name: str = name if name is not None else str(key)
 
     def __repr__(self) -> str:
         return f"ActiveListing({self.key!r})"
@@ -140,10 +140,12 @@ class JobRef(Generic[J_co]):
         poll: PollPolicy | None = None,
         listing: ActiveListing[Any] | None = None,
     ) -> None:
-        self.kind = kind
-        self.ids = ids
-        self.poll = poll  # the client's default schedule, used when a wait names none
-        self.listing = listing  # how a Watcher lists this job with its active siblings
+        self.kind: str = kind
+        self.ids: tuple[str, ...] = ids
+        #: The client's default schedule, used when a wait names none.
+        self.poll: PollPolicy | None = poll
+        #: How a Watcher lists this job with its active siblings.
+        self.listing: ActiveListing[Any] | None = listing
         self._fetch = fetch
 
     def to_token(self) -> str:

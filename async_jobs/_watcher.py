@@ -130,15 +130,15 @@ class Watcher:
             raise ValueError("max_concurrency must be >= 1")
         if stall_timeout is not None and not stall_timeout > 0:
             raise ValueError("stall_timeout must be > 0 or None")
-        self.clients = clients
-        self.poll = poll or PollPolicy()
-        self.max_concurrency = max_concurrency
-        self.rate_limit = rate_limit
-        self.on_update = on_update
-        self.coalesce = coalesce
-        self.keep_completed = keep_completed
-        self.stall_timeout = stall_timeout
-        self.listeners = tuple(listeners)
+        self.clients: tuple[BaseClient, ...] = clients
+        self.poll: PollPolicy = poll or PollPolicy()
+        self.max_concurrency: int = max_concurrency
+        self.rate_limit: float | None = rate_limit
+        self.on_update: OnUpdate[Any] | None = on_update
+        self.coalesce: bool = coalesce
+        self.keep_completed: bool = keep_completed
+        self.stall_timeout: float | None = stall_timeout
+        self.listeners: tuple[events.Listener, ...] = tuple(listeners)
         self._limits = RequestLimits(rate_limit, max_concurrency)
         self._entries: dict[str, _Entry] = {}
         self._groups: dict[Hashable, _Group] = {}

@@ -39,7 +39,7 @@ __all__ = [
     "enabled",
 ]
 
-logger = logging.getLogger("async_jobs.events")
+logger: logging.Logger = logging.getLogger("async_jobs.events")
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True):

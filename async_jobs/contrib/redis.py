@@ -84,7 +84,7 @@ from .._watcher import Watcher
 
 __all__ = ["DurableStatus", "DurableWatches", "DurableWorker", "Handler"]
 
-logger = logging.getLogger("async_jobs")
+logger: logging.Logger = logging.getLogger("async_jobs.redis")
 
 #: ``handler(job, context)``: called once a watched job is terminal; must be idempotent.
 Handler = Callable[[Any, dict[str, Any]], Awaitable[object]]
@@ -216,8 +216,8 @@ class DurableWatches:
         self.redis = redis
         self.stream = stream
         self.group = group
-        self.consumer = consumer or default_consumer()
-        self.job_prefix = f"{stream}:job:"
+        self.consumer: str = consumer or default_consumer()
+        self.job_prefix: str = f"{stream}:job:"
         self.results = results
         self.results_maxlen = results_maxlen
         self.dead_letter = dead_letter
@@ -497,7 +497,7 @@ class DurableWorker:
         if block < 0:
             raise ValueError("block must be >= 0")
         self.watches = watches
-        self.clients = tuple(clients)
+        self.clients: tuple[BaseClient, ...] = tuple(clients)
         self.handler = handler
         self.concurrency = concurrency
         self.prefetch = prefetch
@@ -507,11 +507,11 @@ class DurableWorker:
         self.retry = retry
         self.block = block
         self.rate_limit = rate_limit
-        self.handled = 0
-        self.dead_lettered = 0
-        self.duplicates = 0
-        self.claimed = 0
-        self.lost = 0
+        self.handled: int = 0
+        self.dead_lettered: int = 0
+        self.duplicates: int = 0
+        self.claimed: int = 0
+        self.lost: int = 0
         self._held: dict[str, _Held] = {}
         self._room = anyio.Event()
         self._limiter = anyio.CapacityLimiter(concurrency)
