@@ -191,6 +191,10 @@ class JobRef(Generic[J_co]):
         return hash(self.key)
 
 
+class _NoAnswer(TransportError):
+    """A poll still unanswered at its stall deadline."""
+
+
 class Poller(Generic[J]):
     """The bookkeeping of one followed job (or one Watcher group's listing) around the pure
     :class:`~async_jobs._policy.PollStep`: what was last seen, the log line and the events of
@@ -235,6 +239,7 @@ class Poller(Generic[J]):
 
     def listed(self, changed: bool) -> Decision:
         """Record a successful poll (a look at the job, or a group's listing)."""
+        self.error = None
         outcome = Outcome.CHANGED if changed else Outcome.UNCHANGED
         return self.step.record(outcome, anyio.current_time(), rand=random.random())
 
@@ -247,7 +252,8 @@ class Poller(Generic[J]):
         decision = self.step.record(outcome, anyio.current_time(), hint=hint, rand=random.random())
         if fatal:
             return decision
-        self.error = exc
+        if not isinstance(exc, _NoAnswer) or self.error is None:
+            self.error = exc  # the cause of a stall: the last real failure, if there was one
         logger.debug("missed a poll of %s: %s", self.key, exc)
         if events.enabled(self.listeners):
             missed = events.PollMissed(
@@ -260,12 +266,14 @@ class Poller(Generic[J]):
         return decision
 
     def stalled(self) -> PollStalled[J]:
-        """The error ending a stalled wait (raise it ``from`` :attr:`error`)."""
+        """The error ending a stalled wait, caused by the last failed attempt."""
         state = self.last.job_state.value if self.last is not None else "never seen"
-        return PollStalled(
+        error = PollStalled(
             f"no poll of {self.key} succeeded for {self.step.stall_timeout}s (last: {state})",
             last=self.last,
         )
+        error.__cause__ = self.error
+        return error
 
     async def fetch(self, fetch: Callable[[], Awaitable[T]]) -> T:
         """``fetch()``, given up at the stall deadline (a miss, as a timeout would be)."""
@@ -274,7 +282,7 @@ class Poller(Generic[J]):
             return await fetch()
         with anyio.move_on_after(max(remaining, 0.0)):
             return await fetch()
-        raise TransportError(f"no answer for {self.key} before its stall timeout")
+        raise _NoAnswer(f"no answer for {self.key} before its stall timeout")
 
     def started_event(self) -> None:
         """Emit :class:`~async_jobs.events.WaitStarted`."""
@@ -326,7 +334,7 @@ async def _follow(poller: Poller[J], ref: JobRef[J]) -> AsyncGenerator[J, None]:
             if decision.stop is Stop.FATAL:
                 raise
             if decision.stop is Stop.STALLED:
-                raise poller.stalled() from exc
+                raise poller.stalled() from poller.error
         else:
             job, changed, decision = poller.seen(job)
             if changed:

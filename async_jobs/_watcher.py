@@ -413,7 +413,7 @@ class Watcher:
                 self._settle(entry, error=exc)
                 return
             if decision.stop is Stop.STALLED:
-                self._stall(entry, exc)
+                self._stall(entry)
                 return
         except Exception as exc:  # a fetch that is not ours: it fails its own job only
             self._settle(entry, error=exc)
@@ -453,7 +453,7 @@ class Watcher:
                 decision = group.poller.missed(exc)
                 if decision.stop is Stop.STALLED:
                     for entry in list(group.entries.values()):
-                        self._stall(entry, exc, of=group.name)
+                        self._stall(entry, group)
                     group.poller = Poller(
                         group.name,
                         self.poll,
@@ -533,11 +533,13 @@ class Watcher:
                 failed = events.CallbackFailed(key=entry.ref.key, error=type(exc).__name__)
                 events.emit(failed, self.listeners)
 
-    def _stall(self, entry: _Entry, cause: BaseException, *, of: str | None = None) -> None:
+    def _stall(self, entry: _Entry, group: _Group | None = None) -> None:
+        """End ``entry``'s wait with PollStalled: its own polls (or its group's listings)
+        stopped succeeding."""
         error = entry.poller.stalled()
-        if of is not None:
-            error.args = (f"no listing of {of} succeeded for {self.stall_timeout}s",)
-        error.__cause__ = cause
+        if group is not None:
+            error.args = (f"no listing of {group.name} succeeded for {self.stall_timeout}s",)
+            error.__cause__ = group.poller.error
         self._settle(entry, error=error)
 
     def _settle(
