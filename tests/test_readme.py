@@ -394,9 +394,12 @@ async def test_embedding_in_fastapi(env: FakeApiServer) -> None:
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
-            response = await client.get(f"/ops/{op.id}/wait")
+            with anyio.fail_after(HANG_GUARD):
+                response = await client.get(f"/ops/{op.id}/wait")
+            after = await client.get(f"/ops/{op.id}/last")
     assert response.status_code == 200
     assert response.json() == {"id": op.id, "state": "failed", "error": "bad mesh"}
+    assert after.status_code == 200 and after.json() is None  # its wait ended
 
 
 # -- the fake server ------------------------------------------------------------------------
