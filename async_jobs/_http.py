@@ -24,6 +24,7 @@ import anyio
 import msgspec
 from yarl import URL
 
+from . import events
 from ._errors import (
     ApiError,
     AuthenticationError,
@@ -272,6 +273,11 @@ def check_base_url(base_url: str, *, allow_insecure_http: bool = False) -> str:
     return base_url.rstrip("/")
 
 
+def _public_url(url: URL) -> str:
+    """``url`` as events show it: without user or password."""
+    return str(url.with_user(None)) if url.user or url.password else str(url)
+
+
 #: A request sent once: not idempotent, so never retried on its own.
 SINGLE_ATTEMPT = RetryPolicy(max_attempts=1)
 
@@ -409,7 +415,8 @@ class HttpTransport:
                 # The credential comes first, outside the concurrency slot: getting it may
                 # itself send a request through this transport (an OAuth2 token exchange).
                 authorization = await self._auth.authorization() if authenticate else None
-                response = await self._send_limited(method, url, data, json, authorization)
+                attempt = step.misses + 1
+                response = await self._send_limited(method, url, data, json, authorization, attempt)
                 if response.status == 401 and authenticate and not refreshed:
                     refreshed = True
                     if await self._auth.refresh():
@@ -439,13 +446,28 @@ class HttpTransport:
                     step.misses,
                     decision.delay,
                 )
+                if events.enabled():
+                    retry = events.RetryScheduled(
+                        method=method,
+                        url=_public_url(url),
+                        attempt=step.misses,
+                        delay=decision.delay,
+                        cause=type(transient.error).__name__,
+                    )
+                    events.emit(retry)
                 await anyio.sleep(decision.delay)
 
     async def _send_limited(
-        self, method: str, url: URL, data: Any, json: Any, authorization: str | None
+        self,
+        method: str,
+        url: URL,
+        data: Any,
+        json: Any,
+        authorization: str | None,
+        attempt: int,
     ) -> Response:
         """One attempt within this client's limits and the caller's (:data:`REQUEST_LIMITS`);
-        a 429 slows both down."""
+        a 429 slows both down. Emits :class:`~async_jobs.events.RequestDone`."""
         caller = REQUEST_LIMITS.get()
         async with AsyncExitStack() as slots:
             if caller is not None:
@@ -455,7 +477,33 @@ class HttpTransport:
             await self.limiter.acquire()
             if self._concurrency is not None:
                 await slots.enter_async_context(self._concurrency)
-            response = await self._send_once(method, url, data, json, authorization)
+            if not events.enabled():
+                response = await self._send_once(method, url, data, json, authorization)
+            else:
+                started = anyio.current_time()
+                try:
+                    response = await self._send_once(method, url, data, json, authorization)
+                except BaseException as exc:
+                    error = exc.error if isinstance(exc, _Transient) else exc
+                    done = events.RequestDone(
+                        method=method,
+                        url=_public_url(url),
+                        status=None,
+                        attempt=attempt,
+                        duration=anyio.current_time() - started,
+                        error=type(error).__name__,
+                    )
+                    events.emit(done)
+                    raise
+                done = events.RequestDone(
+                    method=method,
+                    url=_public_url(url),
+                    status=response.status,
+                    attempt=attempt,
+                    duration=anyio.current_time() - started,
+                    request_id=response.headers.get("X-Api-Call-Id"),
+                )
+                events.emit(done)
         if response.status == 429:
             now = anyio.current_time()
             self.limiter.throttled(now)
