@@ -16,7 +16,6 @@ from ._policy import PollPolicy, RetryPolicy
 from ._poll import JobRef
 from .models.zoo import (
     CONVERSION_ACTIVE_STATUSES,
-    CONVERSION_SORT_MODES,
     OPERATION_ACTIVE_STATUSES,
     OPERATION_SORT_MODES,
     OPERATION_STATUSES,
@@ -40,9 +39,11 @@ _conversion_decoder = msgspec.json.Decoder(DatasetConversion)
 _conversion_page_decoder = msgspec.json.Decoder(Page[DatasetConversion])
 
 
-def _check_choice(name: str, value: str, choices: Sequence[str]) -> str:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+def _check_value(name: str, value: str) -> str:
+    """An enumerated parameter: any non-empty string, so a value the server adds tomorrow is
+    sent as is (the server answers one it does not know with a 400, a BadRequestError)."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name} must be a non-empty string, got {value!r}")
     return value
 
 
@@ -114,14 +115,14 @@ class ZooClient(BaseClient):
     ) -> Page[AsyncOperation]:
         """One page of ``GET /async/operations`` (a staff-only endpoint today).
 
-        ``status`` (one of :data:`~async_jobs.models.zoo.OPERATION_STATUSES`) and ``sort_by``
-        (one of :data:`~async_jobs.models.zoo.OPERATION_SORT_MODES`) are typed
-        ``Literal[...] | str``: known values complete in editors, new server values still
-        type-check. Both are checked against those tuples before any request is sent.
+        ``status`` (:data:`~async_jobs.models.zoo.OPERATION_STATUSES`) and ``sort_by``
+        (:data:`~async_jobs.models.zoo.OPERATION_SORT_MODES`) are typed ``Literal[...] | str``:
+        known values complete in editors, and a value the server adds later is sent as is
+        (one it does not know comes back as :class:`~async_jobs.BadRequestError`).
         """
         if status is not None:
-            _check_choice("status", status, OPERATION_STATUSES)
-        _check_choice("sort_by", sort_by, OPERATION_SORT_MODES)
+            _check_value("status", status)
+        _check_value("sort_by", sort_by)
         _check_limit(limit)
         return await self._http.get(
             api_path("async", "operations"),
@@ -138,11 +139,12 @@ class ZooClient(BaseClient):
     ) -> AsyncGenerator[AsyncOperation, None]:
         """Every operation with the given status(es), in ``sort_by`` order.
 
-        ``status=None`` means every known status. Each status is its own stream, fetched
-        concurrently with the next page prefetched, and the streams are merged by
-        ``created_at``. ``status`` and ``sort_by`` are typed ``Literal[...] | str``, as in
-        :meth:`list_async_operations`: known values complete in editors, new server values
-        still type-check. Arguments are checked before any request is sent.
+        ``status=None`` means every known status. Each status is its own stream, their pages
+        fetched concurrently, and the streams are merged by ``created_at``. ``status`` and
+        ``sort_by`` are typed ``Literal[...] | str``, as in :meth:`list_async_operations`: a
+        new status is sent as is; merging several streams needs a ``sort_by`` of
+        :data:`~async_jobs.models.zoo.OPERATION_SORT_MODES` (the order it merges in).
+        Arguments are checked before any request is sent.
         """
         if status is None:
             statuses: Sequence[str] = OPERATION_STATUSES
@@ -153,8 +155,13 @@ class ZooClient(BaseClient):
             if not statuses:
                 raise ValueError("status must name at least one status")
         for one in statuses:
-            _check_choice("status", one, OPERATION_STATUSES)
-        _check_choice("sort_by", sort_by, OPERATION_SORT_MODES)
+            _check_value("status", one)
+        _check_value("sort_by", sort_by)
+        if len(statuses) > 1 and sort_by not in OPERATION_SORT_MODES:
+            raise ValueError(
+                f"merging {len(statuses)} status streams needs a sort_by of "
+                f"{', '.join(OPERATION_SORT_MODES)}; got {sort_by!r}"
+            )
         _check_limit(limit)
         _check_max_items(max_items)
 
@@ -217,10 +224,10 @@ class ZooClient(BaseClient):
         (:data:`~async_jobs.models.zoo.CONVERSION_SORT_MODES`,
         :data:`~async_jobs.models.zoo.CONVERSION_STATUS_FILTERS`,
         :data:`~async_jobs.models.zoo.CONVERSION_PHASES`) complete in editors, new server
-        values still type-check (``sort_by`` is checked against its tuple at run time).
+        values are sent as is.
         """
         path = api_path("org", "datasets", dataset_id, "conversions")
-        _check_choice("sort_by", sort_by, CONVERSION_SORT_MODES)
+        _check_value("sort_by", sort_by)
         _check_limit(limit)
         _check_text("page_token", page_token)
         _check_text("filter", filter)
@@ -251,14 +258,14 @@ class ZooClient(BaseClient):
         max_items: int | None = None,
     ) -> AsyncGenerator[DatasetConversion, None]:
         """Every conversion of a dataset matching ``filter``/``q``/``phase``, in ``sort_by``
-        order, as one stream with the next page prefetched (``filter`` is one expression in
-        the API, so there is nothing to merge). Arguments are checked before any request.
+        order, as one stream (``filter`` is one expression in the API, so there is nothing to
+        merge). Arguments are checked before any request.
 
         ``sort_by``, ``filter`` and ``phase`` are typed ``Literal[...] | str``, as in
         :meth:`list_dataset_conversions`: known values complete in editors, new server values
         still type-check."""
         api_path("org", "datasets", dataset_id, "conversions")
-        _check_choice("sort_by", sort_by, CONVERSION_SORT_MODES)
+        _check_value("sort_by", sort_by)
         _check_limit(limit)
         _check_text("filter", filter)
         _check_text("q", q)

@@ -435,8 +435,8 @@ async def test_ids_are_single_path_segments(server: FakeApiServer, zoo: aj.ZooCl
 @pytest.mark.parametrize(
     "call",
     [
-        lambda z: z.list_dataset_conversions("ds", sort_by="newest"),
-        lambda z: z.list_dataset_conversions("ds", sort_by="status"),
+        lambda z: z.list_dataset_conversions("ds", sort_by=""),
+        lambda z: z.list_dataset_conversions("ds", sort_by=3),
         lambda z: z.list_dataset_conversions("ds", limit=0),
         lambda z: z.list_dataset_conversions("ds", limit=True),
         lambda z: z.list_dataset_conversions("ds", limit=2.5),
@@ -462,7 +462,7 @@ async def test_bad_iter_arguments_raise_at_call_time(
     server: FakeApiServer, zoo: aj.ZooClient
 ) -> None:
     for kwargs in (
-        {"sort_by": "by_size"},
+        {"sort_by": ""},
         {"limit": -1},
         {"max_items": -1},
         {"filter": ""},

@@ -158,9 +158,9 @@ async def test_arguments_are_checked_before_any_request(
             no_project.job("j")
         assert (await no_project.list_jobs(PROJECT)) == []
     with pytest.raises(ValueError):
-        await mf.list_jobs(sort="size:1")
+        await mf.list_jobs(sort="size")
     with pytest.raises(ValueError):
-        await mf.list_workflows(sort="name:1")
+        await mf.list_workflows(sort=("two words", True))
     with pytest.raises(ValueError, match="searched by"):
         await mf.list_workflows(q=q(name="x"))
     with pytest.raises(ValueError):
