@@ -86,6 +86,11 @@ QUICK: dict[str, dict[str, Any]] = {
 }
 
 
+#: What describes the machine and packages of a run: a rerun with ``--only`` keeps the last
+#: full run's (the figures it did not redo are that run's) and names its own when it differs.
+RUN_FACTS = ("cpu", "cores", "python", "implementation", "platform", "packages")
+
+
 def _paths(quick: bool) -> tuple[Path, Path]:
     stem = "RESULTS.quick" if quick else "RESULTS"
     return HERE / f"{stem}.md", HERE / f"{stem}.json"
@@ -217,8 +222,9 @@ def main(argv: list[str] | None = None, overrides: dict[str, dict[str, Any]] | N
     data.setdefault("targets", {})
     previous = data.get("suite", {})
     data["suite"] = machine_info() | {"mode": "quick" if args.quick else "full"}
-    if args.only:  # the last full run's facts stay; the reruns are listed
-        for key in ("date", "seconds", "load_average_before", "load_average_after"):
+    here = dict(data["suite"])  # this run's machine, named in a rerun's note
+    if args.only:  # the last full run's facts (its machine too) stay; the reruns are listed
+        for key in (*RUN_FACTS, "date", "seconds", "load_average_before", "load_average_after"):
             if key in previous:
                 data["suite"][key] = previous[key]
         data["suite"]["reruns"] = dict(previous.get("reruns", {}))
@@ -244,9 +250,15 @@ def main(argv: list[str] | None = None, overrides: dict[str, dict[str, Any]] | N
         data["benchmarks"][name] = entry
     if args.only:
         rerun = machine_info()["date"]
+        machine = ""
+        if any(here.get(key) != data["suite"].get(key) for key in RUN_FACTS):
+            packages = ", ".join(f"{n} {v}" for n, v in here["packages"].items())
+            machine = (
+                f" on {here['cpu']}, {here['cores']} cores, Python {here['python']}, {packages}"
+            )
         for name in names:
             data["suite"]["reruns"][name] = (
-                f"{rerun}, 1-minute load average {load_before:.2f} before, "
+                f"{rerun}{machine}, 1-minute load average {load_before:.2f} before, "
                 f"{os.getloadavg()[0]:.2f} after"
             )
     else:
