@@ -9,8 +9,11 @@ Scenarios: ``watch_many`` and ``metafold_only`` (jobs finishing within a window)
 process with fresh jobs each) and ``pages`` (read-only listings pre-rendered from the fake's
 own bodies, ``--spec`` JSON; see :func:`pages`).
 
+``--lean-lists``: Metafold job listings by state render only the matching jobs (see
+:func:`_lean_metafold_lists`).
+
 Usage: python -m benchmarks._server_proc SCENARIO [--scale X] [--window S] [--lead S]
-       [--spec JSON]
+       [--spec JSON] [--lean-lists]
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import sys
 import tempfile
 import uuid
@@ -278,6 +282,36 @@ def _serve_rendered(server: FakeApiServer, table: dict[tuple[str, ...], bytes]) 
     server.zoo.handle_list = operations  # type: ignore[method-assign]
 
 
+_STATE_QUERY = re.compile(r"state:([a-z_]+)")
+
+
+def _lean_metafold_lists(server: FakeApiServer) -> None:
+    """Metafold job listings asked for ``q=state:<s>`` alone (what a Watcher sends) render only
+    the bodies of the jobs in that state, the same answer as the fake's own handler, which
+    renders every job of the project before filtering (with thousands of finished jobs per
+    project the fake, not the client, would be measured). Anything else falls through."""
+    fake = server.metafold
+    list_jobs = fake.handle_list_jobs
+
+    async def lean(request: web.Request) -> web.Response:
+        match = _STATE_QUERY.fullmatch(request.query.get("q", ""))
+        project = fake.projects.get(request.match_info["project_id"])
+        if match is None or set(request.query) != {"q"} or project is None:
+            return await list_jobs(request)
+        fake.raw_paths.append(request.raw_path)
+        state, now = match.group(1), fake.clock.now()
+        memo: dict[str, Any] = {}
+        bodies = []
+        for job_id in sorted(project.jobs, reverse=True):  # the fake's order: id descending
+            if fake._seen(project, job_id, now, memo).state == state:
+                body = fake.job_body(request.match_info["project_id"], job_id, memo)
+                if body["state"] == state:  # the body is what the fake's own handler filters
+                    bodies.append(body)
+        return web.json_response(bodies)
+
+    fake.handle_list_jobs = lean  # type: ignore[method-assign]
+
+
 SCENARIOS: dict[str, Populate] = {
     "watch_many": watch_many,
     "metafold_only": metafold_only,
@@ -291,6 +325,8 @@ async def serve(args: argparse.Namespace) -> None:
     rng = random.Random(args.seed)
     server = FakeApiServer(token=TOKEN)
     prepared = PREPARE[args.scenario](server, args, rng) if args.scenario in PREPARE else None
+    if args.lean_lists:
+        _lean_metafold_lists(server)
     async with server:
         server.keep_requests = False
         jobs = prepared if prepared is not None else SCENARIOS[args.scenario](server, args, rng)
@@ -325,6 +361,9 @@ def main() -> None:
     parser.add_argument("--lead", type=float, default=4.0)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--spec", default="{}", help="pages: what to render (JSON)")
+    parser.add_argument(
+        "--lean-lists", action="store_true", help="Metafold state listings render matches only"
+    )
     anyio.run(serve, parser.parse_args())
 
 

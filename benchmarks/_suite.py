@@ -1,6 +1,6 @@
 """The benchmark suite: ``python -m benchmarks [--quick] [--only NAME[,NAME]]``.
 
-Runs decode, list, overhead, wait and scale (see each module's docstring), then writes
+Runs decode, list, overhead, wait, scale and memory (see each module's docstring), then writes
 ``benchmarks/RESULTS.md`` (the machine, the targets met or missed, one section per benchmark
 with medians and min-max, profiles of what missed) and ``benchmarks/RESULTS.json`` (every raw
 figure). ``--quick`` runs tiny sizes once, as a smoke test that the suite still works, and
@@ -19,7 +19,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from . import _profile, decode, listing, overhead, scale, wait
+from . import _profile, decode, listing, overhead, scale, wait, watcher_memory
 from ._common import HERE, machine_info, write_section
 
 BENCHMARKS: dict[str, ModuleType] = {
@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, ModuleType] = {
     "overhead": overhead,
     "wait": wait,
     "scale": scale,
+    "memory": watcher_memory,
 }
 
 FULL: dict[str, dict[str, Any]] = {
@@ -45,6 +46,16 @@ FULL: dict[str, dict[str, Any]] = {
         "lead": 1.5,
         "poll": 1.0,
     },
+    "memory": {
+        "jobs": 20000,
+        "projects": 20,
+        "batch": 1000,
+        "wave": 1000,
+        "warmup": 200,
+        "window": 4.0,
+        "lead": 3.0,
+        "poll": 0.5,
+    },
 }
 QUICK: dict[str, dict[str, Any]] = {
     "decode": {"items": 100, "repeats": 1, "batch_s": 0.01},
@@ -61,7 +72,23 @@ QUICK: dict[str, dict[str, Any]] = {
         "lead": 0.3,
         "poll": 0.2,
     },
+    "memory": {
+        "jobs": 300,
+        "projects": 3,
+        "batch": 100,
+        "wave": 100,
+        "watchers": ["Watcher()"],
+        "warmup": 20,
+        "window": 0.3,
+        "lead": 0.1,
+        "poll": 0.1,
+    },
 }
+
+
+#: What describes the machine and packages of a run: a rerun with ``--only`` keeps the last
+#: full run's (the figures it did not redo are that run's) and names its own when it differs.
+RUN_FACTS = ("cpu", "cores", "python", "implementation", "platform", "packages")
 
 
 def _paths(quick: bool) -> tuple[Path, Path]:
@@ -155,7 +182,9 @@ def _write_md(data: dict[str, Any], md_path: Path, quick: bool) -> None:
     write_section("summary", _summary(data, quick), md_path)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> int:
+    """Run the benchmarks ``argv`` names; ``overrides`` replace some of their config values
+    (``benchmarks.watcher_memory --jobs N`` passes ``{"memory": {"jobs": N}}``)."""
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
         description="Benchmarks async_jobs against kittycad, the metafold SDK and raw aiohttp.",
@@ -184,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         _write_md(json.loads(json_path.read_text()), md_path, args.quick)
         print(f"wrote {md_path.relative_to(HERE.parent)}")
         return 0
-    configs = QUICK if args.quick else FULL
+    base = QUICK if args.quick else FULL
+    configs = {name: base[name] | (overrides or {}).get(name, {}) for name in base}
     data: dict[str, Any] = {}
     if args.only and json_path.exists():
         data = json.loads(json_path.read_text())
@@ -192,8 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     data.setdefault("targets", {})
     previous = data.get("suite", {})
     data["suite"] = machine_info() | {"mode": "quick" if args.quick else "full"}
-    if args.only:  # the last full run's facts stay; the reruns are listed
-        for key in ("date", "seconds", "load_average_before", "load_average_after"):
+    here = dict(data["suite"])  # this run's machine, named in a rerun's note
+    if args.only:  # the last full run's facts (its machine too) stay; the reruns are listed
+        for key in (*RUN_FACTS, "date", "seconds", "load_average_before", "load_average_after"):
             if key in previous:
                 data["suite"][key] = previous[key]
         data["suite"]["reruns"] = dict(previous.get("reruns", {}))
@@ -219,9 +250,15 @@ def main(argv: list[str] | None = None) -> int:
         data["benchmarks"][name] = entry
     if args.only:
         rerun = machine_info()["date"]
+        machine = ""
+        if any(here.get(key) != data["suite"].get(key) for key in RUN_FACTS):
+            packages = ", ".join(f"{n} {v}" for n, v in here["packages"].items())
+            machine = (
+                f" on {here['cpu']}, {here['cores']} cores, Python {here['python']}, {packages}"
+            )
         for name in names:
             data["suite"]["reruns"][name] = (
-                f"{rerun}, 1-minute load average {load_before:.2f} before, "
+                f"{rerun}{machine}, 1-minute load average {load_before:.2f} before, "
                 f"{os.getloadavg()[0]:.2f} after"
             )
     else:
