@@ -19,6 +19,7 @@ someone can still take it. Per watched job the watcher keeps its ref, its poll b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import inspect
 import itertools
@@ -372,34 +373,48 @@ class Watcher:
         heapq.heappush(self._heap, (when, next(self._counter), entry))
         self._wake.set()
 
-    def _start_group(self, listing: ActiveListing[Any]) -> _Group:
-        poller: Poller[Any] = Poller(
+    def _group_poller(self, listing: ActiveListing[Any]) -> Poller[Any]:
+        return Poller(
             listing.name, self.poll, stall_timeout=self.stall_timeout, listeners=self.listeners
         )
-        group = self._groups[listing.key] = _Group(listing, poller)
+
+    def _start_group(self, listing: ActiveListing[Any]) -> _Group:
+        group = self._groups[listing.key] = _Group(listing, self._group_poller(listing))
         assert self._task_group is not None
         self._task_group.start_soon(self._guarded, self._group_loop, group)
         return group
 
     async def _schedule_loop(self, send: MemoryObjectSendStream[_Entry]) -> None:
+        # Loop variables live in helper methods: a loop's last entry (and the job it holds)
+        # must not stay referenced once its wait ended (memory stays flat in a service).
         while True:
-            now = anyio.current_time()
-            while self._heap and self._heap[0][0] <= now:
-                _, _, entry = heapq.heappop(self._heap)
-                if self._entries.get(entry.ref.key) is entry:
-                    await send.send(entry)
-                else:
-                    entry.busy = False
+            await self._send_due(send)
             delay = self._heap[0][0] - anyio.current_time() if self._heap else math.inf
             if delay > 0:
                 with anyio.move_on_after(delay):
                     await self._wake.wait()
                 self._wake = anyio.Event()
 
+    async def _send_due(self, send: MemoryObjectSendStream[_Entry]) -> None:
+        """Hand the entries whose time has come to the workers."""
+        now = anyio.current_time()
+        while self._heap and self._heap[0][0] <= now:
+            _, _, entry = heapq.heappop(self._heap)
+            if self._entries.get(entry.ref.key) is entry:
+                await send.send(entry)
+            else:
+                entry.busy = False
+
     async def _worker(self, receive: MemoryObjectReceiveStream[_Entry]) -> None:
-        async for entry in receive:
-            if entry is self._entries.get(entry.ref.key):
-                await self._poll_one(entry)
+        with contextlib.suppress(anyio.EndOfStream, anyio.ClosedResourceError):
+            while True:
+                await self._work_one(receive)
+
+    async def _work_one(self, receive: MemoryObjectReceiveStream[_Entry]) -> None:
+        """Take the next due entry and poll it."""
+        entry = await receive.receive()
+        if entry is self._entries.get(entry.ref.key):
+            await self._poll_one(entry)
 
     async def _poll_one(self, entry: _Entry) -> None:
         """One per-job poll of ``entry``, then its next one scheduled (or its wait ended)."""
@@ -444,35 +459,42 @@ class Watcher:
                 group.wake = anyio.Event()
                 continue
             group.wake = anyio.Event()  # the jobs added so far are in this sweep
-            try:
-                active = await group.poller.fetch(partial(_collect, group.listing))
-            except FALLBACK_ERRORS as exc:
-                self._fall_back(group, exc)
-                return
-            except MISSED_POLL_ERRORS as exc:
-                decision = group.poller.missed(exc)
-                if decision.stop is Stop.STALLED:
-                    for entry in list(group.entries.values()):
-                        self._stall(entry, group)
-                    group.poller = Poller(
-                        group.name,
-                        self.poll,
-                        stall_timeout=self.stall_timeout,
-                        listeners=self.listeners,
-                    )
-                    continue
-            else:
-                changed = False
-                for entry in list(group.entries.values()):
-                    job = active.get(entry.ref.ids[-1])
-                    if job is None:
-                        entry.confirming = True
-                        self._schedule(entry, anyio.current_time())
-                    else:
-                        seen_change, _ = await self._observe(entry, job)
-                        changed = changed or seen_change
-                decision = group.poller.listed(changed)
+            decision = await self._sweep(group)
+            if decision is None:
+                return  # fell back to per-job polling
             await self._group_pause(group, decision.delay)
+
+    async def _sweep(self, group: _Group) -> Decision | None:
+        """List the group's active jobs once and report each watched job; None once the
+        group fell back to per-job polling."""
+        try:
+            active = await group.poller.fetch(partial(_collect, group.listing))
+        except FALLBACK_ERRORS as exc:
+            self._fall_back(group, exc)
+            return None
+        except MISSED_POLL_ERRORS as exc:
+            decision = group.poller.missed(exc)
+            if decision.stop is Stop.STALLED:
+                for entry in list(group.entries.values()):
+                    self._stall(entry, group)
+                group.poller = Poller(
+                    group.name,
+                    self.poll,
+                    stall_timeout=self.stall_timeout,
+                    listeners=self.listeners,
+                )
+                return Decision(0.0, None)
+            return decision
+        changed = False
+        for entry in list(group.entries.values()):
+            job = active.get(entry.ref.ids[-1])
+            if job is None:
+                entry.confirming = True
+                self._schedule(entry, anyio.current_time())
+            else:
+                seen_change, _ = await self._observe(entry, job)
+                changed = changed or seen_change
+        return group.poller.listed(changed)
 
     async def _group_pause(self, group: _Group, delay: float) -> None:
         """Sleep ``delay``, cut to ``poll.initial`` once a new job joins the group."""
