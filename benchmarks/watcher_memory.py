@@ -73,7 +73,7 @@ def _rss_mib() -> float:
 
 
 async def _through_futures(
-    watcher: aj.Watcher[Any],
+    watcher: aj.Watcher,
     mf: aj.MetafoldClient,
     jobs: list[dict[str, Any]],
     batch: int,
@@ -131,7 +131,7 @@ async def _run(p: dict[str, Any]) -> dict[str, Any]:
         aiohttp.ClientSession() as session,
         aj.MetafoldClient(token=p["token"], base_url=p["url"], session=session) as mf,
     ):
-        watcher: aj.Watcher[Any] = aj.Watcher(mf, poll=poll, max_concurrency=64, **p["options"])
+        watcher: aj.Watcher = aj.Watcher(mf, poll=poll, max_concurrency=64, **p["options"])
         async with watcher:
             out["rss_start_mib"] = _rss_mib()
             await _through_futures(watcher, mf, warm, p["batch"], p["wave"])
