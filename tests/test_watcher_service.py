@@ -418,11 +418,9 @@ async def test_a_raising_on_update_is_logged_and_contained(
     ("coalesce", "fault", "causes"),
     [
         (False, "status", {"ServerError", "TransportError"}),
-        (False, "drop", {"TransportError"}),
-        (True, "status", {"ServerError", "TransportError"}),
         (True, "drop", {"TransportError"}),
     ],
-    ids=["per-job-503", "per-job-drop", "listing-503", "listing-drop"],
+    ids=["per-job-503", "listing-drop"],
 )
 async def test_an_outage_ends_the_follow_stream_with_poll_stalled(
     server: FakeApiServer, coalesce: bool, fault: FaultKind, causes: set[str]
