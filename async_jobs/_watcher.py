@@ -355,6 +355,9 @@ class Watcher:
         self._entries[ref.key] = entry
         poller.started_event()
         if group is not None and not group.fallback:
+            if not group.entries:
+                # The group's stall clock starts with its first job: idle time is no stall.
+                group.poller = self._group_poller(group.listing)
             group.entries[ref.key] = entry
             group.wake.set()
         else:
