@@ -88,10 +88,10 @@ _QUERY_FIELDS: dict[str, tuple[str, ...]] = {
     "jobs": JOB_QUERY_FIELDS,
     "workflows": WORKFLOW_QUERY_FIELDS,
 }
-_SORT = re.compile(r"^([A-Za-z_]+):(-1|1)$")
+_SORT = re.compile(r"^([A-Za-z_]+):(-1|1)\Z")
 #: Characters a value may hold unquoted; anything else (spaces, quotes, parentheses, ...)
 #: gets the value quoted, which the grammar always allows.
-_BARE_VALUE = re.compile(r"^[A-Za-z0-9_\-./*@+]+$")
+_BARE_VALUE = re.compile(r"^[A-Za-z0-9_\-./*@+]+\Z")
 
 _job_decoder = msgspec.json.Decoder(MetafoldJob)
 _job_list_decoder = msgspec.json.Decoder(list[MetafoldJob])

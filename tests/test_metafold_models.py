@@ -231,7 +231,16 @@ def test_sort_forms(sort: aj.metafold.SortSpec, expected: str) -> None:
 
 @pytest.mark.parametrize(
     "sort",
-    ["created", "created:0", "created:desc", "created:-1 ", ("name", "yes"), ("x",), ("a b", True)],
+    [
+        "created",
+        "created:0",
+        "created:desc",
+        "created:-1 ",
+        "created:-1\n",
+        ("name", "yes"),
+        ("x",),
+        ("a b", True),
+    ],
 )
 def test_bad_sorts_are_rejected(sort: object) -> None:
     with pytest.raises(ValueError):
@@ -314,6 +323,13 @@ def test_the_fake_server_reads_back_what_q_builds(
     built = q(**{f: [Not(v) if neg else v for neg, v in values] for f, values in terms.items()})
     expected = [(neg, f, v) for f, values in terms.items() for neg, v in values]
     assert parse_query(built, JOB_QUERY_FIELDS) == expected
+
+
+@pytest.mark.parametrize("value", ["a\n", "open\n", "x\r\n"])
+def test_a_value_ending_in_a_newline_keeps_it(value: str) -> None:
+    """Hypothesis found it: ``$`` also matches before a final newline, so such a value went
+    out unquoted and the server read it without the newline."""
+    assert parse_query(q(name=value), JOB_QUERY_FIELDS) == [(False, "name", value)]
 
 
 @pytest.mark.parametrize(

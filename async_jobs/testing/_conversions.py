@@ -53,7 +53,7 @@ OVERRIDE_TIMELINE: tuple[ConversionStep, ...] = (
     *((phase, 0.01) for phase in CONVERSION_PHASES[:-1]),
     (_DONE, None),
 )
-_FILTER = re.compile(r"^status:([A-Za-z0-9_]+)$")
+_FILTER = re.compile(r"^status:([A-Za-z0-9_]+)\Z")
 _FAKE_PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06"
 
 # What each stage leaves behind once the pipeline has moved past the named phase.

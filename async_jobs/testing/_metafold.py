@@ -54,7 +54,7 @@ DEFAULT_JOB_TIMELINE: Timeline = (("pending", 0.05), ("started", 0.1), ("success
 #: Where the fake serves the OAuth2 client-credentials exchange.
 TOKEN_PATH = "/oauth/token"
 DEFAULT_TOKEN_LIFETIME = 86400.0
-_SORT = re.compile(r"^([A-Za-z_]+):(-1|1)$")
+_SORT = re.compile(r"^([A-Za-z_]+):(-1|1)\Z")
 _FIELD = re.compile(r"[A-Za-z_]+")
 _NEVER = math.inf
 Steps = list[tuple[float, str]]

@@ -34,8 +34,8 @@ DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 _UINT32_MAX = 2**32 - 1
 #: A page token: the offset, the page's number in its listing and the listing's scan key.
-_TOKEN = re.compile(r"^o=(\d+)&n=(\d+)&k=([A-Za-z0-9_+]+)/==$")
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+_TOKEN = re.compile(r"^o=(\d+)&n=(\d+)&k=([A-Za-z0-9_+]+)/==\Z")
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}\Z")
 #: Who the list endpoint names as ``worker`` once one picked the operation up.
 FAKE_WORKER = "fake-worker-1"
 
