@@ -129,7 +129,7 @@ class JobRef(Generic[J_co]):
     Clients make these (``zoo.async_operation(id)``, ``mf.job(id)``, ...); anything with an
     async ``fetch`` returning a job model can be waited on."""
 
-    __slots__ = ("_fetch", "ids", "kind", "listing", "poll")
+    __slots__ = ("_fetch", "_key", "ids", "kind", "listing", "poll")
 
     def __init__(
         self,
@@ -147,6 +147,7 @@ class JobRef(Generic[J_co]):
         #: How a Watcher lists this job with its active siblings.
         self.listing: ActiveListing[Any] | None = listing
         self._fetch = fetch
+        self._key = f"{kind}:{'/'.join(ids)}"  # once: a Watcher keys several tables by it
 
     def to_token(self) -> str:
         """A resume token: the job's kind and ids, never a credential. Rebuild the ref in
@@ -175,7 +176,7 @@ class JobRef(Generic[J_co]):
     @property
     def key(self) -> str:
         """A stable identity such as ``zoo.async_operation:<id>``."""
-        return f"{self.kind}:{'/'.join(self.ids)}"
+        return self._key
 
     async def fetch(self) -> J_co:
         """Fetch the job's current state once."""
