@@ -417,3 +417,49 @@ async def test_a_raising_listener_changes_no_outcome(
         remove()
     assert job.status == "completed"
     assert any(r.name == "async_jobs.events" for r in caplog.records)
+
+
+async def test_a_watcher_can_be_entered_again_after_leaving(server: FakeApiServer) -> None:
+    """Leaving stops every watch (its futures cancelled); entering again starts afresh, group
+    loops included (a job polled through its listing resolves)."""
+    first = server.zoo.add_operation(timeline=[("queued", None)])
+    second = server.zoo.add_operation(timeline=[("completed", None)])
+    async with _zoo(server) as zoo:
+        watcher = aj.Watcher(zoo, poll=POLL)
+        async with watcher:
+            stopped = watcher.add(zoo.async_operation(first.id))
+            with pytest.raises(RuntimeError, match="already running"):
+                await watcher.__aenter__()
+        assert stopped.cancelled() and not watcher.running and watcher.pending == 0
+        async with watcher:
+            with anyio.fail_after(SOON):
+                assert (await watcher.add(zoo.async_operation(second.id))).id == second.id
+        assert any(r.path == "/async/operations" for r in server.requests)
+
+
+async def test_missed_polls_are_events_counting_the_misses_in_a_row(
+    server: FakeApiServer,
+) -> None:
+    op = server.zoo.add_operation(timeline=[("in_progress", None)])
+    path = f"/async/operations/{op.id}"
+    seen: list[events.Event] = []
+    remove = aj.add_listener(seen.append)
+    try:
+        async with _zoo(server, ONCE) as zoo:
+
+            def outage(job: aj.AsyncOperation) -> None:
+                if job.status == "in_progress":
+                    server.inject("status", status=503, times=3, route=path)
+                    server.zoo.set_status(op.id, "completed")
+
+            with anyio.fail_after(SOON):
+                await aj.wait_until_terminal(
+                    zoo.async_operation(op.id), poll=POLL, on_update=outage
+                )
+    finally:
+        remove()
+    missed = [e for e in seen if isinstance(e, events.PollMissed)]
+    assert [(e.consecutive, e.error) for e in missed] == [(n, "ServerError") for n in (1, 2, 3)]
+    assert all(0 <= e.delay <= POLL.maximum for e in missed)
+    done = [e for e in seen if isinstance(e, events.WaitDone)]
+    assert [(d.outcome, d.polls) for d in done] == [("succeeded", 2)]
