@@ -153,6 +153,7 @@ class Watcher:
         self._stack: AsyncExitStack | None = None
         self._task_group: TaskGroup | None = None
         self._restored: list[JobRef[Any]] = []
+        self._failure: Exception | None = None
 
     # -- public API -------------------------------------------------------------------------
 
@@ -182,6 +183,8 @@ class Watcher:
         """
         if self._task_group is None:
             raise RuntimeError("this Watcher is not running: add() inside `async with watcher:`")
+        if self._failure is not None:
+            raise RuntimeError("this Watcher stopped after an internal error") from self._failure
         entry = self._entries.get(ref.key)
         if entry is None:
             entry = self._watch(ref)
@@ -295,6 +298,7 @@ class Watcher:
                 tg.start_soon(self._guarded, self._worker, receive)
             self._task_group = tg
             self._stack = stack.pop_all()
+        self._failure = None
         restored, self._restored = self._restored, []
         for ref in restored:
             self._watch(ref)
@@ -336,6 +340,7 @@ class Watcher:
             await loop(*args)
         except Exception as exc:
             logger.exception("watcher loop %s failed; failing its jobs", loop.__name__)
+            self._failure = exc  # later add()s raise instead of waiting on a dead loop
             for entry in list(self._entries.values()):
                 self._settle(entry, error=exc)
 

@@ -463,3 +463,26 @@ async def test_missed_polls_are_events_counting_the_misses_in_a_row(
     assert all(0 <= e.delay <= POLL.maximum for e in missed)
     done = [e for e in seen if isinstance(e, events.WaitDone)]
     assert [(d.outcome, d.polls) for d in done] == [("succeeded", 2)]
+
+
+async def test_a_bug_in_a_watcher_loop_fails_its_jobs_not_the_service(
+    server: FakeApiServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A loop that raises (here: a listing that is not an async iterator) fails the jobs it
+    serves with that error, is logged, and leaves async with cleanly; add() then refuses."""
+    op = server.zoo.add_operation(timeline=[("queued", None)])
+    async with _zoo(server) as zoo:
+        ref = zoo.async_operation(op.id)
+        broken = aj.JobRef(
+            ref.kind,
+            ref.ids,
+            ref.fetch,
+            listing=aj.ActiveListing("broken", lambda: None, name="broken"),  # type: ignore[arg-type,return-value]
+        )
+        async with aj.Watcher(zoo, poll=POLL) as watcher:
+            future = watcher.add(broken)
+            with anyio.fail_after(SOON), pytest.raises(TypeError):
+                await future
+            with pytest.raises(RuntimeError, match="internal error"):
+                watcher.add(ref)
+    assert any("failed" in r.getMessage() and r.exc_info for r in caplog.records)
