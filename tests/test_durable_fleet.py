@@ -1,6 +1,6 @@
 """A fleet of durable workers (real processes, ``tests/redis_worker.py``) sharing watches on a
 real redis-server, with jobs on FakeApiServer (in this process) that finish at random within
-a few seconds: sharing 3,000 jobs, a worker killed with SIGKILL, Redis restarted mid-run.
+a few seconds: sharing 1,500 jobs, a worker killed with SIGKILL, Redis restarted mid-run.
 
 Delivery is at least once: every job must be handled, with the final state the server
 reports; duplicates are allowed, counted and printed in the run's summary."""
@@ -172,14 +172,14 @@ def report(name: str, figures: dict[str, Any]) -> None:
     print(line)
 
 
-async def test_three_workers_share_3000_jobs(
+async def test_three_workers_share_1500_jobs(
     server: FakeApiServer, redis_server: RedisServer, redis_client: Any, tmp_path: Path
 ) -> None:
-    figures = await run_fleet(server, redis_server, redis_client, tmp_path, jobs=3000, workers=3)
+    figures = await run_fleet(server, redis_server, redis_client, tmp_path, jobs=1500, workers=3)
     report("3 workers", figures)
     handled = [w["handled"] for w in figures["workers"]]
     assert len(handled) == 3 and all(n > 0 for n in handled), handled  # shared
-    assert sum(handled) == 3000 + figures["duplicates"]
+    assert sum(handled) == 1500 + figures["duplicates"]
 
 
 async def test_worker_killed_with_sigkill_is_taken_over(

@@ -279,12 +279,12 @@ async def test_watch_stalls_on_a_request_that_never_answers(server: FakeApiServe
 
 async def test_without_stall_timeout_an_outage_is_waited_out(server: FakeApiServer) -> None:
     op = server.zoo.add_operation(timeline=[("in_progress", None)])
-    fault = server.inject("status", status=503, times=30, route=f"/async/operations/{op.id}")
+    fault = server.inject("status", status=503, times=8, route=f"/async/operations/{op.id}")
     async with _zoo(server, ONCE) as zoo:
         with anyio.fail_after(SOON):
             waiting = zoo.async_operation(op.id)
             async for job in aj.watch(waiting, poll=POLL):
-                if fault.hits == 30:
+                if fault.hits == 8:
                     server.zoo.set_status(op.id, "completed")
                 if job.is_terminal:
                     break
