@@ -467,48 +467,67 @@ class HttpTransport:
         attempt: int,
     ) -> Response:
         """One attempt within this client's limits and the caller's (:data:`REQUEST_LIMITS`);
-        a 429 slows both down. Emits :class:`~async_jobs.events.RequestDone`."""
+        a 429 slows both down."""
         caller = REQUEST_LIMITS.get()
-        async with AsyncExitStack() as slots:
-            if caller is not None:
-                await caller.rate.acquire()
-                if caller.concurrency is not None:
-                    await slots.enter_async_context(caller.concurrency)
+        if caller is None and self._concurrency is None:  # the common case: no slot to hold
             await self.limiter.acquire()
-            if self._concurrency is not None:
-                await slots.enter_async_context(self._concurrency)
-            if not events.enabled():
-                response = await self._send_once(method, url, data, json, authorization)
-            else:
-                started = anyio.current_time()
-                try:
-                    response = await self._send_once(method, url, data, json, authorization)
-                except BaseException as exc:
-                    error = exc.error if isinstance(exc, _Transient) else exc
-                    done = events.RequestDone(
-                        method=method,
-                        url=_public_url(url),
-                        status=None,
-                        attempt=attempt,
-                        duration=anyio.current_time() - started,
-                        error=type(error).__name__,
-                    )
-                    events.emit(done)
-                    raise
-                done = events.RequestDone(
-                    method=method,
-                    url=_public_url(url),
-                    status=response.status,
-                    attempt=attempt,
-                    duration=anyio.current_time() - started,
-                    request_id=response.headers.get("X-Api-Call-Id"),
+            response = await self._send_observed(method, url, data, json, authorization, attempt)
+        else:
+            async with AsyncExitStack() as slots:
+                if caller is not None:
+                    await caller.rate.acquire()
+                    if caller.concurrency is not None:
+                        await slots.enter_async_context(caller.concurrency)
+                await self.limiter.acquire()
+                if self._concurrency is not None:
+                    await slots.enter_async_context(self._concurrency)
+                response = await self._send_observed(
+                    method, url, data, json, authorization, attempt
                 )
-                events.emit(done)
         if response.status == 429:
             now = anyio.current_time()
             self.limiter.throttled(now)
             if caller is not None:
                 caller.rate.throttled(now)
+        return response
+
+    async def _send_observed(
+        self,
+        method: str,
+        url: URL,
+        data: Any,
+        json: Any,
+        authorization: str | None,
+        attempt: int,
+    ) -> Response:
+        """:meth:`_send_once`, and its :class:`~async_jobs.events.RequestDone` when a listener
+        is registered (otherwise one truth test)."""
+        if not events.enabled():
+            return await self._send_once(method, url, data, json, authorization)
+        started = anyio.current_time()
+        try:
+            response = await self._send_once(method, url, data, json, authorization)
+        except BaseException as exc:
+            error = exc.error if isinstance(exc, _Transient) else exc
+            done = events.RequestDone(
+                method=method,
+                url=_public_url(url),
+                status=None,
+                attempt=attempt,
+                duration=anyio.current_time() - started,
+                error=type(error).__name__,
+            )
+            events.emit(done)
+            raise
+        done = events.RequestDone(
+            method=method,
+            url=_public_url(url),
+            status=response.status,
+            attempt=attempt,
+            duration=anyio.current_time() - started,
+            request_id=response.headers.get("X-Api-Call-Id"),
+        )
+        events.emit(done)
         return response
 
     async def _send_once(
