@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
+from . import events
 from ._http import Auth, ClientSession, HttpTransport
 from ._policy import PollPolicy, RetryPolicy
 from ._poll import ActiveListing, JobRef
@@ -44,7 +45,11 @@ class BaseClient:
         allow_insecure_http: bool,
         rate_limit: float | None = None,
         max_concurrency: int | None = None,
+        listeners: Sequence[events.Listener] = (),
     ) -> None:
+        #: This client's own event listeners (besides the process-wide ones): its requests'
+        #: events, and the events of waits on its jobs.
+        self.listeners: tuple[events.Listener, ...] = tuple(listeners)
         self._http = HttpTransport(
             base_url,
             auth=auth,
@@ -55,6 +60,7 @@ class BaseClient:
             allow_insecure_http=allow_insecure_http,
             rate_limit=rate_limit,
             max_concurrency=max_concurrency,
+            listeners=self.listeners,
         )
         self.poll: PollPolicy = poll or PollPolicy()
         self._listings: dict[Hashable, ActiveListing[Any]] = {}

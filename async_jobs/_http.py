@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import logging
 import random
 from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
@@ -37,7 +36,7 @@ from ._errors import (
 )
 from ._policy import Outcome, PollStep, RetryPolicy, parse_retry_after
 from ._ratelimit import REQUEST_LIMITS, RateLimiter
-from ._redact import redact, register_secret, unregister_secret
+from ._redact import get_logger, redact, register_secret, unregister_secret
 from ._version import __version__
 
 __all__ = [
@@ -66,7 +65,7 @@ BODY_ERRORS: tuple[type[Exception], ...] = (
 #: aiohttp).
 ClientSession = aiohttp.ClientSession
 QueryValue = str | int | float | bool | None
-logger = logging.getLogger("async_jobs")
+logger = get_logger("async_jobs.http")
 
 USER_AGENT = f"async-jobs/{__version__}"
 DEFAULT_TIMEOUT = 30.0
@@ -273,9 +272,55 @@ def check_base_url(base_url: str, *, allow_insecure_http: bool = False) -> str:
     return base_url.rstrip("/")
 
 
-def _public_url(url: URL) -> str:
-    """``url`` as events show it: without user or password."""
-    return str(url.with_user(None)) if url.user or url.password else str(url)
+def _public_url(url: URL, secrets: Sequence[str] = ()) -> str:
+    """``url`` as events show it: without user or password, and no secret in it."""
+    text = str(url.with_user(None)) if url.user or url.password else str(url)
+    return redact(text, secrets)
+
+
+#: Answers that count toward an outage of the host (it is down or overloaded); a 429 is the
+#: server telling this client to slow down, not an outage.
+OUTAGE_STATUSES = frozenset({502, 503, 504})
+#: Failed attempts in a row (with no answer between) that make an outage.
+OUTAGE_AFTER = 3
+
+
+class Outage:
+    """Whether a host is failing: one WARNING when :data:`OUTAGE_AFTER` attempts in a row got
+    no answer (or a 502/503/504), one INFO at the first answer after it; each attempt's own
+    failure is only DEBUG. Pure apart from logging; ``now`` is an argument."""
+
+    __slots__ = ("failures", "host", "since")
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+        self.failures = 0
+        self.since: float | None = None  # when the outage began (None: no outage)
+
+    def failed(self, error: object, now: float) -> None:
+        """An attempt got no usable answer."""
+        self.failures += 1
+        if self.failures == 1:
+            self.since = now
+        if self.failures == OUTAGE_AFTER:
+            logger.warning(
+                "%s is not answering (%d attempts in a row failed, last: %s); retrying",
+                self.host,
+                self.failures,
+                error,
+            )
+
+    def answered(self, now: float) -> None:
+        """An attempt got an answer."""
+        if self.failures >= OUTAGE_AFTER and self.since is not None:
+            logger.info(
+                "%s is answering again after %.1f s (%d failed attempts)",
+                self.host,
+                now - self.since,
+                self.failures,
+            )
+        self.failures = 0
+        self.since = None
 
 
 #: A request sent once: not idempotent, so never retried on its own.
@@ -306,8 +351,12 @@ class HttpTransport:
         allow_insecure_http: bool = False,
         rate_limit: float | None = None,
         max_concurrency: int | None = None,
+        listeners: Sequence[events.Listener] = (),
     ) -> None:
         self.base_url = check_base_url(base_url, allow_insecure_http=allow_insecure_http)
+        self.listeners = tuple(listeners)
+        self._host = URL(self.base_url).host or self.base_url
+        self._outage = Outage(self._host)
         self.limiter = RateLimiter(rate_limit)
         self._concurrency: anyio.CapacityLimiter | None = None
         self.set_limits(rate_limit=rate_limit, max_concurrency=max_concurrency)
@@ -346,10 +395,16 @@ class HttpTransport:
         if self._closed:
             raise RuntimeError("this client is closed")
         if self._session is None:
-            self._session = aiohttp.ClientSession(
+            session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=100, ttl_dns_cache=300),
                 auto_decompress=True,
             )
+            # aiohttp re-sends an idempotent request once, unseen, when a pooled connection
+            # turns out closed. This transport retries itself, with backoff and an event per
+            # attempt, so every attempt is counted: turn the hidden one off where it exists.
+            if hasattr(session, "_retry_connection"):
+                session._retry_connection = False
+            self._session = session
         return self._session
 
     async def aclose(self) -> None:
@@ -446,15 +501,19 @@ class HttpTransport:
                     step.misses,
                     decision.delay,
                 )
-                if events.enabled():
+                current = events.CURRENT_WAIT.get()
+                local = self._local(current)
+                if events.enabled(local):
                     retry = events.RetryScheduled(
                         method=method,
-                        url=_public_url(url),
+                        url=_public_url(url, self.secrets),
                         attempt=step.misses,
                         delay=decision.delay,
                         cause=type(transient.error).__name__,
+                        key=current.key if current is not None else None,
+                        wait_id=current.wait_id if current is not None else None,
                     )
-                    events.emit(retry)
+                    events.emit(retry, local)
                 await anyio.sleep(decision.delay)
 
     async def _send_limited(
@@ -502,32 +561,60 @@ class HttpTransport:
     ) -> Response:
         """:meth:`_send_once`, and its :class:`~async_jobs.events.RequestDone` when a listener
         is registered (otherwise one truth test)."""
-        if not events.enabled():
-            return await self._send_once(method, url, data, json, authorization)
+        current = events.CURRENT_WAIT.get()
+        local = self._local(current)
+        if not events.enabled(local):
+            return await self._observe_outage(method, url, data, json, authorization)
         started = anyio.current_time()
         try:
-            response = await self._send_once(method, url, data, json, authorization)
+            response = await self._observe_outage(method, url, data, json, authorization)
         except BaseException as exc:
             error = exc.error if isinstance(exc, _Transient) else exc
+            status = error.status if isinstance(error, DecodeError) else None
             done = events.RequestDone(
                 method=method,
-                url=_public_url(url),
-                status=None,
+                url=_public_url(url, self.secrets),
+                status=status,
                 attempt=attempt,
                 duration=anyio.current_time() - started,
                 error=type(error).__name__,
+                key=current.key if current is not None else None,
+                wait_id=current.wait_id if current is not None else None,
             )
-            events.emit(done)
+            events.emit(done, local)
             raise
         done = events.RequestDone(
             method=method,
-            url=_public_url(url),
+            url=_public_url(url, self.secrets),
             status=response.status,
             attempt=attempt,
             duration=anyio.current_time() - started,
             request_id=response.headers.get("X-Api-Call-Id"),
+            key=current.key if current is not None else None,
+            wait_id=current.wait_id if current is not None else None,
         )
-        events.emit(done)
+        events.emit(done, local)
+        return response
+
+    def _local(self, current: events.CurrentWait | None) -> tuple[events.Listener, ...]:
+        """This client's listeners and those of the wait a request is sent for."""
+        if current is None or not current.listeners:
+            return self.listeners
+        return (*self.listeners, *current.listeners)
+
+    async def _observe_outage(
+        self, method: str, url: URL, data: Any, json: Any, authorization: str | None
+    ) -> Response:
+        """:meth:`_send_once`, telling the host's :class:`Outage` how it went."""
+        try:
+            response = await self._send_once(method, url, data, json, authorization)
+        except _Transient as exc:
+            self._outage.failed(exc.error, anyio.current_time())
+            raise
+        if response.status in OUTAGE_STATUSES:
+            self._outage.failed(f"HTTP {response.status}", anyio.current_time())
+        else:
+            self._outage.answered(anyio.current_time())
         return response
 
     async def _send_once(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import inspect
-import logging
 import math
 import random
 from collections.abc import (
@@ -40,6 +39,7 @@ from ._errors import (
     WaitTimeout,
 )
 from ._policy import Decision, Outcome, PollPolicy, PollStep, Stop
+from ._redact import get_logger
 from .models._state import JobState
 
 __all__ = [
@@ -54,7 +54,7 @@ __all__ = [
     "watch",
 ]
 
-logger = logging.getLogger("async_jobs.poll")
+logger = get_logger("async_jobs.poll")
 
 
 class Job(Protocol):
@@ -129,7 +129,7 @@ class JobRef(Generic[J_co]):
     Clients make these (``zoo.async_operation(id)``, ``mf.job(id)``, ...); anything with an
     async ``fetch`` returning a job model can be waited on."""
 
-    __slots__ = ("_fetch", "_key", "ids", "kind", "listing", "poll")
+    __slots__ = ("_fetch", "_key", "ids", "kind", "listeners", "listing", "poll")
 
     def __init__(
         self,
@@ -139,6 +139,7 @@ class JobRef(Generic[J_co]):
         *,
         poll: PollPolicy | None = None,
         listing: ActiveListing[Any] | None = None,
+        listeners: Sequence[events.Listener] = (),
     ) -> None:
         self.kind: str = kind
         self.ids: tuple[str, ...] = ids
@@ -146,6 +147,8 @@ class JobRef(Generic[J_co]):
         self.poll: PollPolicy | None = poll
         #: How a Watcher lists this job with its active siblings.
         self.listing: ActiveListing[Any] | None = listing
+        #: The client's event listeners: every wait on this job reports to them too.
+        self.listeners: tuple[events.Listener, ...] = tuple(listeners)
         self._fetch = fetch
         self._key = f"{kind}:{'/'.join(ids)}"  # once: a Watcher keys several tables by it
 
@@ -201,7 +204,17 @@ class Poller(Generic[J]):
     :class:`~async_jobs._policy.PollStep`: what was last seen, the log line and the events of
     each poll. :func:`watch` and both Watcher loops drive it; nothing else polls."""
 
-    __slots__ = ("error", "key", "last", "listeners", "polls", "started", "step")
+    __slots__ = (
+        "current",
+        "error",
+        "key",
+        "last",
+        "listeners",
+        "polls",
+        "started",
+        "step",
+        "wait_id",
+    )
 
     def __init__(
         self,
@@ -218,7 +231,9 @@ class Poller(Generic[J]):
         self.error: BaseException | None = None  # of the last missed poll
         self.polls = 0
         self.started = now
-        self.listeners = listeners
+        self.listeners = tuple(listeners)
+        self.wait_id = events.new_wait_id()
+        self.current = events.CurrentWait(key, self.wait_id, self.listeners)
 
     def seen(self, job: J) -> tuple[J, bool, Decision]:
         """Record a successful look at the job: the job as reported (its last known progress
@@ -232,10 +247,12 @@ class Poller(Generic[J]):
         decision = self.listed(changed)
         if events.enabled(self.listeners):
             state = job.job_state.value
-            events.emit(events.PollDone(key=self.key, state=state, changed=changed), self.listeners)
+            done = events.PollDone(key=self.key, state=state, changed=changed, wait_id=self.wait_id)
+            events.emit(done, self.listeners)
             old = previous.job_state.value if previous is not None else None
             if old != state:
-                events.emit(events.StateChanged(key=self.key, old=old, new=state), self.listeners)
+                moved = events.StateChanged(key=self.key, old=old, new=state, wait_id=self.wait_id)
+                events.emit(moved, self.listeners)
         return job, changed, decision
 
     def listed(self, changed: bool) -> Decision:
@@ -262,6 +279,7 @@ class Poller(Generic[J]):
                 error=type(exc).__name__,
                 consecutive=self.step.misses,
                 delay=decision.delay,
+                wait_id=self.wait_id,
             )
             events.emit(missed, self.listeners)
         return decision
@@ -277,18 +295,23 @@ class Poller(Generic[J]):
         return error
 
     async def fetch(self, fetch: Callable[[], Awaitable[T]]) -> T:
-        """``fetch()``, given up at the stall deadline (a miss, as a timeout would be)."""
-        remaining = self.step.stall_deadline - anyio.current_time()
-        if math.isinf(remaining):
-            return await fetch()
-        with anyio.move_on_after(max(remaining, 0.0)):
-            return await fetch()
-        raise _NoAnswer(f"no answer for {self.key} before its stall timeout")
+        """``fetch()``, given up at the stall deadline (a miss, as a timeout would be); its
+        requests report this wait (:data:`~async_jobs.events.CURRENT_WAIT`)."""
+        token = events.CURRENT_WAIT.set(self.current)
+        try:
+            remaining = self.step.stall_deadline - anyio.current_time()
+            if math.isinf(remaining):
+                return await fetch()
+            with anyio.move_on_after(max(remaining, 0.0)):
+                return await fetch()
+            raise _NoAnswer(f"no answer for {self.key} before its stall timeout")
+        finally:
+            events.CURRENT_WAIT.reset(token)
 
     def started_event(self) -> None:
         """Emit :class:`~async_jobs.events.WaitStarted`."""
         if events.enabled(self.listeners):
-            events.emit(events.WaitStarted(key=self.key), self.listeners)
+            events.emit(events.WaitStarted(key=self.key, wait_id=self.wait_id), self.listeners)
 
     def done_event(self, outcome: str) -> None:
         """Emit :class:`~async_jobs.events.WaitDone` with ``outcome``."""

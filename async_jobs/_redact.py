@@ -8,7 +8,14 @@ import logging
 from collections import Counter
 from collections.abc import Iterable
 
-__all__ = ["MASK", "RedactingFilter", "redact", "register_secret", "unregister_secret"]
+__all__ = [
+    "MASK",
+    "RedactingFilter",
+    "get_logger",
+    "redact",
+    "register_secret",
+    "unregister_secret",
+]
 
 MASK = "***"
 #: Shorter strings are not masked: no real credential is this short, and masking, say, "t"
@@ -51,4 +58,16 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-logging.getLogger("async_jobs").addFilter(RedactingFilter())
+_FILTER = RedactingFilter()
+
+
+def get_logger(name: str) -> logging.Logger:
+    """The logger ``name`` (``async_jobs`` or a child), masking secrets in its records: a
+    filter on ``async_jobs`` alone would not see the records of its children."""
+    found = logging.getLogger(name)
+    if _FILTER not in found.filters:
+        found.addFilter(_FILTER)
+    return found
+
+
+get_logger("async_jobs")

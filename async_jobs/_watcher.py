@@ -23,7 +23,6 @@ import contextlib
 import heapq
 import inspect
 import itertools
-import logging
 import math
 import random
 from collections import deque
@@ -50,10 +49,11 @@ from ._errors import (
 from ._policy import Decision, PollPolicy, Stop
 from ._poll import MISSED_POLL_ERRORS, ActiveListing, J, JobRef, OnUpdate, Poller, outcome_of
 from ._ratelimit import REQUEST_LIMITS, RequestLimits
+from ._redact import get_logger
 
 __all__ = ["Watcher"]
 
-logger = logging.getLogger("async_jobs.watcher")
+logger = get_logger("async_jobs.watcher")
 
 #: Listing errors after which a group is polled job by job instead (a 400: the server refuses
 #: the listing as sent, e.g. a page size above its own cap; retrying cannot help).
@@ -353,8 +353,9 @@ class Watcher:
             group = self._groups.get(listing.key)
             if group is None:
                 group = self._start_group(listing)
+        listeners = (*self.listeners, *ref.listeners) if ref.listeners else self.listeners
         poller: Poller[Any] = Poller(
-            ref.key, self.poll, stall_timeout=self.stall_timeout, listeners=self.listeners
+            ref.key, self.poll, stall_timeout=self.stall_timeout, listeners=listeners
         )
         entry = _Entry(ref, poller, group)
         self._entries[ref.key] = entry

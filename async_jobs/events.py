@@ -16,14 +16,21 @@ stripped), and errors are exception type names.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
+from typing import NamedTuple
 
 import msgspec
 
+from ._redact import get_logger
+
 __all__ = [
+    "CURRENT_WAIT",
     "CallbackFailed",
+    "CurrentWait",
     "Event",
     "Listener",
     "ListingFallback",
@@ -37,9 +44,10 @@ __all__ = [
     "add_listener",
     "emit",
     "enabled",
+    "new_wait_id",
 ]
 
-logger: logging.Logger = logging.getLogger("async_jobs.events")
+logger: logging.Logger = get_logger("async_jobs.events")
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True):
@@ -48,7 +56,8 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
 
 class RequestDone(Event, frozen=True, kw_only=True):
     """One HTTP attempt ended: ``status`` None when no response came; ``error`` the exception
-    type name, or None; ``duration`` in seconds; ``attempt`` counts from 1."""
+    type name, or None; ``duration`` in seconds; ``attempt`` counts from 1. ``key`` and
+    ``wait_id`` name the wait (or Watcher group listing) it was sent for, if any."""
 
     method: str
     url: str
@@ -57,6 +66,8 @@ class RequestDone(Event, frozen=True, kw_only=True):
     duration: float
     request_id: str | None = None
     error: str | None = None
+    key: str | None = None
+    wait_id: int | None = None
 
 
 class RetryScheduled(Event, frozen=True, kw_only=True):
@@ -68,13 +79,16 @@ class RetryScheduled(Event, frozen=True, kw_only=True):
     attempt: int
     delay: float
     cause: str
+    key: str | None = None
+    wait_id: int | None = None
 
 
 class WaitStarted(Event, frozen=True, kw_only=True):
     """A wait on the job ``key`` began (a ``wait_until_terminal``, a ``watch``, or a Watcher
-    watch)."""
+    watch); ``wait_id`` tells this wait from another of the same job in every event of it."""
 
     key: str
+    wait_id: int = 0
 
 
 class PollDone(Event, frozen=True, kw_only=True):
@@ -84,6 +98,7 @@ class PollDone(Event, frozen=True, kw_only=True):
     key: str
     state: str
     changed: bool
+    wait_id: int = 0
 
 
 class PollMissed(Event, frozen=True, kw_only=True):
@@ -95,6 +110,7 @@ class PollMissed(Event, frozen=True, kw_only=True):
     error: str
     consecutive: int
     delay: float
+    wait_id: int = 0
 
 
 class StateChanged(Event, frozen=True, kw_only=True):
@@ -104,6 +120,7 @@ class StateChanged(Event, frozen=True, kw_only=True):
     key: str
     old: str | None
     new: str
+    wait_id: int = 0
 
 
 class WaitDone(Event, frozen=True, kw_only=True):
@@ -115,6 +132,7 @@ class WaitDone(Event, frozen=True, kw_only=True):
     outcome: str
     duration: float
     polls: int
+    wait_id: int = 0
 
 
 class ListingFallback(Event, frozen=True, kw_only=True):
@@ -134,6 +152,27 @@ class CallbackFailed(Event, frozen=True, kw_only=True):
 
 #: A listener: a cheap synchronous callable taking an event.
 Listener = Callable[[Event], object]
+
+
+class CurrentWait(NamedTuple):
+    """The wait (or Watcher group listing) a request is sent for."""
+
+    key: str
+    wait_id: int
+    listeners: tuple[Listener, ...]
+
+
+#: Set by the poll engine around each poll: requests sent within it report its key and id,
+#: and reach its listeners too.
+CURRENT_WAIT: ContextVar[CurrentWait | None] = ContextVar("async_jobs_current_wait", default=None)
+
+_wait_ids = itertools.count(1)
+
+
+def new_wait_id() -> int:
+    """A process-unique id for a new wait."""
+    return next(_wait_ids)
+
 
 _global: tuple[Listener, ...] = ()
 _lock = threading.Lock()

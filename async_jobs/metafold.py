@@ -22,6 +22,7 @@ from typing import Any, Literal, TypeAlias
 import anyio
 import msgspec
 
+from . import events
 from ._client import BaseClient, from_env
 from ._errors import WaitTimeout
 from ._http import (
@@ -252,6 +253,7 @@ class MetafoldClient(BaseClient):
         allow_insecure_http: bool = False,
         rate_limit: float | None = None,
         max_concurrency: int | None = None,
+        listeners: Sequence[events.Listener] = (),
     ) -> None:
         if bool(client_id) != bool(client_secret):
             raise ValueError("pass client_id and client_secret together")
@@ -284,6 +286,7 @@ class MetafoldClient(BaseClient):
             allow_insecure_http=allow_insecure_http,
             rate_limit=rate_limit,
             max_concurrency=max_concurrency,
+            listeners=listeners,
         )
         if oauth is not None:
             oauth.bind(self._http)
@@ -357,6 +360,7 @@ class MetafoldClient(BaseClient):
             (pid, job_id),
             partial(self.get_job, job_id, project_id=pid),
             poll=self.poll,
+            listeners=self.listeners,
             listing=self._listing(("metafold.jobs", pid), partial(self._active, pid, "jobs")),
         )
 
@@ -418,6 +422,7 @@ class MetafoldClient(BaseClient):
             (pid, workflow_id),
             partial(self.get_workflow, workflow_id, project_id=pid),
             poll=self.poll,
+            listeners=self.listeners,
             listing=self._listing(
                 ("metafold.workflows", pid), partial(self._active, pid, "workflows")
             ),

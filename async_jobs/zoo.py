@@ -9,6 +9,7 @@ from typing import Any
 
 import msgspec
 
+from . import events
 from ._client import BaseClient, from_env
 from ._http import DEFAULT_MAX_BODY_SIZE, DEFAULT_TIMEOUT, ClientSession, StaticTokenAuth, api_path
 from ._paging import Page, iter_items, merge_streams
@@ -90,6 +91,7 @@ class ZooClient(BaseClient):
         allow_insecure_http: bool = False,
         rate_limit: float | None = None,
         max_concurrency: int | None = None,
+        listeners: Sequence[events.Listener] = (),
     ) -> None:
         super().__init__(
             base_url=from_env(base_url, "ZOO_HOST") or DEFAULT_BASE_URL,
@@ -102,6 +104,7 @@ class ZooClient(BaseClient):
             allow_insecure_http=allow_insecure_http,
             rate_limit=rate_limit,
             max_concurrency=max_concurrency,
+            listeners=listeners,
         )
 
     # -- async operations -------------------------------------------------------------------
@@ -187,6 +190,7 @@ class ZooClient(BaseClient):
             (op_id,),
             partial(self.get_async_operation, op_id),
             poll=self.poll,
+            listeners=self.listeners,
             listing=self._listing(("zoo.async_operations",), self._active_operations),
         )
 
@@ -305,6 +309,7 @@ class ZooClient(BaseClient):
             (dataset_id, conversion_id),
             partial(self.get_dataset_conversion, dataset_id, conversion_id),
             poll=self.poll,
+            listeners=self.listeners,
             listing=self._listing(
                 ("zoo.dataset_conversions", dataset_id),
                 partial(self._active_conversions, dataset_id),

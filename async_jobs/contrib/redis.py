@@ -79,12 +79,12 @@ from redis.asyncio import Redis
 from .._client import BaseClient
 from .._policy import Decision, Outcome, PollPolicy, PollStep, RetryPolicy, Stop
 from .._poll import JobRef
-from .._redact import register_secret, unregister_secret
+from .._redact import get_logger, register_secret, unregister_secret
 from .._watcher import Watcher
 
 __all__ = ["DurableStatus", "DurableWatches", "DurableWorker", "Handler"]
 
-logger: logging.Logger = logging.getLogger("async_jobs.redis")
+logger: logging.Logger = get_logger("async_jobs.redis")
 
 #: ``handler(job, context)``: called once a watched job is terminal; must be idempotent.
 Handler = Callable[[Any, dict[str, Any]], Awaitable[object]]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import enum
-import logging
 from collections.abc import Mapping
+
+from .._redact import get_logger
 
 __all__ = ["TERMINAL_STATES", "JobState", "active_values", "map_state"]
 
-logger = logging.getLogger("async_jobs")
+logger = get_logger("async_jobs")
 
 
 class JobState(str, enum.Enum):
