@@ -600,7 +600,7 @@ class HttpTransport:
         """This client's listeners and those of the wait a request is sent for."""
         if current is None or not current.listeners:
             return self.listeners
-        return (*self.listeners, *current.listeners)
+        return tuple(dict.fromkeys((*self.listeners, *current.listeners)))  # each once
 
     async def _observe_outage(
         self, method: str, url: URL, data: Any, json: Any, authorization: str | None

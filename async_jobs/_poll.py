@@ -380,7 +380,10 @@ async def watch(
     seconds. Bound the wait with ``anyio.fail_after`` or use :func:`wait_until_terminal`.
     """
     poller: Poller[J] = Poller(
-        ref.key, poll or ref.poll or PollPolicy(), stall_timeout=stall_timeout
+        ref.key,
+        poll or ref.poll or PollPolicy(),
+        stall_timeout=stall_timeout,
+        listeners=ref.listeners,
     )
     poller.started_event()
     error: BaseException | None = None
@@ -422,7 +425,10 @@ async def wait_until_terminal(
     if timeout is not None and (math.isnan(timeout) or timeout < 0):
         raise ValueError("timeout must be >= 0 or None")
     poller: Poller[J] = Poller(
-        ref.key, poll or ref.poll or PollPolicy(), stall_timeout=stall_timeout
+        ref.key,
+        poll or ref.poll or PollPolicy(),
+        stall_timeout=stall_timeout,
+        listeners=ref.listeners,
     )
     poller.started_event()
     error: BaseException | None = None

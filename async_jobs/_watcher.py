@@ -353,7 +353,9 @@ class Watcher:
             group = self._groups.get(listing.key)
             if group is None:
                 group = self._start_group(listing)
-        listeners = (*self.listeners, *ref.listeners) if ref.listeners else self.listeners
+        listeners = self.listeners
+        if ref.listeners:
+            listeners = tuple(dict.fromkeys((*self.listeners, *ref.listeners)))  # each once
         poller: Poller[Any] = Poller(
             ref.key, self.poll, stall_timeout=self.stall_timeout, listeners=listeners
         )
