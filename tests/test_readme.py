@@ -13,6 +13,7 @@ machine's speed. Tracebacks point at README.md's own lines.
 from __future__ import annotations
 
 import ast
+import contextlib
 import inspect
 import re
 import threading
@@ -53,6 +54,7 @@ WATCHER = "Watching many jobs"
 EMBEDDING = "Embedding in an app that already owns a ClientSession"
 FAKE = "Testing your own code: FakeApiServer"
 DURABLE = "Running on many instances"
+OBSERVABILITY = "Observability"
 
 #: (section, number within it) of every block a test below runs.
 COVERED = {
@@ -65,6 +67,7 @@ COVERED = {
     (EMBEDDING, 2),
     (FAKE, 1),
     (DURABLE, 1),
+    (OBSERVABILITY, 1),
 }
 
 
@@ -414,6 +417,31 @@ async def test_fake_server_example(capsys: pytest.CaptureFixture[str]) -> None:
         "no mesh",
         "6 {'status': 3}",
     ]
+
+
+# -- observability --------------------------------------------------------------------------
+
+
+async def test_observability_statsd_listener(env: FakeApiServer) -> None:
+    """The statsd lines reach a UDP socket on 8125: a request counter and the wait's timer."""
+    import socket
+
+    env.zoo.add_operation("file_volume", [("completed", None)], id=OPERATION_ID)
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 8125))
+    receiver.setblocking(False)
+    try:
+        with anyio.fail_after(HANG_GUARD):
+            namespace = await run(block(OBSERVABILITY))
+        namespace["statsd"].close()
+        lines = set()
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                lines.add(receiver.recv(4096).decode())
+    finally:
+        receiver.close()
+    assert "async_jobs.requests.200:1|c" in lines
+    assert any(re.fullmatch(r"async_jobs\.waits\.succeeded:\d+\|ms", line) for line in lines)
 
 
 # -- durable watches ------------------------------------------------------------------------
