@@ -7,11 +7,16 @@ JSON lines (stable, for scripts): each object has ``event``. ``item`` (a listing
 ``status`` (the API's raw status), ``progress`` (0-1 or null) and ``error``; all but
 ``summary`` carry ``job``, the record as the API sent it. ``stats`` closes a demo with its
 figures (``jobs``, ``requests``, ``seconds``).
+
+Library log lines never go to standard output in JSON mode (plain lines on standard error); on
+a terminal they go through rich's logging handler on the console of the live display, so they
+print above the progress bars.
 """
 
 from __future__ import annotations
 
 import abc
+import logging
 import sys
 import time
 from collections.abc import Iterator
@@ -22,7 +27,10 @@ import msgspec
 
 from ._poll import Job
 
-__all__ = ["JsonOutput", "Output", "RichOutput", "job_record", "raw_status"]
+__all__ = ["LOG_FORMAT", "JsonOutput", "Output", "RichOutput", "job_record", "raw_status"]
+
+#: The format of a library log line on standard error (JSON mode, or no rich).
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def raw_status(job: Any) -> str | None:
@@ -104,6 +112,12 @@ class Output(abc.ABC):
     def error(self, message: str) -> None:
         """One line on standard error."""
         print(f"error: {message}", file=sys.stderr, flush=True)
+
+    def log_handler(self) -> logging.Handler:
+        """A new handler showing library log records: plain lines on standard error."""
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        return handler
 
 
 class JsonOutput(Output):
@@ -244,6 +258,15 @@ class RichOutput(Output):
     def stats(self, **figures: Any) -> None:
         """One line of figures."""
         self.console.print(", ".join(f"{value} {name}" for name, value in figures.items()))
+
+    def log_handler(self) -> logging.Handler:
+        """A rich logging handler on this output's console: while the bars are live, each
+        record prints above them instead of through them."""
+        from rich.logging import RichHandler
+
+        handler = RichHandler(console=self.console, show_path=False, markup=False)
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        return handler
 
 
 class PlainOutput(JsonOutput):

@@ -3,6 +3,13 @@
 Exit codes: 0 the job succeeded (or the command worked), 1 the job failed or was canceled,
 2 usage error, 3 timeout, 4 API, network or authentication error (a missing token included),
 130 interrupted.
+
+Logging: while a command runs, the ``async_jobs`` logger is at WARNING, INFO with ``-v``,
+DEBUG with ``-vv`` (its children inherit that level), with one handler of the output's own
+(rich, above the live bars, on a terminal; plain lines on standard error otherwise) and
+``propagate`` off, so a handler that the host process put on the root logger does not show
+the record a second time (through the bars). The root logger is never touched; the level,
+``propagate`` and handlers of ``async_jobs`` are restored when the command ends.
 """
 
 from __future__ import annotations
@@ -12,7 +19,8 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +30,7 @@ from ._cli_output import Output, make_output
 from ._client import from_env
 from ._errors import ApiError, AsyncJobsError, WaitTimeout
 from ._poll import JobRef, wait_until_terminal
+from ._redact import get_logger
 from ._version import __version__
 from .metafold import MetafoldClient, wait_for_workflow_jobs
 from .models._state import JobState
@@ -275,7 +284,11 @@ def _global_options() -> argparse.ArgumentParser:
         "--json", action="store_true", default=argparse.SUPPRESS, help="JSON lines output"
     )
     common.add_argument(
-        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging"
+        "-v",
+        "--verbose",
+        action="count",
+        default=argparse.SUPPRESS,
+        help="-v: library INFO logs, -vv: DEBUG (every request)",
     )
     return common
 
@@ -371,12 +384,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(verbose: bool) -> None:
-    if verbose:
-        logging.basicConfig(
-            level=logging.DEBUG, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
-        logging.getLogger("async_jobs").setLevel(logging.DEBUG)
+def log_level(verbosity: int) -> int:
+    """The level of the ``async_jobs`` loggers for ``-v`` given ``verbosity`` times."""
+    return (logging.WARNING, logging.INFO)[verbosity] if verbosity < 2 else logging.DEBUG
+
+
+@contextmanager
+def library_logging(verbosity: int, out: Output) -> Iterator[logging.Handler]:
+    """Show the ``async_jobs`` loggers' records through ``out`` while the block runs."""
+    logger = get_logger("async_jobs")  # its records, and its children's, are masked
+    handler = out.log_handler()
+    saved = logger.level, logger.propagate
+    logger.setLevel(log_level(verbosity))
+    logger.propagate = False
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+        handler.close()
 
 
 def _describe(exc: BaseException) -> str:
@@ -398,23 +426,23 @@ def main(argv: list[str] | None = None) -> int:
         ("base_url", None),
         ("token_file", None),
         ("json", False),
-        ("verbose", False),
+        ("verbose", 0),
     ):
         if not hasattr(args, name):
             setattr(args, name, default)
-    _configure_logging(args.verbose)
     out = make_output(args.json)
     handler: Handler = args.handler
-    try:
-        return anyio.run(handler, args, out)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr, flush=True)
-        return EXIT_INTERRUPTED
-    except WaitTimeout as exc:
-        out.error(str(exc))
-        return EXIT_TIMEOUT
-    except (AsyncJobsError, ValueError) as exc:
-        if args.verbose:
-            traceback.print_exc()
-        out.error(_describe(exc))
-        return EXIT_USAGE if isinstance(exc, ValueError) else EXIT_API
+    with library_logging(args.verbose, out):
+        try:
+            return anyio.run(handler, args, out)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr, flush=True)
+            return EXIT_INTERRUPTED
+        except WaitTimeout as exc:
+            out.error(str(exc))
+            return EXIT_TIMEOUT
+        except (AsyncJobsError, ValueError) as exc:
+            if args.verbose >= 2:
+                traceback.print_exc()
+            out.error(_describe(exc))
+            return EXIT_USAGE if isinstance(exc, ValueError) else EXIT_API

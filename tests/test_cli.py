@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -300,3 +302,116 @@ def test_missing_metafold_credentials() -> None:
     assert result.returncode == 4
     lines = result.stderr.decode().strip().splitlines()
     assert len(lines) == 1 and "METAFOLD_ACCESS_TOKEN" in lines[0]
+
+
+# -- -v / -vv: library logs -------------------------------------------------------------------
+
+OUTAGE = "is not answering"  # WARNING: the third failed attempt in a row
+RECOVERED = "is answering again"  # INFO: the first answer after the outage
+REQUEST = "GET http"  # DEBUG: every request
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def _outage(server: FakeApiServer) -> None:
+    """Three 503s in a row (retried at once), then answers: one WARNING and one INFO."""
+    server.inject("status", route="/async/operations/*", times=3, status=503, retry_after="0")
+
+
+@pytest.mark.anyio
+async def test_verbosity_levels_in_json_mode(server: FakeApiServer) -> None:
+    op = server.zoo.add_operation(timeline=[("completed", None)])
+    env = _env(ZOO_API_TOKEN=TOKEN, ZOO_HOST=server.url)
+    shown = {}
+    for flags in ((), ("-v",), ("-vv",)):
+        _outage(server)
+        result = await anyio.run_process(
+            _command("zoo", "ops", "wait", op.id, "--json", *flags), env=env, check=False
+        )
+        assert result.returncode == 0, result.stderr.decode()
+        out, err = result.stdout.decode(), result.stderr.decode()
+        records = [json.loads(line) for line in out.splitlines()]  # every line: JSON
+        assert records[-1]["event"] == "final" and records[-1]["id"] == op.id
+        assert TOKEN not in out + err
+        assert "Traceback" not in err
+        shown[flags] = {text for text in (OUTAGE, RECOVERED, REQUEST) if text in err}
+    assert shown == {
+        (): {OUTAGE},
+        ("-v",): {OUTAGE, RECOVERED},
+        ("-vv",): {OUTAGE, RECOVERED, REQUEST},
+    }
+
+
+class _Terminal(io.StringIO):
+    """Standard output that says it is a terminal, so the CLI picks its rich output."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.anyio
+async def test_logging_in_process_leaves_root_alone_and_cleans_up(
+    server: FakeApiServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from async_jobs import cli
+
+    server.clock.speed = 0  # jobs move only when the test advances the clock
+    monkeypatch.setenv("ZOO_API_TOKEN", TOKEN)
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.setenv("COLUMNS", "200")
+    root = logging.getLogger()
+    library = logging.getLogger("async_jobs")
+    before = (root.level, list(root.handlers), root.filters[:])
+    library_before = (library.level, library.propagate, list(library.handlers))
+
+    async def run(*args: str) -> int:
+        op = server.zoo.add_operation(timeline=[("in_progress", 1.0), ("completed", None)])
+        _outage(server)
+        codes: list[int] = []
+
+        async def command() -> None:
+            argv = ["zoo", "ops", "wait", op.id, "--base-url", server.url, *args]
+            codes.append(await anyio.to_thread.run_sync(cli.main, argv))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(command)
+            # Three 503s, then the first answer (in progress: a bar), then the next poll
+            # (logged while the bar is live) finds the job done.
+            await eventually(lambda: sum(r.path.endswith(op.id) for r in server.requests) >= 4)
+            server.clock.advance(2.0)
+        return codes[0]
+
+    # A terminal: rich output; -vv lines go through the live display's console.
+    terminal = _Terminal()
+    with monkeypatch.context() as patch:
+        patch.setattr(sys, "stdout", terminal)
+        assert await run("-vv") == 0
+    raw = terminal.getvalue()
+    text = ANSI.sub("", raw)
+    assert OUTAGE in text and RECOVERED in text and REQUEST in text
+    assert "async_jobs.http" in text and "in_progress" in text  # the logger's name; the bar
+    # The last request is logged while the bar is live, above it: the display erased its
+    # line (ESC[2K), the log line starts right there (not after the bar's text), then the
+    # bar is drawn again below it.
+    segments = [ANSI.sub("", segment) for segment in raw.split("\x1b[2K")]
+    last = max(i for i, segment in enumerate(segments) if REQUEST in segment)
+    assert any("in_progress" in segment for segment in segments[:last])
+    head = segments[last].split(REQUEST)[0]
+    assert "in_progress" not in head and "%" not in head, repr(segments[last])
+    assert any("%" in segment for segment in segments[last + 1 :])
+    assert capsys.readouterr().err == ""
+
+    # Then JSON lines in the same process: -v logs on stderr, stdout stays pure JSON.
+    assert await run("--json", "-v") == 0
+    out, err = capsys.readouterr()
+    assert [json.loads(line)["event"] for line in out.splitlines()][-1] == "final"
+    assert OUTAGE in err and RECOVERED in err and REQUEST not in err
+    assert TOKEN not in raw + out + err
+
+    # Nothing reached the root logger's handlers (propagate was off), which stayed as they
+    # were, like its level; async_jobs got its level, propagate and handlers back.
+    assert not [r for r in caplog.records if r.name.startswith("async_jobs")]
+    assert (root.level, list(root.handlers), root.filters[:]) == before
+    assert (library.level, library.propagate, list(library.handlers)) == library_before
