@@ -18,6 +18,7 @@ import pytest
 import rich.console as rich_console
 
 import async_jobs as aj
+from async_jobs._redact import MASK
 from async_jobs.testing import FakeApiServer
 
 from .conftest import TOKEN, eventually
@@ -309,12 +310,21 @@ def test_missing_metafold_credentials() -> None:
 OUTAGE = "is not answering"  # WARNING: the third failed attempt in a row
 RECOVERED = "is answering again"  # INFO: the first answer after the outage
 REQUEST = "GET http"  # DEBUG: every request
+ECHO = f"bad {MASK}"  # DEBUG: a retry, with the error message the server sent (masked)
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 def _outage(server: FakeApiServer) -> None:
-    """Three 503s in a row (retried at once), then answers: one WARNING and one INFO."""
-    server.inject("status", route="/async/operations/*", times=3, status=503, retry_after="0")
+    """Three 503s in a row (retried at once), then answers: one WARNING and one INFO. Their
+    error message echoes the token, which the DEBUG retry lines show (masked)."""
+    server.inject(
+        "body",
+        route="/async/operations/*",
+        times=3,
+        status=503,
+        body=json.dumps({"error_code": "unavailable", "message": f"bad {TOKEN}"}).encode(),
+        headers={"Retry-After": "0"},
+    )
 
 
 @pytest.mark.anyio
@@ -333,11 +343,11 @@ async def test_verbosity_levels_in_json_mode(server: FakeApiServer) -> None:
         assert records[-1]["event"] == "final" and records[-1]["id"] == op.id
         assert TOKEN not in out + err
         assert "Traceback" not in err
-        shown[flags] = {text for text in (OUTAGE, RECOVERED, REQUEST) if text in err}
+        shown[flags] = {text for text in (OUTAGE, RECOVERED, REQUEST, ECHO) if text in err}
     assert shown == {
         (): {OUTAGE},
         ("-v",): {OUTAGE, RECOVERED},
-        ("-vv",): {OUTAGE, RECOVERED, REQUEST},
+        ("-vv",): {OUTAGE, RECOVERED, REQUEST, ECHO},
     }
 
 
@@ -390,7 +400,7 @@ async def test_logging_in_process_leaves_root_alone_and_cleans_up(
         assert await run("-vv") == 0
     raw = terminal.getvalue()
     text = ANSI.sub("", raw)
-    assert OUTAGE in text and RECOVERED in text and REQUEST in text
+    assert OUTAGE in text and RECOVERED in text and REQUEST in text and ECHO in text
     assert "async_jobs.http" in text and "in_progress" in text  # the logger's name; the bar
     # The last request is logged while the bar is live, above it: the display erased its
     # line (ESC[2K), the log line starts right there (not after the bar's text), then the
