@@ -318,7 +318,11 @@ class Poller(Generic[J]):
         if events.enabled(self.listeners):
             duration = anyio.current_time() - self.started
             done = events.WaitDone(
-                key=self.key, outcome=outcome, duration=duration, polls=self.polls
+                key=self.key,
+                outcome=outcome,
+                duration=duration,
+                polls=self.polls,
+                wait_id=self.wait_id,
             )
             events.emit(done, self.listeners)
 

@@ -396,6 +396,7 @@ async def test_a_wait_emits_started_polls_changes_and_done(server: FakeApiServer
     assert changes == [(None, "pending"), ("pending", "succeeded")]
     done = [e for e in mine if isinstance(e, events.WaitDone)]
     assert len(done) == 1 and done[0].outcome == "succeeded" and done[0].polls >= 2
+    assert {e.wait_id for e in mine} == {mine[0].wait_id} and mine[0].wait_id > 0
     timeouts = [e for e in seen if isinstance(e, events.WaitDone) and e.key != key]
     assert [e.outcome for e in timeouts] == ["timeout"]
 
