@@ -243,6 +243,7 @@ def machine_info() -> dict[str, Any]:
         "metafold",
         "requests",
         "pyinstrument",
+        "opentelemetry-sdk",
     ):
         with suppress(metadata.PackageNotFoundError):
             packages[name] = metadata.version(name)

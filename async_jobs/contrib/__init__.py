@@ -2,6 +2,8 @@
 
 - :mod:`async_jobs.contrib.redis` (extra ``redis``): durable watches shared by many service
   instances, on Redis Streams consumer groups.
+- :mod:`async_jobs.contrib.otel` (extra ``otel``): OpenTelemetry spans and metrics from
+  :mod:`async_jobs.events`.
 
 ``import async_jobs`` never imports anything from here.
 """
