@@ -68,6 +68,7 @@ COVERED = {
     (FAKE, 1),
     (DURABLE, 1),
     (OBSERVABILITY, 1),
+    (OBSERVABILITY, 2),
 }
 
 
@@ -442,6 +443,23 @@ async def test_observability_statsd_listener(env: FakeApiServer) -> None:
         receiver.close()
     assert "async_jobs.requests.200:1|c" in lines
     assert any(re.fullmatch(r"async_jobs\.waits\.succeeded:\d+\|ms", line) for line in lines)
+
+
+async def test_observability_opentelemetry(
+    env: FakeApiServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The console exporter prints the wait's span and its request's span, nested."""
+    env.zoo.add_operation("file_volume", [("completed", None)], id=OPERATION_ID)
+    with anyio.fail_after(HANG_GUARD):
+        await run(block(OBSERVABILITY, 2))
+    out = capsys.readouterr().out
+    spans = [msgspec.json.decode(part) for part in re.split(r"(?<=\n})\n(?=\{)", out.strip())]
+    wait = next(span for span in spans if span["name"] == "wait zoo.async_operation")
+    request = next(span for span in spans if span["name"] == "GET")
+    assert request["parent_id"] == wait["context"]["span_id"]
+    assert request["attributes"]["http.response.status_code"] == 200
+    assert wait["attributes"]["async_jobs.wait.outcome"] == "succeeded"
+    assert TOKEN not in out
 
 
 # -- durable watches ------------------------------------------------------------------------

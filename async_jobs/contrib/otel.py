@@ -66,7 +66,6 @@ cheap; it never raises (a failure is logged once on ``async_jobs.otel`` and coun
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import threading
 import time
@@ -131,14 +130,6 @@ def _origin(url: str) -> str:
     return url[:end]
 
 
-def _current_task() -> object | None:
-    """The running asyncio task (None elsewhere, e.g. on trio)."""
-    try:
-        return asyncio.current_task()
-    except RuntimeError:
-        return None
-
-
 def _kind(key: str) -> str:
     """A job key's kind: the part before the first ``:``."""
     return key.partition(":")[0]
@@ -147,14 +138,13 @@ def _kind(key: str) -> str:
 class _Wait:
     """An open wait span and what its children and its end need."""
 
-    __slots__ = ("context", "key", "kind", "span", "task", "wait_id")
+    __slots__ = ("context", "key", "kind", "span", "wait_id")
 
     def __init__(self, span: trace.Span, key: str, kind: str, wait_id: int) -> None:
         self.span = span
         self.key = key
         self.kind = kind
         self.wait_id = wait_id
-        self.task = _current_task()  # where it started: see Instrumentation._pop_wait
         self.context = trace.set_span_in_context(span)  # the parent of its requests' spans
 
 
@@ -193,7 +183,6 @@ class Instrumentation:
         #: Listener calls that failed (each is swallowed: a listener never raises).
         self.failures = 0
         self._open: dict[int, _Wait] = {}
-        self._by_key: dict[str, list[int]] = {}
         self._lock = threading.Lock()
         self._handlers: dict[type[events.Event], Callable[[Any], None]] = {
             events.RequestDone: self._request_done,
@@ -224,7 +213,6 @@ class Instrumentation:
         with self._lock:
             still_open = list(self._open.values())
             self._open.clear()
-            self._by_key.clear()
         for wait in still_open:
             self._in_flight.add(-1, {"async_jobs.job.kind": wait.kind})
             wait.span.end()
@@ -262,31 +250,12 @@ class Instrumentation:
         wait = _Wait(span, event.key, kind, event.wait_id)
         with self._lock:
             self._open[event.wait_id] = wait
-            self._by_key.setdefault(event.key, []).append(event.wait_id)
         self._in_flight.add(1, {"async_jobs.job.kind": kind})
 
-    def _pop_wait(self, key: str, wait_id: int) -> _Wait | None:
-        """The open wait ``wait_id``, no longer open.
-
-        An event naming no wait (``wait_id`` 0: async_jobs' ``WaitDone`` does not carry it
-        yet) ends the open wait on ``key`` started in the same task (``wait_until_terminal``
-        and ``watch`` start and end a wait in one task), else the oldest one on ``key``."""
+    def _pop_wait(self, wait_id: int) -> _Wait | None:
+        """The open wait ``wait_id``, no longer open."""
         with self._lock:
-            wait = self._open.pop(wait_id, None)
-            ids = self._by_key.get(key)
-            if wait is None and wait_id == 0 and ids:
-                task = _current_task()
-                chosen = ids[0]
-                for candidate in ids:
-                    if task is not None and self._open[candidate].task is task:
-                        chosen = candidate
-                        break
-                wait = self._open.pop(chosen)
-            if wait is not None and ids is not None:
-                ids.remove(wait.wait_id)
-                if not ids:
-                    del self._by_key[key]
-            return wait
+            return self._open.pop(wait_id, None)
 
     def _state_changed(self, event: events.StateChanged) -> None:
         wait = self._open.get(event.wait_id)
@@ -297,7 +266,7 @@ class Instrumentation:
             wait.span.add_event("async_jobs.state_changed", attributes)
 
     def _wait_done(self, event: events.WaitDone) -> None:
-        wait = self._pop_wait(event.key, event.wait_id)
+        wait = self._pop_wait(event.wait_id)
         kind = wait.kind if wait is not None else _kind(event.key)
         outcome = event.outcome
         measured = {"async_jobs.job.kind": kind, "async_jobs.wait.outcome": outcome}
