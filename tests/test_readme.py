@@ -446,13 +446,24 @@ async def test_observability_statsd_listener(env: FakeApiServer) -> None:
 
 
 async def test_observability_opentelemetry(
-    env: FakeApiServer, capsys: pytest.CaptureFixture[str]
+    env: FakeApiServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The console exporter prints the wait's span and its request's span, nested."""
+    """The console exporter prints the wait's span and its request's span, nested. (Its
+    default output is the sys.stdout of when the SDK was first imported, so the test hands
+    it a buffer of its own.)"""
+    import io
+    from functools import partial
+
+    from opentelemetry.sdk.trace import export
+
+    printed = io.StringIO()
+    monkeypatch.setattr(
+        export, "ConsoleSpanExporter", partial(export.ConsoleSpanExporter, out=printed)
+    )
     env.zoo.add_operation("file_volume", [("completed", None)], id=OPERATION_ID)
     with anyio.fail_after(HANG_GUARD):
         await run(block(OBSERVABILITY, 2))
-    out = capsys.readouterr().out
+    out = printed.getvalue()
     spans = [msgspec.json.decode(part) for part in re.split(r"(?<=\n})\n(?=\{)", out.strip())]
     wait = next(span for span in spans if span["name"] == "wait zoo.async_operation")
     request = next(span for span in spans if span["name"] == "GET")
