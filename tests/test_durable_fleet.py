@@ -107,7 +107,7 @@ async def run_fleet(
     fleet = Fleet(redis_server, server.url, tmp_path, workers, *worker_args)
     try:
         await fleet.ready()
-        script = script_jobs(server, jobs, lead=0.5, window=3.0)  # lifecycles start now
+        script = script_jobs(server, jobs, lead=0.3, window=1.5)  # lifecycles start now
         dw = DurableWatches(redis)
         zoo, mf = clients(server)
         async with zoo, mf:
