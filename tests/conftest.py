@@ -37,19 +37,33 @@ class _LeakCatcher(logging.Handler):
 
 
 @pytest.fixture(autouse=True)
-def no_token_in_logs() -> Iterator[None]:
-    """Every test runs with async_jobs logging at DEBUG; no record may contain the token."""
+def no_token_in_logs(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test runs with async_jobs logging at DEBUG and a process-wide event listener; no
+    record and no event may contain the token. (A test marked ``no_listeners`` runs with no
+    listener at all, to cover the path where events are never built.)"""
     logger = logging.getLogger("async_jobs")
     catcher = _LeakCatcher()
     old_level = logger.level
     logger.setLevel(logging.DEBUG)
     logger.addHandler(catcher)
+    leaked_events: list[str] = []
+
+    def guard(event: aj.events.Event) -> None:
+        text = repr(event)
+        if TOKEN in text:
+            leaked_events.append(text)
+
+    listening = request.node.get_closest_marker("no_listeners") is None
+    remove = aj.add_listener(guard) if listening else None
     try:
         yield
     finally:
+        if remove is not None:
+            remove()
         logger.removeHandler(catcher)
         logger.setLevel(old_level)
     assert not catcher.leaks, f"token leaked into logs: {catcher.leaks[:3]}"
+    assert not leaked_events, f"token leaked into events: {leaked_events[:3]}"
 
 
 @pytest.fixture

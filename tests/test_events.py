@@ -41,6 +41,7 @@ async def test_request_events_match_the_servers_count(server: FakeApiServer) -> 
     assert TOKEN not in repr(seen) and TOKEN.encode() not in msgspec.json.encode(seen)
 
 
+@pytest.mark.no_listeners
 async def test_no_listener_no_event_objects(server: FakeApiServer) -> None:
     """With no listener the transport builds no event (one truth test per request)."""
     op = server.zoo.add_operation(timeline=[("completed", None)])

@@ -343,6 +343,7 @@ async def test_a_watchers_waits_are_spans_too(server: FakeApiServer, otel: Otel)
     assert otel.total("async_jobs.waits.in_flight") == 0
 
 
+@pytest.mark.no_listeners
 async def test_uninstrument_stops_every_signal(server: FakeApiServer, otel: Otel) -> None:
     op = server.zoo.add_operation(timeline=[("completed", None)])
     path = f"/async/operations/{op.id}"
