@@ -559,41 +559,48 @@ class HttpTransport:
         authorization: str | None,
         attempt: int,
     ) -> Response:
-        """:meth:`_send_once`, and its :class:`~async_jobs.events.RequestDone` when a listener
-        is registered (otherwise one truth test)."""
+        """:meth:`_send_once`, the host's :class:`Outage` told how it went, and its
+        :class:`~async_jobs.events.RequestDone` when a listener is registered (otherwise the
+        cost is a truth test)."""
         current = events.CURRENT_WAIT.get()
         local = self._local(current)
-        if not events.enabled(local):
-            return await self._observe_outage(method, url, data, json, authorization)
-        started = anyio.current_time()
+        observed = events.enabled(local)
+        started = anyio.current_time() if observed else 0.0
         try:
-            response = await self._observe_outage(method, url, data, json, authorization)
+            response = await self._send_once(method, url, data, json, authorization)
         except BaseException as exc:
             error = exc.error if isinstance(exc, _Transient) else exc
-            status = error.status if isinstance(error, DecodeError) else None
+            if isinstance(exc, _Transient):
+                self._outage.failed(error, anyio.current_time())
+            if observed:
+                done = events.RequestDone(
+                    method=method,
+                    url=_public_url(url, self.secrets),
+                    status=error.status if isinstance(error, DecodeError) else None,
+                    attempt=attempt,
+                    duration=anyio.current_time() - started,
+                    error=type(error).__name__,
+                    key=current.key if current is not None else None,
+                    wait_id=current.wait_id if current is not None else None,
+                )
+                events.emit(done, local)
+            raise
+        if response.status in OUTAGE_STATUSES:
+            self._outage.failed(f"HTTP {response.status}", anyio.current_time())
+        elif self._outage.failures:
+            self._outage.answered(anyio.current_time())
+        if observed:
             done = events.RequestDone(
                 method=method,
                 url=_public_url(url, self.secrets),
-                status=status,
+                status=response.status,
                 attempt=attempt,
                 duration=anyio.current_time() - started,
-                error=type(error).__name__,
+                request_id=response.headers.get("X-Api-Call-Id"),
                 key=current.key if current is not None else None,
                 wait_id=current.wait_id if current is not None else None,
             )
             events.emit(done, local)
-            raise
-        done = events.RequestDone(
-            method=method,
-            url=_public_url(url, self.secrets),
-            status=response.status,
-            attempt=attempt,
-            duration=anyio.current_time() - started,
-            request_id=response.headers.get("X-Api-Call-Id"),
-            key=current.key if current is not None else None,
-            wait_id=current.wait_id if current is not None else None,
-        )
-        events.emit(done, local)
         return response
 
     def _local(self, current: events.CurrentWait | None) -> tuple[events.Listener, ...]:
@@ -601,21 +608,6 @@ class HttpTransport:
         if current is None or not current.listeners:
             return self.listeners
         return tuple(dict.fromkeys((*self.listeners, *current.listeners)))  # each once
-
-    async def _observe_outage(
-        self, method: str, url: URL, data: Any, json: Any, authorization: str | None
-    ) -> Response:
-        """:meth:`_send_once`, telling the host's :class:`Outage` how it went."""
-        try:
-            response = await self._send_once(method, url, data, json, authorization)
-        except _Transient as exc:
-            self._outage.failed(exc.error, anyio.current_time())
-            raise
-        if response.status in OUTAGE_STATUSES:
-            self._outage.failed(f"HTTP {response.status}", anyio.current_time())
-        else:
-            self._outage.answered(anyio.current_time())
-        return response
 
     async def _send_once(
         self, method: str, url: URL, data: Any, json: Any, authorization: str | None
