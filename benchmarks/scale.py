@@ -193,7 +193,7 @@ def notes(results: dict[str, Any]) -> str:
         f"Listing is linear in work and flat in memory: {biggest['items']:,} items cost "
         f"async_jobs {ours['cpu_s'] / biggest['items'] * 1e6:.1f} \u00b5s of CPU each and "
         f"added {ours['rss_growth_mib']:.1f} MiB to its process (at most {growth:.1f} MiB for "
-        "any client), as each stream holds one page and one request in flight. Every list "
+        "any client), as each stream holds about one page at a time. Every list "
         "process loads all three client libraries, so their peak RSS is alike; the growth "
         "column is what the walk itself added."
     ]
