@@ -408,8 +408,9 @@ async def test_connections_that_decode_responses_work_too(
 async def test_a_stopping_worker_hands_its_watches_over_at_once(
     server: FakeApiServer, redis_client: Any, stop: str
 ) -> None:
+    # Under way until the test moves the fake's clock, once the watches were handed over.
     ops = [
-        server.zoo.add_operation(timeline=[("in_progress", 1.5), ("completed", None)])
+        server.zoo.add_operation(timeline=[("in_progress", 3600), ("completed", None)])
         for _ in range(20)
     ]
     handled: Counter[str] = Counter()
@@ -434,6 +435,8 @@ async def test_a_stopping_worker_hands_its_watches_over_at_once(
         consumers = await redis_client.xinfo_consumers("async_jobs:watches", "async_jobs")
         assert [c["name"] for c in consumers] == [b"a"]  # it still holds entries: kept
         async with b.run(zoo, keepalive=59, **options) as second:
+            await until(lambda: _count(second.in_flight, 20), 30)
+            server.clock.advance(3600)
             await until(lambda: _count(second.handled, 20), 30)
     assert dict(handled) == {op.id: 1 for op in ops}
     assert second.claimed == 20 and (await b.status()).in_flight == {}
