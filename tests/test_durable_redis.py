@@ -352,8 +352,8 @@ async def test_redis_outage_is_waited_out_and_the_password_never_logged(
         )
         dw = durable(redis)
         assert password not in repr(dw)
-        ops = [
-            server.zoo.add_operation(timeline=[("in_progress", 1.0), ("completed", None)])
+        ops = [  # under way until the test moves the fake's clock, after the restart
+            server.zoo.add_operation(timeline=[("in_progress", 3600), ("completed", None)])
             for _ in range(10)
         ]
         handled: Counter[str] = Counter()
@@ -368,6 +368,7 @@ async def test_redis_outage_is_waited_out_and_the_password_never_logged(
             async with dw.run(zoo, handler=handler, poll=POLL, claim_idle=3) as worker:
                 await until(lambda: _count(worker.in_flight, 10), 30)
                 await anyio.to_thread.run_sync(partial(secured.restart, down_for=0.5))
+                server.clock.advance(3600)
                 await until(lambda: _count(worker.handled, 10), 30)
         await redis.aclose()
     assert set(handled) == {op.id for op in ops}
