@@ -234,7 +234,7 @@ async def test_a_worker_recreates_a_lost_group_and_goes_on(
     assert [g["name"] for g in groups] == [b"async_jobs"]
     status = await dw.status()
     assert (status.pending, status.in_flight) == (0, {})
-    assert "redis reachable again while reading watches" in caplog.text
+    assert "is answering again" in caplog.text
 
 
 async def test_results_and_dead_letters_are_trimmed_to_their_maxlen(

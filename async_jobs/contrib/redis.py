@@ -106,6 +106,9 @@ end
 """
 
 #: How the worker loops back off while Redis is unreachable.
+#: Seconds after an outage's end during which new trouble counts as part of it (see
+#: ``_RedisHealth``).
+REDIS_QUIET = 5.0
 REDIS_BACKOFF = PollPolicy(initial=0.1, multiplier=2.0, maximum=5.0, jitter=0.2)
 #: Redis errors a worker waits out (a restart, a failover, a dropped connection).
 RECOVERABLE_ERRORS: tuple[type[Exception], ...] = (
@@ -433,13 +436,60 @@ class _Held:
         return self.step.record(Outcome.MISSED, anyio.current_time(), rand=random.random())
 
 
-class _Backoff:
-    """Waits out Redis trouble in one loop, on the library's one poll step; logs the start and
-    the end of an outage."""
+def _redis_address(redis: Any) -> str:
+    """``host:port`` of a Redis client, for log lines (never its password)."""
+    kwargs = getattr(getattr(redis, "connection_pool", None), "connection_kwargs", {})
+    if "path" in kwargs:
+        return str(kwargs["path"])
+    return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
 
-    def __init__(self, watches: DurableWatches, what: str) -> None:
+
+class _RedisHealth:
+    """Whether Redis answers one worker: one WARNING when the first of its loops runs into
+    trouble, one INFO at the first answer after it; each retry is DEBUG. Trouble within
+    :data:`REDIS_QUIET` seconds of an outage's end (another loop finding its pooled connection
+    closed by the restart, say) is the tail of that outage: not logged again."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.down = False
+        self.warned = False
+        self.since = 0.0
+        self.ended = -math.inf
+
+    def failed(self, exc: Exception, what: str) -> None:
+        if self.down:
+            return
+        now = anyio.current_time()
+        self.down, self.since = True, now
+        self.warned = now - self.ended >= REDIS_QUIET
+        if self.warned:
+            logger.warning(
+                "redis at %s is not answering (%s: %s, while %s); retrying",
+                self.where,
+                type(exc).__name__,
+                exc,
+                what,
+            )
+
+    def answered(self) -> None:
+        if not self.down:
+            return
+        self.down = False
+        self.ended = anyio.current_time()
+        if self.warned:
+            elapsed = self.ended - self.since
+            logger.info("redis at %s is answering again after %.1f s", self.where, elapsed)
+
+
+class _Backoff:
+    """Waits out Redis trouble in one loop, on the library's one poll step; the worker's
+    :class:`_RedisHealth` logs the start and the end of an outage."""
+
+    def __init__(self, watches: DurableWatches, what: str, health: _RedisHealth) -> None:
         self.watches = watches
         self.what = what
+        self.health = health
         self.step = PollStep(REDIS_BACKOFF)
 
     async def trouble(self, exc: Exception) -> None:
@@ -451,16 +501,21 @@ class _Backoff:
         elif not isinstance(exc, RECOVERABLE_ERRORS):
             raise exc
         decision = self.step.record(Outcome.MISSED, anyio.current_time(), rand=random.random())
-        level = logging.WARNING if self.step.misses == 1 else logging.DEBUG
-        logger.log(
-            level, "redis trouble while %s (%s: %s); retrying", self.what, type(exc).__name__, exc
+        self.health.failed(exc, self.what)
+        logger.debug(
+            "redis trouble while %s (%s: %s); retry %d in %.2f s",
+            self.what,
+            type(exc).__name__,
+            exc,
+            self.step.misses,
+            decision.delay,
         )
         await anyio.sleep(decision.delay)
 
     def ok(self) -> None:
         if self.step.misses:
-            logger.info("redis reachable again while %s", self.what)
             self.step.record(Outcome.CHANGED, anyio.current_time())
+        self.health.answered()
 
 
 class DurableWorker:
@@ -523,6 +578,7 @@ class DurableWorker:
         self._secret: str | None = None
         self._reread = False  # set by the keepalive loop: read own pending entries again
         self._refresh_own = watches.redis.register_script(REFRESH_OWN_SCRIPT)
+        self._health = _RedisHealth(_redis_address(watches.redis))
 
     @property
     def consumer(self) -> str:
@@ -659,7 +715,7 @@ class DurableWorker:
     async def _read_loop(self) -> None:
         """New entries with ``XREADGROUP >``; first, and after any Redis trouble, this
         consumer's own pending entries (``0``), so nothing read is ever left behind."""
-        backoff = _Backoff(self.watches, "reading watches")
+        backoff = _Backoff(self.watches, "reading watches", self._health)
         watches = self.watches
         cursor = "0"
         while True:
@@ -692,7 +748,7 @@ class DurableWorker:
 
     async def _claim_loop(self) -> None:
         """Take over entries idle for ``claim_idle`` (a dead worker's) with ``XAUTOCLAIM``."""
-        backoff = _Backoff(self.watches, "claiming abandoned watches")
+        backoff = _Backoff(self.watches, "claiming abandoned watches", self._health)
         watches = self.watches
         idle_ms = max(int(self.claim_idle * 1000), 1)
         first = True
@@ -733,7 +789,7 @@ class DurableWorker:
         (:data:`REFRESH_OWN_SCRIPT`), so no live worker's entry is taken over; drop the ones
         another worker took over; have the read loop read its own pending entries again when
         some are owned but not held."""
-        backoff = _Backoff(self.watches, "refreshing held watches")
+        backoff = _Backoff(self.watches, "refreshing held watches", self._health)
         orphan_ms = int(self.keepalive * 1000)
         while True:
             await anyio.sleep(self.keepalive)
@@ -963,7 +1019,7 @@ class DurableWorker:
     async def _settle_loop(self) -> None:
         """Settle what accumulated while the previous batch was in flight, retried through
         Redis outages."""
-        backoff = _Backoff(self.watches, "acknowledging handled watches")
+        backoff = _Backoff(self.watches, "acknowledging handled watches", self._health)
         while True:
             await self._settle_wake.wait()
             self._settle_wake = anyio.Event()
