@@ -45,7 +45,7 @@ async def test_one_callers_timeout_never_cancels_another(
     async with _zoo(server) as zoo, aj.Watcher(zoo, poll=POLL, coalesce=coalesce) as watcher:
         ref = zoo.async_operation(op.id)
         patient = watcher.add(ref)
-        with pytest.raises(TimeoutError):
+        with pytest.raises(asyncio.TimeoutError):  # TimeoutError itself from 3.11 on
             await asyncio.wait_for(watcher.add(ref), 0.05)
         again = watcher.add(ref)  # a new caller after the cancelled one: a live awaitable
         assert not patient.done() and not again.done()
