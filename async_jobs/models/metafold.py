@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from types import MappingProxyType
-from typing import Any, ClassVar, Literal, TypeAlias
+from typing import Any, ClassVar, Literal, TypeAlias, get_args
 
 import msgspec
 
@@ -62,10 +62,12 @@ METAFOLD_STATES: Mapping[str, JobState] = MappingProxyType(
 METAFOLD_STATE_NAMES: tuple[str, ...] = tuple(METAFOLD_STATES)
 #: The states of jobs and workflows still under way (what a Watcher lists to coalesce).
 METAFOLD_ACTIVE_STATES: tuple[str, ...] = active_values(METAFOLD_STATES)
-#: Fields ``sort=`` accepts on ``GET /projects/{id}/jobs``.
-JOB_SORT_FIELDS: tuple[str, ...] = ("id", "name", "created", "started", "finished")
+#: Fields ``sort=`` accepts on ``GET /projects/{id}/jobs`` (the client's ``sort=`` field type).
+JobSortField: TypeAlias = Literal["id", "name", "created", "started", "finished"]
+JOB_SORT_FIELDS: tuple[str, ...] = get_args(JobSortField)
 #: Fields ``sort=`` accepts on ``GET /projects/{id}/workflows``.
-WORKFLOW_SORT_FIELDS: tuple[str, ...] = ("id", "created", "started", "finished")
+WorkflowSortField: TypeAlias = Literal["id", "created", "started", "finished"]
+WORKFLOW_SORT_FIELDS: tuple[str, ...] = get_args(WorkflowSortField)
 #: Every ``sort=`` value of ``GET /projects/{id}/jobs``: ``field:1`` (ascending) or
 #: ``field:-1`` (descending) for each of :data:`JOB_SORT_FIELDS`.
 JOB_SORTS: tuple[str, ...] = tuple(f"{f}:{o}" for f in JOB_SORT_FIELDS for o in ("1", "-1"))
@@ -76,12 +78,9 @@ WORKFLOW_SORTS: tuple[str, ...] = tuple(
 
 # Literal aliases of the tuples above: the client types ``sort=`` as ``Literal[...] | str``
 # (and the field of ``(field, descending)`` likewise), so the known values complete in editors
-# while any str still type-checks. A test compares each with its tuple (typing.get_args).
+# while any str still type-checks. A test compares each with its tuple (typing.get_args). The
+# field aliases sit with their tuples above, which are read from them.
 
-#: The values of :data:`JOB_SORT_FIELDS`, for type checkers and editors.
-JobSortField: TypeAlias = Literal["id", "name", "created", "started", "finished"]
-#: The values of :data:`WORKFLOW_SORT_FIELDS`, for type checkers and editors.
-WorkflowSortField: TypeAlias = Literal["id", "created", "started", "finished"]
 #: The values of :data:`JOB_SORTS`, for type checkers and editors.
 JobSort: TypeAlias = Literal[
     "id:1",

@@ -12,7 +12,7 @@ import binascii
 from collections.abc import Mapping
 from datetime import datetime
 from types import MappingProxyType
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, TypeAlias, get_args
 
 import msgspec
 
@@ -45,8 +45,9 @@ __all__ = [
 
 # The Literal aliases below type the client's enumerated parameters as ``Literal[...] | str``:
 # the known values complete in editors, and a value a server adds later (or a str read from a
-# config file or a command line) still type-checks. Each one lists exactly the values of the
-# tuple next to it (a test compares them with typing.get_args).
+# config file or a command line) still type-checks. Where a tuple is a plain list of values it is
+# read from its alias (``get_args``); the others come from the state tables, and a test
+# compares each with its alias.
 
 #: Zoo async operation status -> JobState (the seed doc's five values).
 OPERATION_STATES: Mapping[str, JobState] = MappingProxyType(
@@ -64,10 +65,10 @@ OPERATION_STATUSES: tuple[str, ...] = tuple(OPERATION_STATES)
 OperationStatus: TypeAlias = Literal["queued", "uploaded", "in_progress", "completed", "failed"]
 #: The statuses of operations still under way (what a Watcher lists to coalesce polling).
 OPERATION_ACTIVE_STATUSES: tuple[str, ...] = active_values(OPERATION_STATES)
-#: ``sort_by`` values of ``GET /async/operations`` (``CreatedAtSortMode``).
-OPERATION_SORT_MODES: tuple[str, ...] = ("created_at_ascending", "created_at_descending")
 #: The values of :data:`OPERATION_SORT_MODES`, for type checkers and editors.
 OperationSortMode: TypeAlias = Literal["created_at_ascending", "created_at_descending"]
+#: ``sort_by`` values of ``GET /async/operations`` (``CreatedAtSortMode``).
+OPERATION_SORT_MODES: tuple[str, ...] = get_args(OperationSortMode)
 #: Operation types known today (``AsyncApiCallType``); others decode as plain strings.
 OPERATION_TYPES: tuple[str, ...] = (
     "file_conversion",
@@ -199,21 +200,6 @@ CONVERSION_ACTIVE_STATUSES: tuple[str, ...] = active_values(CONVERSION_STATES)
 #: The pipeline phases in the live spec's order (``OrgDatasetFileConversionPhase``). The seed
 #: doc's order (0-10) is this one without ``manual_kcl_override``, so progress computed from a
 #: phase's position in this tuple moves forward on old and new servers alike.
-CONVERSION_PHASES: tuple[str, ...] = (
-    "queued",
-    "zoo_generated_original_metadata",
-    "snapshot_original",
-    "user_provided_metadata",
-    "manual_kcl_override",
-    "convert_raw_kcl",
-    "zoo_generated_raw_kcl_metadata",
-    "snapshot_raw_kcl",
-    "salon",
-    "zoo_generated_salon_kcl_metadata",
-    "snapshot_salon_kcl",
-    "completed",
-)
-#: The values of :data:`CONVERSION_PHASES`, for type checkers and editors.
 ConversionPhase: TypeAlias = Literal[
     "queued",
     "zoo_generated_original_metadata",
@@ -228,18 +214,8 @@ ConversionPhase: TypeAlias = Literal[
     "snapshot_salon_kcl",
     "completed",
 ]
+CONVERSION_PHASES: tuple[str, ...] = get_args(ConversionPhase)
 #: ``sort_by`` values of ``GET /org/datasets/{id}/conversions`` (``ConversionSortMode``).
-CONVERSION_SORT_MODES: tuple[str, ...] = (
-    "created_at_ascending",
-    "created_at_descending",
-    "status_ascending",
-    "status_descending",
-    "phase_ascending",
-    "phase_descending",
-    "updated_at_ascending",
-    "updated_at_descending",
-)
-#: The values of :data:`CONVERSION_SORT_MODES`, for type checkers and editors.
 ConversionSortMode: TypeAlias = Literal[
     "created_at_ascending",
     "created_at_descending",
@@ -250,6 +226,7 @@ ConversionSortMode: TypeAlias = Literal[
     "updated_at_ascending",
     "updated_at_descending",
 ]
+CONVERSION_SORT_MODES: tuple[str, ...] = get_args(ConversionSortMode)
 _PHASE_INDEX: Mapping[str, int] = MappingProxyType(
     {phase: index for index, phase in enumerate(CONVERSION_PHASES)}
 )
