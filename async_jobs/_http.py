@@ -566,41 +566,37 @@ class HttpTransport:
         local = self._local(current)
         observed = events.enabled(local)
         started = anyio.current_time() if observed else 0.0
+        status: int | None = None
+        error: BaseException | None = None
+        request_id: str | None = None
         try:
             response = await self._send_once(method, url, data, json, authorization)
+            status, request_id = response.status, response.headers.get("X-Api-Call-Id")
         except BaseException as exc:
             error = exc.error if isinstance(exc, _Transient) else exc
             if isinstance(exc, _Transient):
                 self._outage.failed(error, anyio.current_time())
+            if isinstance(error, DecodeError):
+                status = error.status
+            raise
+        finally:
             if observed:
                 done = events.RequestDone(
                     method=method,
                     url=_public_url(url, self.secrets),
-                    status=error.status if isinstance(error, DecodeError) else None,
+                    status=status,
                     attempt=attempt,
                     duration=anyio.current_time() - started,
-                    error=type(error).__name__,
+                    request_id=request_id,
+                    error=type(error).__name__ if error is not None else None,
                     key=current.key if current is not None else None,
                     wait_id=current.wait_id if current is not None else None,
                 )
                 events.emit(done, local)
-            raise
         if response.status in OUTAGE_STATUSES:
             self._outage.failed(f"HTTP {response.status}", anyio.current_time())
         elif self._outage.failures:
             self._outage.answered(anyio.current_time())
-        if observed:
-            done = events.RequestDone(
-                method=method,
-                url=_public_url(url, self.secrets),
-                status=response.status,
-                attempt=attempt,
-                duration=anyio.current_time() - started,
-                request_id=response.headers.get("X-Api-Call-Id"),
-                key=current.key if current is not None else None,
-                wait_id=current.wait_id if current is not None else None,
-            )
-            events.emit(done, local)
         return response
 
     def _local(self, current: events.CurrentWait | None) -> tuple[events.Listener, ...]:

@@ -16,9 +16,10 @@ from collections.abc import (
     Awaitable,
     Callable,
     Hashable,
+    Iterator,
     Sequence,
 )
-from contextlib import aclosing
+from contextlib import aclosing, contextmanager
 from typing import Any, Generic, Protocol, TypeVar
 
 import anyio
@@ -308,6 +309,28 @@ class Poller(Generic[J]):
         finally:
             events.CURRENT_WAIT.reset(token)
 
+    @classmethod
+    def waiting_on(
+        cls, ref: JobRef[J], poll: PollPolicy | None, stall_timeout: float | None
+    ) -> Poller[J]:
+        """The poller of one wait on ``ref`` (``poll``, else the ref's client's schedule)."""
+        policy = poll or ref.poll or PollPolicy()
+        return cls(ref.key, policy, stall_timeout=stall_timeout, listeners=ref.listeners)
+
+    @contextmanager
+    def reporting(self) -> Iterator[None]:
+        """The wait's span: WaitStarted on entry, WaitDone with the outcome of how it left
+        (the terminal job's state, or the error that ended it)."""
+        self.started_event()
+        error: BaseException | None = None
+        try:
+            yield
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self.done_event(outcome_of(error, self.last))
+
     def started_event(self) -> None:
         """Emit :class:`~async_jobs.events.WaitStarted`."""
         if events.enabled(self.listeners):
@@ -383,23 +406,11 @@ async def watch(
     ``stall_timeout``, :class:`~async_jobs.PollStalled` once no poll succeeded for that many
     seconds. Bound the wait with ``anyio.fail_after`` or use :func:`wait_until_terminal`.
     """
-    poller: Poller[J] = Poller(
-        ref.key,
-        poll or ref.poll or PollPolicy(),
-        stall_timeout=stall_timeout,
-        listeners=ref.listeners,
-    )
-    poller.started_event()
-    error: BaseException | None = None
-    try:
+    poller = Poller.waiting_on(ref, poll, stall_timeout)
+    with poller.reporting():
         async with aclosing(_follow(poller, ref)) as updates:
             async for job in updates:
                 yield job
-    except BaseException as exc:
-        error = exc
-        raise
-    finally:
-        poller.done_event(outcome_of(error, poller.last))
 
 
 async def _notify(on_update: OnUpdate[J], job: J) -> None:
@@ -428,15 +439,8 @@ async def wait_until_terminal(
     """
     if timeout is not None and (math.isnan(timeout) or timeout < 0):
         raise ValueError("timeout must be >= 0 or None")
-    poller: Poller[J] = Poller(
-        ref.key,
-        poll or ref.poll or PollPolicy(),
-        stall_timeout=stall_timeout,
-        listeners=ref.listeners,
-    )
-    poller.started_event()
-    error: BaseException | None = None
-    try:
+    poller = Poller.waiting_on(ref, poll, stall_timeout)
+    with poller.reporting():
         with anyio.move_on_after(timeout):
             async with aclosing(_follow(poller, ref)) as updates:
                 async for job in updates:
@@ -450,11 +454,6 @@ async def wait_until_terminal(
         if raise_on_failure and last.job_state in (JobState.FAILED, JobState.CANCELED):
             raise JobFailed(last)
         return last
-    except BaseException as exc:
-        error = exc
-        raise
-    finally:
-        poller.done_event(outcome_of(error, poller.last))
 
 
 async def wait_all(
