@@ -371,7 +371,9 @@ def outcome_of(error: BaseException | None, job: Job | None) -> str:
         return "timeout"
     if isinstance(error, AsyncJobsError):
         return "error"
-    return "interrupted" if isinstance(error, anyio.get_cancelled_exc_class()) else "error"
+    # Cancelled, or a watch() its caller stopped reading (closed at its yield): interrupted.
+    stopped = (anyio.get_cancelled_exc_class(), GeneratorExit)
+    return "interrupted" if isinstance(error, stopped) else "error"
 
 
 async def _follow(poller: Poller[J], ref: JobRef[J]) -> AsyncGenerator[J, None]:

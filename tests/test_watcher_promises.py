@@ -487,3 +487,19 @@ async def test_a_bug_in_a_watcher_loop_fails_its_jobs_not_the_service(
             with pytest.raises(RuntimeError, match="internal error"):
                 watcher.add(ref)
     assert any("failed" in r.getMessage() and r.exc_info for r in caplog.records)
+
+
+async def test_leaving_a_watch_early_is_an_interrupted_wait(server: FakeApiServer) -> None:
+    op = server.zoo.add_operation(timeline=[("queued", None)])
+    seen: list[events.Event] = []
+    remove = aj.add_listener(seen.append)
+    try:
+        async with _zoo(server) as zoo:
+            updates = aj.watch(zoo.async_operation(op.id), poll=POLL)
+            async for job in updates:
+                assert job.status == "queued"
+                break
+            await updates.aclose()
+    finally:
+        remove()
+    assert [e.outcome for e in seen if isinstance(e, events.WaitDone)] == ["interrupted"]
