@@ -13,12 +13,14 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from functools import partial
 from typing import Generic, TypeVar
 
 import anyio
 import msgspec
 
 from ._errors import DecodeError
+from ._tasks import run_concurrently
 
 __all__ = ["Page", "iter_items", "merge_streams"]
 
@@ -79,20 +81,7 @@ async def _fill(cursors: Sequence[_Cursor[T]], limiter: anyio.CapacityLimiter) -
     if len(cursors) == 1:
         await cursors[0].fill(limiter)
         return
-    errors: list[Exception] = []
-
-    async def fill(cursor: _Cursor[T], scope: anyio.CancelScope) -> None:
-        try:
-            await cursor.fill(limiter)
-        except Exception as exc:
-            errors.append(exc)
-            scope.cancel()
-
-    async with anyio.create_task_group() as tg:
-        for cursor in cursors:
-            tg.start_soon(fill, cursor, tg.cancel_scope)
-    if errors:
-        raise errors[0]
+    await run_concurrently(partial(cursor.fill, limiter) for cursor in cursors)
 
 
 async def iter_items(

@@ -20,6 +20,7 @@ from collections.abc import (
     Sequence,
 )
 from contextlib import aclosing, contextmanager
+from functools import partial
 from typing import Any, Generic, Protocol, TypeVar
 
 import anyio
@@ -41,6 +42,7 @@ from ._errors import (
 )
 from ._policy import Decision, Outcome, PollPolicy, PollStep, Stop
 from ._redact import get_logger
+from ._tasks import run_concurrently
 from .models._state import JobState
 
 __all__ = [
@@ -485,7 +487,6 @@ async def wait_all(
         raise ValueError(f"max_concurrency must be an int >= 1, got {max_concurrency!r}")
     latest: dict[int, J] = {}
     done: dict[int, J] = {}
-    errors: list[Exception] = []
     limiter = anyio.CapacityLimiter(max_concurrency)
 
     def limited(ref: JobRef[J]) -> JobRef[J]:
@@ -493,31 +494,22 @@ async def wait_all(
             async with limiter:
                 return await ref.fetch()
 
-        return JobRef(ref.kind, ref.ids, fetch, poll=ref.poll)
+        return JobRef(ref.kind, ref.ids, fetch, poll=ref.poll, listeners=ref.listeners)
 
-    async def wait_one(index: int, ref: JobRef[J], scope: anyio.CancelScope) -> None:
-        try:
-            async with aclosing(watch(limited(ref), poll=poll)) as updates:
-                async for job in updates:
-                    latest[index] = job
-                    if on_update is not None:
-                        await _notify(on_update, job)
-        except Exception as exc:  # one wait's error ends them all, raised below
-            errors.append(exc)
-            scope.cancel()
-            return
+    async def wait_one(index: int, ref: JobRef[J]) -> None:
+        # An error here (a fatal one, or JobFailed with fail_fast) ends every wait.
+        async with aclosing(watch(limited(ref), poll=poll)) as updates:
+            async for job in updates:
+                latest[index] = job
+                if on_update is not None:
+                    await _notify(on_update, job)
         job = latest[index]
         done[index] = job
         if fail_fast and job.job_state in (JobState.FAILED, JobState.CANCELED):
-            errors.append(JobFailed(job))
-            scope.cancel()
+            raise JobFailed(job)
 
     with anyio.move_on_after(timeout):
-        async with anyio.create_task_group() as tg:
-            for index, ref in enumerate(refs):
-                tg.start_soon(wait_one, index, ref, tg.cancel_scope)
-    if errors:
-        raise errors[0]
+        await run_concurrently(partial(wait_one, index, ref) for index, ref in enumerate(refs))
     if len(done) < len(refs):
         missing = len(refs) - len(done)
         raise WaitTimeout(
