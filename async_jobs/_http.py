@@ -34,6 +34,7 @@ from ._errors import (
     ServerError,
     TransportError,
 )
+from ._outage import Outage
 from ._policy import Outcome, PollStep, RetryPolicy, parse_retry_after
 from ._ratelimit import REQUEST_LIMITS, RateLimiter
 from ._redact import get_logger, redact, register_secret, unregister_secret
@@ -285,44 +286,6 @@ OUTAGE_STATUSES = frozenset({502, 503, 504})
 OUTAGE_AFTER = 3
 
 
-class Outage:
-    """Whether a host is failing: one WARNING when :data:`OUTAGE_AFTER` attempts in a row got
-    no answer (or a 502/503/504), one INFO at the first answer after it; each attempt's own
-    failure is only DEBUG. Pure apart from logging; ``now`` is an argument."""
-
-    __slots__ = ("failures", "host", "since")
-
-    def __init__(self, host: str) -> None:
-        self.host = host
-        self.failures = 0
-        self.since: float | None = None  # when the outage began (None: no outage)
-
-    def failed(self, error: object, now: float) -> None:
-        """An attempt got no usable answer."""
-        self.failures += 1
-        if self.failures == 1:
-            self.since = now
-        if self.failures == OUTAGE_AFTER:
-            logger.warning(
-                "%s is not answering (%d attempts in a row failed, last: %s); retrying",
-                self.host,
-                self.failures,
-                error,
-            )
-
-    def answered(self, now: float) -> None:
-        """An attempt got an answer."""
-        if self.failures >= OUTAGE_AFTER and self.since is not None:
-            logger.info(
-                "%s is answering again after %.1f s (%d failed attempts)",
-                self.host,
-                now - self.since,
-                self.failures,
-            )
-        self.failures = 0
-        self.since = None
-
-
 #: A request sent once: not idempotent, so never retried on its own.
 SINGLE_ATTEMPT = RetryPolicy(max_attempts=1)
 
@@ -356,7 +319,7 @@ class HttpTransport:
         self.base_url = check_base_url(base_url, allow_insecure_http=allow_insecure_http)
         self.listeners = tuple(listeners)
         self._host = URL(self.base_url).host or self.base_url
-        self._outage = Outage(self._host)
+        self._outage = Outage(self._host, logger, after=OUTAGE_AFTER)
         self.limiter = RateLimiter(rate_limit)
         self._concurrency: anyio.CapacityLimiter | None = None
         self.set_limits(rate_limit=rate_limit, max_concurrency=max_concurrency)

@@ -77,6 +77,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from .._client import BaseClient
+from .._outage import Outage
 from .._policy import Decision, Outcome, PollPolicy, PollStep, RetryPolicy, Stop
 from .._poll import JobRef
 from .._redact import get_logger, register_secret, unregister_secret
@@ -106,8 +107,7 @@ end
 """
 
 #: How the worker loops back off while Redis is unreachable.
-#: Seconds after an outage's end during which new trouble counts as part of it (see
-#: ``_RedisHealth``).
+#: Seconds after a Redis outage's end during which new trouble counts as part of it.
 REDIS_QUIET = 5.0
 REDIS_BACKOFF = PollPolicy(initial=0.1, multiplier=2.0, maximum=5.0, jitter=0.2)
 #: Redis errors a worker waits out (a restart, a failover, a dropped connection).
@@ -444,49 +444,11 @@ def _redis_address(redis: Any) -> str:
     return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
 
 
-class _RedisHealth:
-    """Whether Redis answers one worker: one WARNING when the first of its loops runs into
-    trouble, one INFO at the first answer after it; each retry is DEBUG. Trouble within
-    :data:`REDIS_QUIET` seconds of an outage's end (another loop finding its pooled connection
-    closed by the restart, say) is the tail of that outage: not logged again."""
-
-    def __init__(self, where: str) -> None:
-        self.where = where
-        self.down = False
-        self.warned = False
-        self.since = 0.0
-        self.ended = -math.inf
-
-    def failed(self, exc: Exception, what: str) -> None:
-        if self.down:
-            return
-        now = anyio.current_time()
-        self.down, self.since = True, now
-        self.warned = now - self.ended >= REDIS_QUIET
-        if self.warned:
-            logger.warning(
-                "redis at %s is not answering (%s: %s, while %s); retrying",
-                self.where,
-                type(exc).__name__,
-                exc,
-                what,
-            )
-
-    def answered(self) -> None:
-        if not self.down:
-            return
-        self.down = False
-        self.ended = anyio.current_time()
-        if self.warned:
-            elapsed = self.ended - self.since
-            logger.info("redis at %s is answering again after %.1f s", self.where, elapsed)
-
-
 class _Backoff:
     """Waits out Redis trouble in one loop, on the library's one poll step; the worker's
-    :class:`_RedisHealth` logs the start and the end of an outage."""
+    :class:`~async_jobs._outage.Outage` logs the start and the end of an outage."""
 
-    def __init__(self, watches: DurableWatches, what: str, health: _RedisHealth) -> None:
+    def __init__(self, watches: DurableWatches, what: str, health: Outage) -> None:
         self.watches = watches
         self.what = what
         self.health = health
@@ -500,8 +462,9 @@ class _Backoff:
             self.watches._group_ready = False  # the group is gone (data lost): make it again
         elif not isinstance(exc, RECOVERABLE_ERRORS):
             raise exc
-        decision = self.step.record(Outcome.MISSED, anyio.current_time(), rand=random.random())
-        self.health.failed(exc, self.what)
+        now = anyio.current_time()
+        decision = self.step.record(Outcome.MISSED, now, rand=random.random())
+        self.health.failed(f"{type(exc).__name__}: {exc}, while {self.what}", now)
         logger.debug(
             "redis trouble while %s (%s: %s); retry %d in %.2f s",
             self.what,
@@ -513,9 +476,11 @@ class _Backoff:
         await anyio.sleep(decision.delay)
 
     def ok(self) -> None:
-        if self.step.misses:
-            self.step.record(Outcome.CHANGED, anyio.current_time())
-        self.health.answered()
+        if self.step.misses or self.health.failures:
+            now = anyio.current_time()
+            if self.step.misses:
+                self.step.record(Outcome.CHANGED, now)
+            self.health.answered(now)
 
 
 class DurableWorker:
@@ -578,7 +543,10 @@ class DurableWorker:
         self._secret: str | None = None
         self._reread = False  # set by the keepalive loop: read own pending entries again
         self._refresh_own = watches.redis.register_script(REFRESH_OWN_SCRIPT)
-        self._health = _RedisHealth(_redis_address(watches.redis))
+        # One outage for all of this worker's loops: a WARNING when the first runs into it.
+        self._health = Outage(
+            f"redis at {_redis_address(watches.redis)}", logger, quiet=REDIS_QUIET
+        )
 
     @property
     def consumer(self) -> str:
