@@ -5,6 +5,8 @@ one poller (:func:`wait_until_terminal`, :func:`watch`) for all of them.
 """
 
 from . import events
+from ._api import JobApi, JobKind
+from ._client import ApiClient, ClientOptions, ClientSettings
 from ._errors import (
     ApiError,
     AsyncJobsError,
@@ -19,6 +21,7 @@ from ._errors import (
     TransportError,
     WaitTimeout,
 )
+from ._http import ErrorDecoder, ErrorDetails, StaticTokenAuth
 from ._paging import Page
 from ._policy import PollPolicy, RetryPolicy, next_delay
 from ._poll import ActiveListing, Job, JobRef, wait_until_terminal, watch
@@ -28,23 +31,31 @@ from .events import add_listener
 from .metafold import MetafoldClient, MetafoldQuery, wait_for_workflow_jobs
 from .metafold import Not as MetafoldNot
 from .metafold import q as metafold_q
-from .models._state import TERMINAL_STATES, JobState
+from .models._state import TERMINAL_STATES, JobModel, JobState, StateTable
 from .models.metafold import MetafoldAsset, MetafoldIO, MetafoldJob, MetafoldWorkflow
 from .models.zoo import AsyncOperation, DatasetConversion, DatasetSnapshotImage
 from .zoo import ZooClient
 
 __all__ = [
     "ActiveListing",
+    "ApiClient",
     "ApiError",
     "AsyncJobsError",
     "AsyncOperation",
     "AuthenticationError",
     "BadRequestError",
+    "ClientOptions",
+    "ClientSettings",
     "DatasetConversion",
     "DatasetSnapshotImage",
     "DecodeError",
+    "ErrorDecoder",
+    "ErrorDetails",
     "Job",
+    "JobApi",
     "JobFailed",
+    "JobKind",
+    "JobModel",
     "JobRef",
     "JobState",
     "MetafoldAsset",
@@ -61,6 +72,8 @@ __all__ = [
     "RateLimitedError",
     "RetryPolicy",
     "ServerError",
+    "StateTable",
+    "StaticTokenAuth",
     "TERMINAL_STATES",
     "TransportError",
     "WaitTimeout",

@@ -1,21 +1,31 @@
-"""What every API client shares: configuration from arguments or the environment, the
-transport it owns, and the async context manager protocol."""
+"""What every API client shares: its options (:class:`ClientOptions`), configuration from
+the environment, the transport it owns, refs built from its API's :class:`JobKind`
+descriptors, and the async context manager protocol. :class:`ApiClient` is public: a client of
+your own job API is a subclass with a :class:`JobApi`."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Sequence
+from dataclasses import dataclass
+from functools import partial
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypedDict, TypeVar
 
 from . import events
-from ._http import Auth, ClientSession, HttpTransport
+from ._api import JobApi, JobKind
+from ._http import DEFAULT_MAX_BODY_SIZE, DEFAULT_TIMEOUT, Auth, ClientSession, HttpTransport
 from ._policy import PollPolicy, RetryPolicy
-from ._poll import ActiveListing, JobRef
+from ._poll import ActiveListing, Job, JobRef
 
-__all__ = ["BaseClient", "from_env"]
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
-C = TypeVar("C", bound="BaseClient")
+__all__ = ["ApiClient", "ClientOptions", "ClientSettings", "from_env"]
+
+C = TypeVar("C", bound="ApiClient")
+J = TypeVar("J", bound=Job)
 
 
 def from_env(value: str | None, *names: str) -> str | None:
@@ -29,40 +39,86 @@ def from_env(value: str | None, *names: str) -> str | None:
     return None
 
 
-class BaseClient:
-    """Shared behaviour of :class:`ZooClient` and :class:`MetafoldClient`."""
+@dataclass(frozen=True, kw_only=True)
+class ClientOptions:
+    """How a client sends its requests and schedules its waits, as one value (every client
+    takes ``options=`` and the same names as keyword arguments, which win over it)."""
+
+    #: Seconds for one request attempt, connection to last byte.
+    timeout: float = DEFAULT_TIMEOUT
+    #: Retries of idempotent requests (None: the default :class:`RetryPolicy`).
+    retry: RetryPolicy | None = None
+    #: The default schedule of waits on this client's jobs (None: the default PollPolicy).
+    poll: PollPolicy | None = None
+    #: The largest response body read, in bytes (a larger one is a DecodeError).
+    max_body_size: int = DEFAULT_MAX_BODY_SIZE
+    #: Allow plain http to a host that is not loopback (credentials travel in clear).
+    allow_insecure_http: bool = False
+    #: Requests per second, shared by every call and wait (None: no cap).
+    rate_limit: float | None = None
+    #: Requests in flight at once (None: no cap).
+    max_concurrency: int | None = None
+    #: Event listeners of this client's requests and of the waits on its jobs.
+    listeners: Sequence[events.Listener] = ()
+
+    def replace(self, **changes: Any) -> ClientOptions:
+        """A copy with ``changes`` (TypeError for a name that is not an option)."""
+        return dataclasses.replace(self, **changes)
+
+
+class ClientSettings(TypedDict, total=False):
+    """The fields of :class:`ClientOptions`, as keyword arguments of a client."""
+
+    timeout: float
+    retry: RetryPolicy | None
+    poll: PollPolicy | None
+    max_body_size: int
+    allow_insecure_http: bool
+    rate_limit: float | None
+    max_concurrency: int | None
+    listeners: Sequence[events.Listener]
+
+
+class ApiClient:
+    """The base of every API client: one transport (sessions, auth, retries, limits, typed
+    errors read with the API's own error decoder) and refs built from the API's
+    :class:`JobKind` descriptors (:meth:`ref`), remade from resume tokens by :meth:`job_ref`.
+
+    A client of your own API subclasses it with ``api = JobApi(...)``; see the README's
+    "Your own job API".
+    """
+
+    #: The API this client speaks: its job kinds, error bodies and request-id header.
+    api: ClassVar[JobApi] = JobApi("api")
 
     def __init__(
         self,
         *,
         base_url: str,
         auth: Auth,
-        session: ClientSession | None,
-        timeout: float,
-        retry: RetryPolicy | None,
-        poll: PollPolicy | None,
-        max_body_size: int,
-        allow_insecure_http: bool,
-        rate_limit: float | None = None,
-        max_concurrency: int | None = None,
-        listeners: Sequence[events.Listener] = (),
+        session: ClientSession | None = None,
+        options: ClientOptions | None = None,
+        **settings: Unpack[ClientSettings],
     ) -> None:
+        self.options: ClientOptions = (options or ClientOptions()).replace(**settings)
         #: This client's own event listeners (besides the process-wide ones): its requests'
         #: events, and the events of waits on its jobs.
-        self.listeners: tuple[events.Listener, ...] = tuple(listeners)
+        self.listeners: tuple[events.Listener, ...] = tuple(self.options.listeners)
         self._http = HttpTransport(
             base_url,
             auth=auth,
             session=session,
-            timeout=timeout,
-            retry=retry,
-            max_body_size=max_body_size,
-            allow_insecure_http=allow_insecure_http,
-            rate_limit=rate_limit,
-            max_concurrency=max_concurrency,
+            timeout=self.options.timeout,
+            retry=self.options.retry,
+            max_body_size=self.options.max_body_size,
+            allow_insecure_http=self.options.allow_insecure_http,
+            rate_limit=self.options.rate_limit,
+            max_concurrency=self.options.max_concurrency,
             listeners=self.listeners,
+            decode_error=self.api.decode_error,
+            request_id_header=self.api.request_id_header,
         )
-        self.poll: PollPolicy = poll or PollPolicy()
+        self.poll: PollPolicy = self.options.poll or PollPolicy()
         self._listings: dict[Hashable, ActiveListing[Any]] = {}
 
     def _listing(
@@ -76,15 +132,36 @@ class BaseClient:
             listing = self._listings[full_key] = ActiveListing(full_key, list_active, name=name)
         return listing
 
-    def _ref_factories(self) -> Mapping[str, Callable[..., JobRef[Any]]]:
-        """JobRef kind -> the method that makes such a ref from its ids."""
-        return {}
+    async def fetch(self, kind: JobKind[J], *ids: str) -> J:
+        """``GET`` the job of ``kind`` with ``ids`` once, decoded as ``kind.model``."""
+        return await self._http.get(kind.url_path(*ids), kind.decoder)
+
+    def ref(self, kind: JobKind[J], *ids: str) -> JobRef[J]:
+        """A :class:`~async_jobs.JobRef` on the job of ``kind`` with ``ids`` (checked now, not
+        at the first poll), for :func:`~async_jobs.wait_until_terminal`,
+        :func:`~async_jobs.watch` and a :class:`~async_jobs.Watcher`, which lists it with its
+        group when ``kind`` has a listing."""
+        path = kind.url_path(*ids)
+        listing = None
+        if kind.group is not None and kind.list_active is not None:
+            group_ids = ids[:-1]
+            listing = self._listing(
+                (kind.group, *group_ids), partial(kind.list_active, self, *group_ids)
+            )
+        return JobRef(
+            kind.name,
+            tuple(ids),
+            partial(self._http.get, path, kind.decoder),
+            poll=self.poll,
+            listeners=self.listeners,
+            listing=listing,
+        )
 
     def job_ref(self, kind: str, ids: Sequence[str]) -> JobRef[Any] | None:
         """The ref of ``kind`` with ``ids`` if this client serves that kind, else None (how
         :meth:`JobRef.from_token` and :meth:`Watcher.restore` find a job's client)."""
-        factory = self._ref_factories().get(kind)
-        return factory(*ids) if factory is not None else None
+        found = self.api.kind(kind)
+        return self.ref(found, *ids) if found is not None else None
 
     @property
     def base_url(self) -> str:
@@ -120,3 +197,7 @@ class BaseClient:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+#: The name contrib modules used before :class:`ApiClient` was public.
+BaseClient = ApiClient

@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeAlias, TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -43,6 +43,8 @@ from ._version import __version__
 __all__ = [
     "Auth",
     "ClientSession",
+    "ErrorDecoder",
+    "ErrorDetails",
     "api_path",
     "HttpTransport",
     "QueryValue",
@@ -50,6 +52,7 @@ __all__ = [
     "StaticTokenAuth",
     "build_url",
     "error_for_response",
+    "no_error_details",
 ]
 
 T = TypeVar("T")
@@ -163,27 +166,25 @@ def excerpt(body: bytes, secrets: Sequence[str] = ()) -> str:
     return text
 
 
-class _FieldError(msgspec.Struct):
-    field: str | None = None
-    msg: str | None = None
+class ErrorDetails(NamedTuple):
+    """What an API's error body says: its message, its error code and the request id (each
+    None when the body does not say)."""
+
+    message: str | None = None
+    code: str | None = None
+    request_id: str | None = None
 
 
-class _ErrorBody(msgspec.Struct):
-    """Every error body shape the supported APIs send, in one lenient struct."""
-
-    error_code: str | None = None  # Zoo
-    message: str | None = None  # Zoo
-    request_id: str | None = None  # Zoo
-    code: int | str | None = None  # Metafold (HTTP status as int)
-    name: str | None = None  # Metafold
-    description: str | None = None  # Metafold
-    msg: str | None = None  # Metafold, legacy
-    errors: list[_FieldError] | None = None  # Metafold, legacy
-    error: Any = None  # OAuth2 token endpoints (RFC 6749 5.2): a string code
-    error_description: str | None = None  # OAuth2 token endpoints
+#: Reads one API's error body (JSON or not) into :class:`ErrorDetails`; None (or raising
+#: one of :data:`BODY_ERRORS`) when the body is not that API's error shape.
+ErrorDecoder: TypeAlias = Callable[[bytes], "ErrorDetails | None"]
 
 
-_error_decoder = msgspec.json.Decoder(_ErrorBody)
+def no_error_details(body: bytes) -> ErrorDetails | None:
+    """The error decoder of an API whose error bodies say nothing this library reads."""
+    return None
+
+
 _ERROR_CLASSES: dict[int, type[ApiError]] = {
     400: BadRequestError,
     401: AuthenticationError,
@@ -199,41 +200,27 @@ def _error_class(status: int) -> type[ApiError]:
     return _ERROR_CLASSES.get(status, ApiError)
 
 
-def error_for_response(response: Response, secrets: Sequence[str] = ()) -> ApiError:
-    """The typed error for a non-2xx response, reading whichever error body the API sent."""
+def error_for_response(
+    response: Response,
+    secrets: Sequence[str] = (),
+    *,
+    decode_error: ErrorDecoder = no_error_details,
+    request_id_header: str | None = None,
+) -> ApiError:
+    """The typed error for a non-2xx response: the API's own ``decode_error`` reads its
+    body, ``request_id_header`` names the response header carrying a request id (the body's
+    wins); without a message, a short excerpt of the body stands in."""
     try:
-        parsed: _ErrorBody | None = _error_decoder.decode(response.body)
+        details = decode_error(response.body) or ErrorDetails()
     except BODY_ERRORS:
-        parsed = None
-    message = ""
-    code: str | None = None
-    request_id = response.headers.get("X-Api-Call-Id")
-    if parsed is not None:
-        field_errors = "; ".join(
-            f"{e.field}: {e.msg}" if e.field else (e.msg or "") for e in parsed.errors or ()
-        )
-        message = (
-            parsed.message
-            or parsed.description
-            or parsed.msg
-            or field_errors
-            or parsed.error_description
-            or ""
-        )
-        if parsed.error_code:
-            code = parsed.error_code
-        elif isinstance(parsed.error, str) and parsed.error:
-            code = parsed.error
-        elif parsed.name:
-            code = parsed.name
-        elif isinstance(parsed.code, str):
-            code = parsed.code
-        request_id = parsed.request_id or request_id
-    if not message:
-        message = excerpt(response.body, secrets) or "(empty body)"
+        details = ErrorDetails()
+    request_id = details.request_id
+    if not request_id and request_id_header is not None:
+        request_id = response.headers.get(request_id_header)
+    message = details.message or excerpt(response.body, secrets) or "(empty body)"
     message = redact(message, secrets)
     kw: dict[str, Any] = {
-        "code": code,
+        "code": details.code,
         "request_id": request_id,
         "method": response.method,
         "url": redact(response.url, secrets),
@@ -315,9 +302,14 @@ class HttpTransport:
         rate_limit: float | None = None,
         max_concurrency: int | None = None,
         listeners: Sequence[events.Listener] = (),
+        decode_error: ErrorDecoder = no_error_details,
+        request_id_header: str | None = None,
     ) -> None:
         self.base_url = check_base_url(base_url, allow_insecure_http=allow_insecure_http)
         self.listeners = tuple(listeners)
+        #: How this API's error bodies read, and which header carries its request ids.
+        self.decode_error: ErrorDecoder = decode_error
+        self.request_id_header: str | None = request_id_header
         self._host = URL(self.base_url).host or self.base_url
         self._outage = Outage(self._host, logger, after=OUTAGE_AFTER)
         self.limiter = RateLimiter(rate_limit)
@@ -414,11 +406,13 @@ class HttpTransport:
         idempotent: bool | None = None,
         authenticate: bool = True,
         absolute_url: str | None = None,
+        decode_error: ErrorDecoder | None = None,
     ) -> Response:
         """Send a request and return the 2xx response, or raise the typed error.
 
         Idempotent requests (GET by default) are retried on connection errors, timeouts, a
-        body cut in transit, 429, 502, 503 and 504, honouring ``Retry-After``.
+        body cut in transit, 429, 502, 503 and 504, honouring ``Retry-After``. An error body
+        is read by ``decode_error`` (default: the API's own).
         """
         url = (
             URL(absolute_url, encoded=True)
@@ -441,7 +435,12 @@ class HttpTransport:
                         continue
                 if 200 <= response.status < 300:
                     return response
-                error = error_for_response(response, self.secrets)
+                error = error_for_response(
+                    response,
+                    self.secrets,
+                    decode_error=decode_error or self.decode_error,
+                    request_id_header=self.request_id_header,
+                )
                 if response.status in RETRY_STATUSES:
                     hint = error.retry_after if isinstance(error, RateLimitedError) else None
                     if hint is None:
@@ -534,7 +533,9 @@ class HttpTransport:
         request_id: str | None = None
         try:
             response = await self._send_once(method, url, data, json, authorization)
-            status, request_id = response.status, response.headers.get("X-Api-Call-Id")
+            status = response.status
+            if self.request_id_header is not None:
+                request_id = response.headers.get(self.request_id_header)
         except BaseException as exc:
             error = exc.error if isinstance(exc, _Transient) else exc
             if isinstance(exc, _Transient):

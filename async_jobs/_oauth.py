@@ -19,7 +19,7 @@ import anyio
 import msgspec
 
 from ._errors import DecodeError
-from ._http import BODY_ERRORS, HttpTransport, check_base_url
+from ._http import BODY_ERRORS, ErrorDetails, HttpTransport, check_base_url
 from ._redact import register_secret, unregister_secret
 
 __all__ = ["DEFAULT_REFRESH_MARGIN", "ClientCredentialsAuth"]
@@ -41,6 +41,22 @@ class _TokenResponse(msgspec.Struct):
 
 
 _token_decoder = msgspec.json.Decoder(_TokenResponse)
+
+
+class _OAuthError(msgspec.Struct):
+    """A token endpoint's error body (RFC 6749 5.2)."""
+
+    error: str | None = None
+    error_description: str | None = None
+
+
+_oauth_error_decoder = msgspec.json.Decoder(_OAuthError)
+
+
+def oauth_error_details(body: bytes) -> ErrorDetails:
+    """A token endpoint's error: ``error`` is the code, ``error_description`` the message."""
+    parsed = _oauth_error_decoder.decode(body)
+    return ErrorDetails(parsed.error_description, parsed.error or None)
 
 
 class ClientCredentialsAuth:
@@ -141,6 +157,7 @@ class ClientCredentialsAuth:
             },
             authenticate=False,
             idempotent=True,
+            decode_error=oauth_error_details,
         )
         try:
             issued = _token_decoder.decode(response.body)

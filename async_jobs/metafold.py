@@ -13,30 +13,22 @@ quotes is quoted::
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import anyio
 import msgspec
 
-from . import events
-from ._client import BaseClient, from_env
+from ._api import JobApi, JobKind
+from ._client import ApiClient, ClientOptions, ClientSettings, from_env
 from ._errors import WaitTimeout
-from ._http import (
-    DEFAULT_MAX_BODY_SIZE,
-    DEFAULT_TIMEOUT,
-    Auth,
-    ClientSession,
-    QueryValue,
-    StaticTokenAuth,
-    api_path,
-)
+from ._http import Auth, ClientSession, ErrorDetails, QueryValue, StaticTokenAuth, api_path
 from ._oauth import DEFAULT_REFRESH_MARGIN, ClientCredentialsAuth
 from ._paging import Page, merge_streams
-from ._policy import PollPolicy, RetryPolicy
+from ._policy import PollPolicy
 from ._poll import JobRef, OnUpdate, wait_all, watch
 from .models.metafold import (
     JOB_QUERY_FIELDS,
@@ -52,10 +44,16 @@ from .models.metafold import (
     WorkflowSortField,
 )
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
 __all__ = [
     "DEFAULT_BASE_URL",
     "DEFAULT_TOKEN_URL",
     "JobSortSpec",
+    "METAFOLD_API",
+    "METAFOLD_JOB",
+    "METAFOLD_WORKFLOW",
     "MetafoldClient",
     "MetafoldQuery",
     "Not",
@@ -64,6 +62,7 @@ __all__ = [
     "WorkflowSortSpec",
     "build_sort",
     "dependency_order",
+    "metafold_error_details",
     "q",
     "wait_for_workflow_jobs",
 ]
@@ -94,9 +93,7 @@ _SORT = re.compile(r"^([A-Za-z_]+):(-1|1)\Z")
 #: gets the value quoted, which the grammar always allows.
 _BARE_VALUE = re.compile(r"^[A-Za-z0-9_\-./*@+]+\Z")
 
-_job_decoder = msgspec.json.Decoder(MetafoldJob)
 _job_list_decoder = msgspec.json.Decoder(list[MetafoldJob])
-_workflow_decoder = msgspec.json.Decoder(MetafoldWorkflow)
 _workflow_list_decoder = msgspec.json.Decoder(list[MetafoldWorkflow])
 
 
@@ -213,6 +210,72 @@ def _query_param(query: str | None, resource: Resource) -> str | None:
     return str(query)  # any other string is the caller's and is sent as is
 
 
+# -- the API --------------------------------------------------------------------------------
+
+
+class _FieldError(msgspec.Struct):
+    field: str | None = None
+    msg: str | None = None
+
+
+class _MetafoldError(msgspec.Struct):
+    """Metafold's error body: ``{code, name, description}``; older servers send ``{msg}`` or
+    ``{errors: [{field, msg}]}``."""
+
+    code: int | str | None = None
+    name: str | None = None
+    description: str | None = None
+    msg: str | None = None
+    errors: list[_FieldError] | None = None
+
+
+_error_decoder = msgspec.json.Decoder(_MetafoldError)
+
+
+def metafold_error_details(body: bytes) -> ErrorDetails:
+    """A Metafold error body as :class:`ErrorDetails` (its ``code`` is the HTTP status, so the
+    ``name`` is the error code)."""
+    parsed = _error_decoder.decode(body)
+    field_errors = "; ".join(
+        f"{e.field}: {e.msg}" if e.field else (e.msg or "") for e in parsed.errors or ()
+    )
+    message = parsed.description or parsed.msg or field_errors or None
+    code = parsed.name or (parsed.code if isinstance(parsed.code, str) else None)
+    return ErrorDetails(message, code)
+
+
+def _active_jobs(mf: MetafoldClient, project_id: str) -> AsyncIterator[MetafoldJob]:
+    return mf._active(project_id, "jobs")
+
+
+def _active_workflows(mf: MetafoldClient, project_id: str) -> AsyncIterator[MetafoldWorkflow]:
+    return mf._active(project_id, "workflows")
+
+
+#: A Metafold project job, listed per project.
+METAFOLD_JOB: JobKind[MetafoldJob] = JobKind(
+    "metafold.job",
+    MetafoldJob,
+    "/projects/{project_id}/jobs/{id}",
+    group="metafold.jobs",
+    list_active=_active_jobs,
+    label="mf job",
+)
+#: A Metafold workflow, listed per project.
+METAFOLD_WORKFLOW: JobKind[MetafoldWorkflow] = JobKind(
+    "metafold.workflow",
+    MetafoldWorkflow,
+    "/projects/{project_id}/workflows/{id}",
+    group="metafold.workflows",
+    list_active=_active_workflows,
+    label="mf workflow",
+)
+#: The Metafold API: jobs, workflows and Metafold's error bodies (no request-id header).
+METAFOLD_API = JobApi(
+    "metafold", (METAFOLD_JOB, METAFOLD_WORKFLOW), decode_error=metafold_error_details
+)
+
+
 # -- the client ------------------------------------------------------------------------------
 
 
@@ -222,7 +285,7 @@ def _check_id(name: str, value: str) -> str:
     return value
 
 
-class MetafoldClient(BaseClient):
+class MetafoldClient(ApiClient):
     """Async client for the Metafold REST API (https://api.metafold3d.com).
 
     ``token`` defaults to ``METAFOLD_ACCESS_TOKEN``, ``base_url`` to ``METAFOLD_BASE_URL``
@@ -232,8 +295,12 @@ class MetafoldClient(BaseClient):
     ``token_url`` (OAuth2 client credentials, ``audience`` = the base URL, as the official
     SDK sends it) for a token that is renewed before it expires and once after a 401. An
     explicit ``token`` wins over credentials from the environment; explicit credentials win
-    over any token, as in the official SDK. Use as ``async with MetafoldClient() as mf:``.
+    over any token, as in the official SDK. ``options=`` (:class:`~async_jobs.ClientOptions`)
+    or its fields as keywords set how requests are sent. Use as
+    ``async with MetafoldClient() as mf:``.
     """
+
+    api = METAFOLD_API
 
     def __init__(
         self,
@@ -246,15 +313,10 @@ class MetafoldClient(BaseClient):
         client_secret: str | None = None,
         token_url: str | None = None,
         audience: str | None = None,
-        poll: PollPolicy | None = None,
-        retry: RetryPolicy | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
-        max_body_size: int = DEFAULT_MAX_BODY_SIZE,
-        allow_insecure_http: bool = False,
-        rate_limit: float | None = None,
-        max_concurrency: int | None = None,
-        listeners: Sequence[events.Listener] = (),
+        options: ClientOptions | None = None,
+        **settings: Unpack[ClientSettings],
     ) -> None:
+        options = (options or ClientOptions()).replace(**settings)
         if bool(client_id) != bool(client_secret):
             raise ValueError("pass client_id and client_secret together")
         url = from_env(base_url, "METAFOLD_BASE_URL") or DEFAULT_BASE_URL
@@ -271,23 +333,11 @@ class MetafoldClient(BaseClient):
                 token_url=token_url or DEFAULT_TOKEN_URL,
                 audience=audience or url.rstrip("/") + "/",
                 refresh_margin=DEFAULT_REFRESH_MARGIN,
-                allow_insecure_http=allow_insecure_http,
+                allow_insecure_http=options.allow_insecure_http,
             )
         else:
             auth = StaticTokenAuth(from_env(token, "METAFOLD_ACCESS_TOKEN"))
-        super().__init__(
-            base_url=url,
-            auth=auth,
-            session=session,
-            timeout=timeout,
-            retry=retry,
-            poll=poll,
-            max_body_size=max_body_size,
-            allow_insecure_http=allow_insecure_http,
-            rate_limit=rate_limit,
-            max_concurrency=max_concurrency,
-            listeners=listeners,
-        )
+        super().__init__(base_url=url, auth=auth, session=session, options=options)
         if oauth is not None:
             oauth.bind(self._http)
         self._oauth = oauth
@@ -309,14 +359,6 @@ class MetafoldClient(BaseClient):
                 "(or METAFOLD_PROJECT_ID)"
             )
         return _check_id("project_id", chosen)
-
-    def _ref_factories(self) -> Mapping[str, Callable[..., JobRef[Any]]]:
-        """JobRef kind -> how to remake the ref from its ids (project id, then job or
-        workflow id)."""
-        return {
-            "metafold.job": lambda pid, job_id: self.job(job_id, project_id=pid),
-            "metafold.workflow": lambda pid, wf_id: self.workflow(wf_id, project_id=pid),
-        }
 
     def _list_params(
         self, sort: SortSpec | None, query: str | None, resource: Resource
@@ -348,21 +390,11 @@ class MetafoldClient(BaseClient):
 
     async def get_job(self, job_id: str, *, project_id: str | None = None) -> MetafoldJob:
         """``GET /projects/{id}/jobs/{job_id}``."""
-        pid = self.resolve_project_id(project_id)
-        return await self._http.get(api_path("projects", pid, "jobs", job_id), _job_decoder)
+        return await self.fetch(METAFOLD_JOB, self.resolve_project_id(project_id), job_id)
 
     def job(self, job_id: str, *, project_id: str | None = None) -> JobRef[MetafoldJob]:
         """A JobRef for :func:`~async_jobs.wait_until_terminal` and :func:`~async_jobs.watch`."""
-        pid = self.resolve_project_id(project_id)
-        api_path("projects", pid, "jobs", job_id)  # validate now, not at the first poll
-        return JobRef(
-            "metafold.job",
-            (pid, job_id),
-            partial(self.get_job, job_id, project_id=pid),
-            poll=self.poll,
-            listeners=self.listeners,
-            listing=self._listing(("metafold.jobs", pid), partial(self._active, pid, "jobs")),
-        )
+        return self.ref(METAFOLD_JOB, self.resolve_project_id(project_id), job_id)
 
     def _active(self, project_id: str, resource: Resource) -> AsyncIterator[Any]:
         """Every pending or started job (or workflow) of a project: one request per active
@@ -406,27 +438,14 @@ class MetafoldClient(BaseClient):
     ) -> MetafoldWorkflow:
         """``GET /projects/{id}/workflows/{workflow_id}``."""
         pid = self.resolve_project_id(project_id)
-        return await self._http.get(
-            api_path("projects", pid, "workflows", workflow_id), _workflow_decoder
-        )
+        return await self.fetch(METAFOLD_WORKFLOW, pid, workflow_id)
 
     def workflow(
         self, workflow_id: str, *, project_id: str | None = None
     ) -> JobRef[MetafoldWorkflow]:
         """A JobRef on the workflow itself (its own state); see also
         :func:`wait_for_workflow_jobs`."""
-        pid = self.resolve_project_id(project_id)
-        api_path("projects", pid, "workflows", workflow_id)
-        return JobRef(
-            "metafold.workflow",
-            (pid, workflow_id),
-            partial(self.get_workflow, workflow_id, project_id=pid),
-            poll=self.poll,
-            listeners=self.listeners,
-            listing=self._listing(
-                ("metafold.workflows", pid), partial(self._active, pid, "workflows")
-            ),
-        )
+        return self.ref(METAFOLD_WORKFLOW, self.resolve_project_id(project_id), workflow_id)
 
 
 # -- workflows as a whole --------------------------------------------------------------------

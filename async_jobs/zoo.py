@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING
 
 import msgspec
 
-from . import events
-from ._client import BaseClient, from_env
-from ._http import DEFAULT_MAX_BODY_SIZE, DEFAULT_TIMEOUT, ClientSession, StaticTokenAuth, api_path
+from ._api import JobApi, JobKind
+from ._client import ApiClient, ClientOptions, ClientSettings, from_env
+from ._http import ClientSession, ErrorDetails, StaticTokenAuth, api_path
 from ._paging import Page, iter_items, merge_streams
-from ._policy import PollPolicy, RetryPolicy
 from ._poll import JobRef
 from .models.zoo import (
     CONVERSION_ACTIVE_STATUSES,
@@ -29,14 +28,15 @@ from .models.zoo import (
     OperationStatus,
 )
 
-__all__ = ["ZooClient"]
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+__all__ = ["ASYNC_OPERATION", "DATASET_CONVERSION", "ZOO_API", "ZooClient", "zoo_error_details"]
 
 DEFAULT_BASE_URL = "https://api.zoo.dev"
 #: Page size of the active-job listings a Watcher sweeps (a server may cap it lower).
 LISTING_PAGE_SIZE = 1000
-_operation_decoder = msgspec.json.Decoder(AsyncOperation)
 _operation_page_decoder = msgspec.json.Decoder(Page[AsyncOperation])
-_conversion_decoder = msgspec.json.Decoder(DatasetConversion)
 _conversion_page_decoder = msgspec.json.Decoder(Page[DatasetConversion])
 
 
@@ -69,14 +69,82 @@ def _created_at_key(op: AsyncOperation) -> float:
     return op.created_at.timestamp() if op.created_at is not None else float("-inf")
 
 
-class ZooClient(BaseClient):
+class _ZooError(msgspec.Struct):
+    """Zoo's error body (``Error`` in its spec)."""
+
+    error_code: str | None = None
+    message: str | None = None
+    request_id: str | None = None
+
+
+_error_decoder = msgspec.json.Decoder(_ZooError)
+
+
+def zoo_error_details(body: bytes) -> ErrorDetails:
+    """A Zoo error body ``{error_code, message, request_id}`` as :class:`ErrorDetails`."""
+    parsed = _error_decoder.decode(body)
+    return ErrorDetails(parsed.message, parsed.error_code, parsed.request_id)
+
+
+def _active_operations(zoo: ZooClient) -> AsyncIterator[AsyncOperation]:
+    """Every operation still under way: one stream per active status, merged."""
+    return zoo.iter_async_operations(OPERATION_ACTIVE_STATUSES, limit=LISTING_PAGE_SIZE)
+
+
+async def _active_conversions(zoo: ZooClient, dataset_id: str) -> AsyncIterator[DatasetConversion]:
+    """Every conversion of a dataset still under way. The filter takes one status: one
+    stream per active status, fetched concurrently."""
+
+    async def page(status: str, token: str | None) -> Page[DatasetConversion]:
+        return await zoo.list_dataset_conversions(
+            dataset_id, limit=LISTING_PAGE_SIZE, page_token=token, filter=f"status:{status}"
+        )
+
+    streams = [partial(page, status) for status in CONVERSION_ACTIVE_STATUSES]
+    async with aclosing(merge_streams(streams, key=None)) as items:
+        async for item in items:
+            yield item
+
+
+#: A Zoo async operation (``GET /async/operations/{id}``), listed API-wide.
+ASYNC_OPERATION: JobKind[AsyncOperation] = JobKind(
+    "zoo.async_operation",
+    AsyncOperation,
+    "/async/operations/{id}",
+    group="zoo.async_operations",
+    list_active=_active_operations,
+    label="operation",
+)
+#: A Zoo org dataset conversion, listed per dataset.
+DATASET_CONVERSION: JobKind[DatasetConversion] = JobKind(
+    "zoo.dataset_conversion",
+    DatasetConversion,
+    "/org/datasets/{dataset_id}/conversions/{id}",
+    group="zoo.dataset_conversions",
+    list_active=_active_conversions,
+    label="conversion",
+)
+#: The Zoo API: its job kinds, its error body and its ``X-Api-Call-Id`` request ids.
+ZOO_API = JobApi(
+    "zoo",
+    (ASYNC_OPERATION, DATASET_CONVERSION),
+    decode_error=zoo_error_details,
+    request_id_header="X-Api-Call-Id",
+)
+
+
+class ZooClient(ApiClient):
     """Async client for the Zoo API (https://api.zoo.dev).
 
     ``token`` defaults to ``ZOO_API_TOKEN``, then ``KITTYCAD_API_TOKEN``; ``base_url`` to
     ``ZOO_HOST``, then ``https://api.zoo.dev``. Pass ``session=`` to reuse your own
-    ``ClientSession`` (it is never closed by the client). Use as
-    ``async with ZooClient() as zoo:`` or call :meth:`aclose`.
+    ``ClientSession`` (it is never closed by the client). ``options=``
+    (:class:`~async_jobs.ClientOptions`) or its fields as keywords (``poll=``, ``retry=``,
+    ``timeout=``, ...) set how requests are sent. Use as ``async with ZooClient() as zoo:``
+    or call :meth:`aclose`.
     """
+
+    api = ZOO_API
 
     def __init__(
         self,
@@ -84,27 +152,15 @@ class ZooClient(BaseClient):
         base_url: str | None = None,
         session: ClientSession | None = None,
         *,
-        poll: PollPolicy | None = None,
-        retry: RetryPolicy | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
-        max_body_size: int = DEFAULT_MAX_BODY_SIZE,
-        allow_insecure_http: bool = False,
-        rate_limit: float | None = None,
-        max_concurrency: int | None = None,
-        listeners: Sequence[events.Listener] = (),
+        options: ClientOptions | None = None,
+        **settings: Unpack[ClientSettings],
     ) -> None:
         super().__init__(
             base_url=from_env(base_url, "ZOO_HOST") or DEFAULT_BASE_URL,
             auth=StaticTokenAuth(from_env(token, "ZOO_API_TOKEN", "KITTYCAD_API_TOKEN")),
             session=session,
-            timeout=timeout,
-            retry=retry,
-            poll=poll,
-            max_body_size=max_body_size,
-            allow_insecure_http=allow_insecure_http,
-            rate_limit=rate_limit,
-            max_concurrency=max_concurrency,
-            listeners=listeners,
+            options=options,
+            **settings,
         )
 
     # -- async operations -------------------------------------------------------------------
@@ -180,28 +236,11 @@ class ZooClient(BaseClient):
 
     async def get_async_operation(self, op_id: str) -> AsyncOperation:
         """``GET /async/operations/{id}``: one operation with its type-specific output."""
-        return await self._http.get(api_path("async", "operations", op_id), _operation_decoder)
+        return await self.fetch(ASYNC_OPERATION, op_id)
 
     def async_operation(self, op_id: str) -> JobRef[AsyncOperation]:
         """A JobRef for :func:`~async_jobs.wait_until_terminal` and :func:`~async_jobs.watch`."""
-        api_path("async", "operations", op_id)  # validate now, not at the first poll
-        return JobRef(
-            "zoo.async_operation",
-            (op_id,),
-            partial(self.get_async_operation, op_id),
-            poll=self.poll,
-            listeners=self.listeners,
-            listing=self._listing(("zoo.async_operations",), self._active_operations),
-        )
-
-    def _active_operations(self) -> AsyncIterator[AsyncOperation]:
-        return self.iter_async_operations(OPERATION_ACTIVE_STATUSES, limit=LISTING_PAGE_SIZE)
-
-    def _ref_factories(self) -> Mapping[str, Callable[..., JobRef[Any]]]:
-        return {
-            "zoo.async_operation": self.async_operation,
-            "zoo.dataset_conversion": self.dataset_conversion,
-        }
+        return self.ref(ASYNC_OPERATION, op_id)
 
     # -- org dataset conversions ------------------------------------------------------------
 
@@ -294,41 +333,10 @@ class ZooClient(BaseClient):
     ) -> DatasetConversion:
         """``GET /org/datasets/{id}/conversions/{conversion_id}``: the full conversion, with
         its KCL outputs and snapshot images."""
-        return await self._http.get(
-            api_path("org", "datasets", dataset_id, "conversions", conversion_id),
-            _conversion_decoder,
-        )
+        return await self.fetch(DATASET_CONVERSION, dataset_id, conversion_id)
 
     def dataset_conversion(self, dataset_id: str, conversion_id: str) -> JobRef[DatasetConversion]:
         """A JobRef for :func:`~async_jobs.wait_until_terminal` and :func:`~async_jobs.watch`.
         A conversion that goes back from ``in_progress`` to ``queued`` (a retry) is reported
         and waited on."""
-        api_path("org", "datasets", dataset_id, "conversions", conversion_id)  # validate now
-        return JobRef(
-            "zoo.dataset_conversion",
-            (dataset_id, conversion_id),
-            partial(self.get_dataset_conversion, dataset_id, conversion_id),
-            poll=self.poll,
-            listeners=self.listeners,
-            listing=self._listing(
-                ("zoo.dataset_conversions", dataset_id),
-                partial(self._active_conversions, dataset_id),
-            ),
-        )
-
-    async def _active_conversions(self, dataset_id: str) -> AsyncIterator[DatasetConversion]:
-        # The filter takes one status: one stream per active status, fetched concurrently.
-        streams = [
-            partial(self._conversion_page, dataset_id, f"status:{status}")
-            for status in CONVERSION_ACTIVE_STATUSES
-        ]
-        async with aclosing(merge_streams(streams, key=None)) as items:
-            async for item in items:
-                yield item
-
-    async def _conversion_page(
-        self, dataset_id: str, status_filter: str, token: str | None
-    ) -> Page[DatasetConversion]:
-        return await self.list_dataset_conversions(
-            dataset_id, limit=LISTING_PAGE_SIZE, page_token=token, filter=status_filter
-        )
+        return self.ref(DATASET_CONVERSION, dataset_id, conversion_id)

@@ -18,6 +18,9 @@ from async_jobs._http import (
     error_for_response,
     excerpt,
 )
+from async_jobs._oauth import oauth_error_details
+from async_jobs.metafold import metafold_error_details
+from async_jobs.zoo import zoo_error_details
 
 
 def _response(status: int, body: bytes, headers: dict[str, str] | None = None) -> Response:
@@ -46,7 +49,11 @@ def test_path_segments_cannot_add_levels() -> None:
 
 def test_zoo_error_body_maps_to_typed_error() -> None:
     body = b'{"error_code": "not_found", "message": "no such op", "request_id": "r-1"}'
-    error = error_for_response(_response(404, body, {"X-Api-Call-Id": "h-1"}))
+    error = error_for_response(
+        _response(404, body, {"X-Api-Call-Id": "h-1"}),
+        decode_error=zoo_error_details,
+        request_id_header="X-Api-Call-Id",
+    )
     assert isinstance(error, aj.NotFoundError)
     assert (error.status, error.code, error.message, error.request_id) == (
         404,
@@ -57,10 +64,14 @@ def test_zoo_error_body_maps_to_typed_error() -> None:
 
 
 def test_request_id_falls_back_to_header() -> None:
-    error = error_for_response(_response(500, b"oops", {"X-Api-Call-Id": "h-2"}))
+    response = _response(500, b"oops", {"X-Api-Call-Id": "h-2"})
+    error = error_for_response(
+        response, decode_error=zoo_error_details, request_id_header="X-Api-Call-Id"
+    )
     assert isinstance(error, aj.ServerError)
     assert error.request_id == "h-2"
     assert error.message == "oops"
+    assert error_for_response(response).request_id is None  # an API without that header
 
 
 @pytest.mark.parametrize(
@@ -80,7 +91,7 @@ def test_request_id_falls_back_to_header() -> None:
     ],
 )
 def test_metafold_error_bodies(body: bytes, message: str, code: str | None) -> None:
-    error = error_for_response(_response(401, body))
+    error = error_for_response(_response(401, body), decode_error=metafold_error_details)
     assert isinstance(error, aj.AuthenticationError)
     assert error.message == message
     assert error.code == code
@@ -113,7 +124,9 @@ def test_rate_limit_carries_retry_after() -> None:
 
 def test_secrets_are_masked_everywhere() -> None:
     body = b'{"message": "bad token s3cr3t-token", "request_id": "r"}'
-    error = error_for_response(_response(401, body), secrets=["s3cr3t-token"])
+    error = error_for_response(
+        _response(401, body), secrets=["s3cr3t-token"], decode_error=zoo_error_details
+    )
     assert "s3cr3t-token" not in str(error)
     assert "s3cr3t-token" not in repr(error.message)
     assert excerpt(b"xx s3cr3t-token yy", ["s3cr3t-token"]) == "xx *** yy"
@@ -121,8 +134,9 @@ def test_secrets_are_masked_everywhere() -> None:
 
 @given(st.binary(max_size=2000))
 def test_error_mapping_never_raises(body: bytes) -> None:
-    error = error_for_response(_response(502, body))
-    assert isinstance(error, aj.ServerError)
+    for decode in (zoo_error_details, metafold_error_details, oauth_error_details):
+        error = error_for_response(_response(502, body), decode_error=decode)
+        assert isinstance(error, aj.ServerError)
     assert len(excerpt(body)) <= 201
 
 
@@ -145,27 +159,54 @@ def test_excerpt_is_at_most_200_characters() -> None:
 
 
 @pytest.mark.parametrize(
-    ("body", "code", "message"),
+    ("decode", "body", "code", "message"),
     [
-        (b'{"error_code": "bad", "message": "m", "error": "o"}', "bad", "m"),
-        (b'{"error": "invalid_client", "error_description": "d"}', "invalid_client", "d"),
-        (b'{"error": {"type": "x"}, "message": "m"}', None, "m"),  # not a code: an object
-        (b'{"error": "", "name": "Bad Request", "description": "d"}', "Bad Request", "d"),
-        (b'{"code": 400, "name": "Bad Request", "description": "d"}', "Bad Request", "d"),
-        (b'{"code": "E42", "msg": "m"}', "E42", "m"),
-        (b'{"code": 400, "msg": "m"}', None, "m"),
-        (b'{"errors": [{"msg": "Field is required"}]}', None, "Field is required"),
-        (b'{"errors": [{"field": "a", "msg": "x"}, {"msg": "y"}]}', None, "a: x; y"),
-        (b'{"message": "m", "description": "d", "msg": "g"}', None, "m"),
-        (b'{"description": "d", "msg": "g", "error_description": "e"}', None, "d"),
-        (b'{"msg": "g", "errors": [{"msg": "x"}], "error_description": "e"}', None, "g"),
-        (b'{"errors": [{"msg": "x"}], "error_description": "e"}', None, "x"),
-        (b'{"message": ""}', None, '{"message": ""}'),  # nothing readable: the excerpt
-        (b"", None, "(empty body)"),
+        (zoo_error_details, b'{"error_code": "bad", "message": "m", "error": "o"}', "bad", "m"),
+        (zoo_error_details, b'{"message": ""}', None, '{"message": ""}'),  # the excerpt
+        (zoo_error_details, b"", None, "(empty body)"),
+        (
+            oauth_error_details,
+            b'{"error": "invalid_client", "error_description": "d"}',
+            "invalid_client",
+            "d",
+        ),
+        (oauth_error_details, b'{"error": {"type": "x"}}', None, '{"error": {"type": "x"}}'),
+        (
+            metafold_error_details,
+            b'{"error": "", "name": "Bad Request", "description": "d"}',
+            "Bad Request",
+            "d",
+        ),
+        (
+            metafold_error_details,
+            b'{"code": 400, "name": "Bad Request", "description": "d"}',
+            "Bad Request",
+            "d",
+        ),
+        (metafold_error_details, b'{"code": "E42", "msg": "m"}', "E42", "m"),
+        (metafold_error_details, b'{"code": 400, "msg": "m"}', None, "m"),
+        (
+            metafold_error_details,
+            b'{"errors": [{"msg": "Field is required"}]}',
+            None,
+            "Field is required",
+        ),
+        (
+            metafold_error_details,
+            b'{"errors": [{"field": "a", "msg": "x"}, {"msg": "y"}]}',
+            None,
+            "a: x; y",
+        ),
+        (metafold_error_details, b'{"description": "d", "msg": "g"}', None, "d"),
+        (metafold_error_details, b'{"msg": "g", "errors": [{"msg": "x"}]}', None, "g"),
+        (metafold_error_details, b'{"message": "zoo-shaped"}', None, '{"message": "zoo-shaped"}'),
+        (aj.JobApi("custom").decode_error, b'{"message": "m"}', None, '{"message": "m"}'),
     ],
 )
-def test_error_body_precedence(body: bytes, code: str | None, message: str) -> None:
-    error = error_for_response(_response(400, body))
+def test_error_body_precedence(
+    decode: aj.ErrorDecoder, body: bytes, code: str | None, message: str
+) -> None:
+    error = error_for_response(_response(400, body), decode_error=decode)
     assert (error.code, error.message) == (code, message)
 
 

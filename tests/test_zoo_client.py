@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import inspect
 import random
 from collections import Counter
 
@@ -289,8 +288,15 @@ async def test_cancelling_a_listing_mid_page_stops_at_once(
 
 
 @pytest.mark.parametrize("cls", [aj.ZooClient, aj.MetafoldClient])
-def test_documented_transport_defaults(cls: type[aj.ZooClient | aj.MetafoldClient]) -> None:
-    """Requests time out after 30 s and bodies over 32 MiB are refused (README)."""
-    parameters = inspect.signature(cls).parameters
-    assert parameters["timeout"].default == 30.0
-    assert parameters["max_body_size"].default == 32 * 2**20
+async def test_documented_transport_defaults(cls: type[aj.ZooClient | aj.MetafoldClient]) -> None:
+    """Requests time out after 30 s and bodies over 32 MiB are refused (README), whether the
+    client is given nothing, ``options=``, keywords, or both (keywords win)."""
+    async with cls(token="t") as client:
+        assert client.options.timeout == 30.0
+        assert client.options.max_body_size == 32 * 2**20
+    options = aj.ClientOptions(timeout=5.0, rate_limit=2.0)
+    async with cls(token="t", options=options, timeout=7.0) as client:
+        assert (client.options.timeout, client.options.rate_limit) == (7.0, 2.0)
+        assert client._http._timeout == 7.0
+    with pytest.raises(TypeError):
+        cls(token="t", no_such_option=1)  # type: ignore[call-arg]

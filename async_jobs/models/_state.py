@@ -1,13 +1,17 @@
-"""The API-neutral job state and the helper that maps an API's raw status through its table."""
+"""The API-neutral job state, an API's state table as data, and the base of every job model."""
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
+from types import MappingProxyType
+from typing import ClassVar
+
+import msgspec
 
 from .._redact import get_logger
 
-__all__ = ["TERMINAL_STATES", "JobState", "active_values", "map_state"]
+__all__ = ["TERMINAL_STATES", "JobModel", "JobState", "StateTable", "active_values", "map_state"]
 
 logger = get_logger("async_jobs")
 
@@ -51,3 +55,81 @@ def active_values(table: Mapping[str, JobState]) -> tuple[str, ...]:
     """The raw statuses of ``table`` that are not terminal, in table order (what a Watcher
     lists to find the jobs still under way)."""
     return tuple(value for value, state in table.items() if not state.is_terminal)
+
+
+class StateTable:
+    """One API's raw statuses mapped to :class:`JobState`, as data: exact values first, then
+    prefix rules (``{"error_": JobState.FAILED}`` makes every ``error_*`` status a failure,
+    including one a server adds later). Anything else is UNKNOWN, with one warning per value.
+
+    ``name`` is how the warning names the API (``"zoo.dataset_conversion"``)."""
+
+    __slots__ = ("active", "known", "name", "prefixes", "states")
+
+    def __init__(
+        self,
+        name: str,
+        states: Mapping[str, JobState],
+        *,
+        prefixes: Mapping[str, JobState] | None = None,
+    ) -> None:
+        self.name: str = name
+        #: Raw status -> JobState, in lifecycle order.
+        self.states: Mapping[str, JobState] = MappingProxyType(dict(states))
+        #: Status prefix -> JobState, for statuses not in :attr:`states`.
+        self.prefixes: Mapping[str, JobState] = MappingProxyType(dict(prefixes or {}))
+        #: Every raw status in :attr:`states`, in order.
+        self.known: tuple[str, ...] = tuple(self.states)
+        #: The known statuses of jobs still under way (what a Watcher lists).
+        self.active: tuple[str, ...] = active_values(self.states)
+
+    def state(self, value: str) -> JobState:
+        """``value`` as a JobState: the table, then the prefix rules, else UNKNOWN."""
+        state = self.states.get(value)
+        if state is not None:
+            return state
+        for prefix, prefixed in self.prefixes.items():
+            if value.startswith(prefix):
+                return prefixed
+        return map_state(self.name, self.states, value)
+
+    def __repr__(self) -> str:
+        return f"StateTable({self.name!r}, {len(self.states)} states)"
+
+
+class JobModel(msgspec.Struct, kw_only=True, frozen=True):
+    """The base of every job model: ``job_state``, ``is_terminal`` and ``progress`` come from
+    the class's :class:`StateTable` (``state_table``) applied to its raw status field
+    (``status_field``, ``"status"`` unless the API calls it something else).
+
+    A model of your own API subclasses it::
+
+        class Prediction(aj.JobModel, kw_only=True, frozen=True):
+            state_table: ClassVar[aj.StateTable] = PREDICTION_STATES
+            id: str
+            status: str
+    """
+
+    state_table: ClassVar[StateTable]
+    status_field: ClassVar[str] = "status"
+
+    @property
+    def job_state(self) -> JobState:
+        """The raw status mapped through the model's state table (UNKNOWN if not in it)."""
+        return self.state_table.state(getattr(self, self.status_field))
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once the job succeeded, failed or was canceled."""
+        return self.job_state.is_terminal
+
+    @property
+    def progress(self) -> float | None:
+        """1.0 once terminal; None before (the API reports no progress)."""
+        return 1.0 if self.is_terminal else None
+
+    @property
+    def error(self) -> str | None:
+        """Why the job failed, if the API says (None here; a model overrides it with a field
+        or a property)."""
+        return None

@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Literal, TypeAlias, get_args
 
 import msgspec
 
-from ._state import JobState, active_values, map_state
+from ._state import JobModel, JobState, StateTable
 
 __all__ = [
     "JOB_QUERY_FIELDS",
@@ -34,6 +34,7 @@ __all__ = [
     "METAFOLD_ACTIVE_STATES",
     "METAFOLD_STATES",
     "METAFOLD_STATE_NAMES",
+    "METAFOLD_TABLE",
     "WORKFLOW_QUERY_FIELDS",
     "WORKFLOW_SORTS",
     "WORKFLOW_SORT_FIELDS",
@@ -58,10 +59,12 @@ METAFOLD_STATES: Mapping[str, JobState] = MappingProxyType(
         "canceled": JobState.CANCELED,
     }
 )
+#: The state table of jobs and workflows (:data:`METAFOLD_STATES`).
+METAFOLD_TABLE = StateTable("metafold", METAFOLD_STATES)
 #: The known states, in lifecycle order.
-METAFOLD_STATE_NAMES: tuple[str, ...] = tuple(METAFOLD_STATES)
+METAFOLD_STATE_NAMES: tuple[str, ...] = METAFOLD_TABLE.known
 #: The states of jobs and workflows still under way (what a Watcher lists to coalesce).
-METAFOLD_ACTIVE_STATES: tuple[str, ...] = active_values(METAFOLD_STATES)
+METAFOLD_ACTIVE_STATES: tuple[str, ...] = METAFOLD_TABLE.active
 #: Fields ``sort=`` accepts on ``GET /projects/{id}/jobs`` (the client's ``sort=`` field type).
 JobSortField: TypeAlias = Literal["id", "name", "created", "started", "finished"]
 JOB_SORT_FIELDS: tuple[str, ...] = get_args(JobSortField)
@@ -181,11 +184,13 @@ class MetafoldIO(msgspec.Struct, kw_only=True, frozen=True):
     params: dict[str, Any] | None = None
 
 
-class _Lifecycle(msgspec.Struct, kw_only=True, frozen=True):
-    """What jobs and workflows share: the raw state, its three timestamps (raw wire strings
-    under their wire names, exposed as UTC datetimes) and the state-derived properties."""
+class _Lifecycle(JobModel, kw_only=True, frozen=True):
+    """What jobs and workflows share: the raw state (mapped through :data:`METAFOLD_STATES`;
+    Metafold reports no progress) and its three timestamps (raw wire strings under their wire
+    names, exposed as UTC datetimes)."""
 
-    _api: ClassVar[str] = "metafold"
+    state_table: ClassVar[StateTable] = METAFOLD_TABLE
+    status_field: ClassVar[str] = "state"
     id: str
     state: str
     created_raw: str | None = msgspec.field(name="created", default=None)
@@ -210,21 +215,6 @@ class _Lifecycle(msgspec.Struct, kw_only=True, frozen=True):
         """When it finished (UTC), or None before that."""
         return _as_datetime(self.finished_raw)
 
-    @property
-    def job_state(self) -> JobState:
-        """The state mapped through :data:`METAFOLD_STATES` (UNKNOWN if not in it)."""
-        return map_state(self._api, METAFOLD_STATES, self.state)
-
-    @property
-    def is_terminal(self) -> bool:
-        """True once it succeeded, failed or was canceled."""
-        return self.job_state.is_terminal
-
-    @property
-    def progress(self) -> float | None:
-        """1.0 once terminal; None before (Metafold reports no progress)."""
-        return 1.0 if self.is_terminal else None
-
 
 class MetafoldJob(_Lifecycle, kw_only=True, frozen=True):
     """A Metafold project job, as ``GET /projects/{id}/jobs[/{job_id}]`` returns it.
@@ -234,7 +224,7 @@ class MetafoldJob(_Lifecycle, kw_only=True, frozen=True):
     deprecated ``assets``, ``parameters`` and ``meta`` are kept when the server sends them.
     """
 
-    _api: ClassVar[str] = "metafold.job"
+    state_table: ClassVar[StateTable] = StateTable("metafold.job", METAFOLD_STATES)
     name: str | None = None
     type: str | None = None
     error: str | None = None
@@ -256,7 +246,7 @@ class MetafoldWorkflow(_Lifecycle, kw_only=True, frozen=True):
     :func:`~async_jobs.metafold.wait_for_workflow_jobs`); ``definition`` is the raw YAML.
     """
 
-    _api: ClassVar[str] = "metafold.workflow"
+    state_table: ClassVar[StateTable] = StateTable("metafold.workflow", METAFOLD_STATES)
     jobs: tuple[str, ...] = ()
     definition: str | None = None
     project_id: str | None = None

@@ -12,11 +12,11 @@ import binascii
 from collections.abc import Mapping
 from datetime import datetime
 from types import MappingProxyType
-from typing import Any, Literal, TypeAlias, get_args
+from typing import Any, ClassVar, Literal, TypeAlias, get_args
 
 import msgspec
 
-from ._state import JobState, active_values, map_state
+from ._state import JobModel, JobState, StateTable
 
 __all__ = [
     "CONVERSION_ACTIVE_STATUSES",
@@ -26,10 +26,12 @@ __all__ = [
     "CONVERSION_STATES",
     "CONVERSION_STATUSES",
     "CONVERSION_STATUS_FILTERS",
+    "CONVERSION_TABLE",
     "OPERATION_ACTIVE_STATUSES",
     "OPERATION_SORT_MODES",
     "OPERATION_STATES",
     "OPERATION_STATUSES",
+    "OPERATION_TABLE",
     "OPERATION_TYPES",
     "AsyncOperation",
     "ConversionPhase",
@@ -59,12 +61,14 @@ OPERATION_STATES: Mapping[str, JobState] = MappingProxyType(
         "failed": JobState.FAILED,
     }
 )
+#: The operation state table (:class:`~async_jobs.StateTable`) of :data:`OPERATION_STATES`.
+OPERATION_TABLE = StateTable("zoo.async_operation", OPERATION_STATES)
 #: The known statuses, in lifecycle order; the list endpoint filters by one of them.
-OPERATION_STATUSES: tuple[str, ...] = tuple(OPERATION_STATES)
+OPERATION_STATUSES: tuple[str, ...] = OPERATION_TABLE.known
 #: The values of :data:`OPERATION_STATUSES`, for type checkers and editors.
 OperationStatus: TypeAlias = Literal["queued", "uploaded", "in_progress", "completed", "failed"]
 #: The statuses of operations still under way (what a Watcher lists to coalesce polling).
-OPERATION_ACTIVE_STATUSES: tuple[str, ...] = active_values(OPERATION_STATES)
+OPERATION_ACTIVE_STATUSES: tuple[str, ...] = OPERATION_TABLE.active
 #: The values of :data:`OPERATION_SORT_MODES`, for type checkers and editors.
 OperationSortMode: TypeAlias = Literal["created_at_ascending", "created_at_descending"]
 #: ``sort_by`` values of ``GET /async/operations`` (``CreatedAtSortMode``).
@@ -83,11 +87,14 @@ OPERATION_TYPES: tuple[str, ...] = (
 )
 
 
-class AsyncOperation(msgspec.Struct, kw_only=True, frozen=True):
+class AsyncOperation(JobModel, kw_only=True, frozen=True):
     """A Zoo async operation, from the list endpoint (``AsyncApiCall``, with ``input`` and
     ``output``) or from ``GET /async/operations/{id}`` (``AsyncApiCallOutput``, whose
-    type-specific fields are kept below; unknown ones are ignored)."""
+    type-specific fields are kept below; unknown ones are ignored). ``job_state`` maps
+    ``status`` through :data:`OPERATION_STATES`; ``progress`` is 1.0 once terminal, None
+    before (Zoo reports no progress for operations)."""
 
+    state_table: ClassVar[StateTable] = OPERATION_TABLE
     id: str
     status: str
     type: str | None = None
@@ -126,21 +133,6 @@ class AsyncOperation(msgspec.Struct, kw_only=True, frozen=True):
     kcl_version: str | None = None
     feedback: str | None = None
 
-    @property
-    def job_state(self) -> JobState:
-        """The status mapped through :data:`OPERATION_STATES` (UNKNOWN if not in it)."""
-        return map_state("zoo.async_operation", OPERATION_STATES, self.status)
-
-    @property
-    def is_terminal(self) -> bool:
-        """True once the operation has completed or failed."""
-        return self.job_state.is_terminal
-
-    @property
-    def progress(self) -> float | None:
-        """1.0 once terminal; None before (Zoo reports no progress for operations)."""
-        return 1.0 if self.is_terminal else None
-
 
 # -- org dataset conversions ----------------------------------------------------------------
 
@@ -164,8 +156,14 @@ CONVERSION_STATES: Mapping[str, JobState] = MappingProxyType(
 )
 #: Every conversion status starting with this is a failure, including ones added tomorrow.
 CONVERSION_ERROR_PREFIX = "error_"
+#: The conversion state table: :data:`CONVERSION_STATES`, then the ``error_*`` rule.
+CONVERSION_TABLE = StateTable(
+    "zoo.dataset_conversion",
+    CONVERSION_STATES,
+    prefixes={CONVERSION_ERROR_PREFIX: JobState.FAILED},
+)
 #: The known statuses, in the spec's order; ``filter=status:<value>`` names one of them.
-CONVERSION_STATUSES: tuple[str, ...] = tuple(CONVERSION_STATES)
+CONVERSION_STATUSES: tuple[str, ...] = CONVERSION_TABLE.known
 #: The values of :data:`CONVERSION_STATUSES`, for type checkers and editors.
 ConversionStatus: TypeAlias = Literal[
     "queued",
@@ -196,7 +194,7 @@ ConversionStatusFilter: TypeAlias = Literal[
     "status:error_internal",
 ]
 #: The statuses of conversions still under way (what a Watcher lists to coalesce polling).
-CONVERSION_ACTIVE_STATUSES: tuple[str, ...] = active_values(CONVERSION_STATES)
+CONVERSION_ACTIVE_STATUSES: tuple[str, ...] = CONVERSION_TABLE.active
 #: The pipeline phases in the live spec's order (``OrgDatasetFileConversionPhase``). The seed
 #: doc's order (0-10) is this one without ``manual_kcl_override``, so progress computed from a
 #: phase's position in this tuple moves forward on old and new servers alike.
@@ -236,12 +234,7 @@ _LAST_PHASE_INDEX = len(CONVERSION_PHASES) - 1
 def conversion_state(status: str) -> JobState:
     """A conversion status as a JobState: :data:`CONVERSION_STATES`, then any
     ``error_*`` status is FAILED; anything else is UNKNOWN (with one warning)."""
-    state = CONVERSION_STATES.get(status)
-    if state is not None:
-        return state
-    if status.startswith(CONVERSION_ERROR_PREFIX):
-        return JobState.FAILED
-    return map_state("zoo.dataset_conversion", CONVERSION_STATES, status)
+    return CONVERSION_TABLE.state(status)
 
 
 class DatasetSnapshotImage(msgspec.Struct, kw_only=True, frozen=True):
@@ -261,12 +254,15 @@ class DatasetSnapshotImage(msgspec.Struct, kw_only=True, frozen=True):
             raise ValueError(f"data_base64 is not base64: {exc}") from None
 
 
-class DatasetConversion(msgspec.Struct, kw_only=True, frozen=True):
+class DatasetConversion(JobModel, kw_only=True, frozen=True):
     """A Zoo org dataset file conversion, from ``GET /org/datasets/{id}/conversions/{cid}``
     (``OrgDatasetFileConversionDetails``) or as the list endpoint summarises it
     (``OrgDatasetFileConversionSummary``, a subset: no outputs, no snapshot images, no
-    override text). Unknown fields are ignored; ``status`` and ``phase`` are plain strings."""
+    override text). Unknown fields are ignored; ``status`` and ``phase`` are plain strings.
+    ``job_state`` maps ``status`` through :data:`CONVERSION_TABLE` (the table, then the
+    ``error_*`` rule, else UNKNOWN)."""
 
+    state_table: ClassVar[StateTable] = CONVERSION_TABLE
     id: str
     status: str
     phase: str | None = None
@@ -296,17 +292,6 @@ class DatasetConversion(msgspec.Struct, kw_only=True, frozen=True):
     #: Set by a wait (never by the server): the progress last known before the conversion
     #: entered a phase this library does not know, which :attr:`progress` then reports.
     last_known_progress: float | None = None
-
-    @property
-    def job_state(self) -> JobState:
-        """The status mapped by :func:`conversion_state`: the table, then the ``error_*``
-        rule (FAILED), else UNKNOWN."""
-        return conversion_state(self.status)
-
-    @property
-    def is_terminal(self) -> bool:
-        """True once the conversion succeeded, failed or was canceled."""
-        return self.job_state.is_terminal
 
     @property
     def phase_index(self) -> int | None:
