@@ -21,8 +21,8 @@ from ._errors import (
     TransportError,
     WaitTimeout,
 )
-from ._http import ErrorDecoder, ErrorDetails, StaticTokenAuth
-from ._paging import Page
+from ._http import ErrorDecoder, ErrorDetails, StaticTokenAuth, api_path
+from ._paging import Page, iter_items
 from ._policy import PollPolicy, RetryPolicy, next_delay
 from ._poll import ActiveListing, Job, JobRef, wait_until_terminal, watch
 from ._version import __version__
@@ -81,7 +81,9 @@ __all__ = [
     "ZooClient",
     "__version__",
     "add_listener",
+    "api_path",
     "events",
+    "iter_items",
     "metafold_q",
     "next_delay",
     "wait_for_workflow_jobs",

@@ -7,15 +7,24 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import AsyncIterator, Callable, Hashable, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, TypedDict, TypeVar
 
+import msgspec
+
 from . import events
 from ._api import JobApi, JobKind
-from ._http import DEFAULT_MAX_BODY_SIZE, DEFAULT_TIMEOUT, Auth, ClientSession, HttpTransport
+from ._http import (
+    DEFAULT_MAX_BODY_SIZE,
+    DEFAULT_TIMEOUT,
+    Auth,
+    ClientSession,
+    HttpTransport,
+    QueryValue,
+)
 from ._policy import PollPolicy, RetryPolicy
 from ._poll import ActiveListing, Job, JobRef
 
@@ -26,6 +35,7 @@ __all__ = ["ApiClient", "ClientOptions", "ClientSettings", "from_env"]
 
 C = TypeVar("C", bound="ApiClient")
 J = TypeVar("J", bound=Job)
+T = TypeVar("T")
 
 
 def from_env(value: str | None, *names: str) -> str | None:
@@ -131,6 +141,18 @@ class ApiClient:
             name = ":".join(key)
             listing = self._listings[full_key] = ActiveListing(full_key, list_active, name=name)
         return listing
+
+    async def get_json(
+        self,
+        path: str,
+        decoder: msgspec.json.Decoder[T],
+        params: Mapping[str, QueryValue] | None = None,
+    ) -> T:
+        """``GET path`` (encoded, e.g. by :func:`~async_jobs.api_path`) with ``params`` through
+        this client's transport (auth, retries, limits, typed errors), decoded by
+        ``decoder``: how a client of your own API sends what its kinds do not cover (a
+        listing, say)."""
+        return await self._http.get(path, decoder, params)
 
     async def fetch(self, kind: JobKind[J], *ids: str) -> J:
         """``GET`` the job of ``kind`` with ``ids`` once, decoded as ``kind.model``."""

@@ -87,7 +87,10 @@ async def _fill(cursors: Sequence[_Cursor[T]], limiter: anyio.CapacityLimiter) -
 async def iter_items(
     fetch: FetchPage[T], *, max_items: int | None = None
 ) -> AsyncGenerator[T, None]:
-    """Every item of one paginated stream, page by page."""
+    """Every item of one paginated stream, page by page: ``fetch(None)`` is the first
+    :class:`Page`, ``fetch(page.next_page)`` the next, until a page has no ``next_page``. A
+    page token coming back twice is a :class:`~async_jobs.DecodeError` (a server looping),
+    not an endless listing; ``max_items`` stops early."""
     async for item in merge_streams([fetch], key=None, max_items=max_items):
         yield item
 
