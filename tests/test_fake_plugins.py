@@ -259,7 +259,9 @@ def test_timeline_and_cursor_helpers() -> None:
 
 # -- the shared host names no API --------------------------------------------------------------
 
-SHARED = Path(__file__).parent.parent / "async_jobs" / "testing" / "_server.py"
+TESTING = Path(__file__).parent.parent / "async_jobs" / "testing"
+#: The host and the building blocks every plugin shares: none of them may name an API.
+SHARED = ("_server.py", "_plugin.py", "_helpers.py", "_faults.py", "_clock.py")
 FORBIDDEN = ("zoo", "metafold", "conversion", "x-api-call-id")
 
 
@@ -300,8 +302,9 @@ def forbidden_words(source: str) -> list[str]:
     return [w for w in words if any(bad in w.lower() for bad in FORBIDDEN)]
 
 
-def test_the_shared_server_module_names_no_api() -> None:
-    assert forbidden_words(SHARED.read_text()) == []
+@pytest.mark.parametrize("module", SHARED)
+def test_the_shared_server_modules_name_no_api(module: str) -> None:
+    assert forbidden_words((TESTING / module).read_text()) == []
 
 
 def test_the_api_name_check_sees_code_but_not_prose() -> None:
@@ -310,3 +313,19 @@ def test_the_api_name_check_sees_code_but_not_prose() -> None:
     assert forbidden_words("x.metafold\n") == ["metafold"]
     assert forbidden_words("h = 'X-Api-Call-Id'\n") == ["X-Api-Call-Id"]
     assert forbidden_words("from ._zoo import A\n") == ["_zoo"]
+
+
+def test_fake_workflows_create_jobs_in_the_librarys_dependency_order() -> None:
+    server = FakeApiServer(clock=FakeClock(speed=0))
+    jobs = [{"name": "c", "needs": ["b"]}, {"name": "a"}, {"name": "b", "needs": ["a"]}]
+    workflow = server.metafold.add_workflow("p", jobs)
+    made = server.metafold.projects["p"].jobs
+    by_name = {made[job_id].name: made[job_id] for job_id in workflow.jobs}
+    assert [by_name[n].name for n in ("c", "a", "b")] == [made[j].name for j in workflow.jobs]
+    assert by_name["a"].created < by_name["b"].created < by_name["c"].created
+    with pytest.raises(ValueError, match="unknown job 'x'"):
+        server.metafold.add_workflow("p", [{"name": "a", "needs": ["x"]}])
+    with pytest.raises(ValueError, match="cycle"):
+        server.metafold.add_workflow(
+            "p", [{"name": "a", "needs": ["b"]}, {"name": "b", "needs": ["a"]}]
+        )

@@ -3,14 +3,9 @@ endpoint) already hosted, under typed attributes."""
 
 from __future__ import annotations
 
-import ssl as _ssl
-from collections.abc import Iterable
-
-from ._clock import FakeClock
 from ._conversions import FakeConversions
 from ._metafold import FakeMetafold
-from ._plugin import FakeApi
-from ._server import DEFAULT_TOKEN, FakeServer
+from ._server import FakeServer
 from ._zoo import FakeZoo
 
 __all__ = ["FakeApiServer"]
@@ -27,27 +22,18 @@ class FakeApiServer(FakeServer):
     ``server.requests``. The fake is at least as strict as the real APIs (UUID path ids on
     Zoo, ...); ``server.zoo.options`` (:class:`ZooOptions`) relaxes or varies the Zoo side,
     ``server.metafold``'s attributes the Metafold side. Paths no plugin owns are answered as
-    Zoo answers.
+    Zoo answers. Takes the arguments of :class:`FakeServer`.
     """
 
-    def __init__(
-        self,
-        *,
-        token: str | None = DEFAULT_TOKEN,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        clock: FakeClock | None = None,
-        seed: int | None = 0,
-        ssl: _ssl.SSLContext | None = None,
-        apis: Iterable[FakeApi] = (),
-    ) -> None:
-        super().__init__(token=token, host=host, port=port, clock=clock, seed=seed, ssl=ssl)
-        #: The Zoo API: async operations (and, as ``conversions``, dataset conversions).
-        self.zoo: FakeZoo = self.add_api(FakeZoo())
-        #: The Zoo API's org dataset conversions (the same plugin as ``zoo``).
-        self.conversions: FakeConversions = self.zoo.conversions
-        #: The Metafold API (its token endpoint, ``metafold.oauth``, is hosted beside it).
-        self.metafold: FakeMetafold = self.add_api(FakeMetafold())
+    #: The Zoo API: async operations (and, as ``conversions``, dataset conversions).
+    zoo: FakeZoo
+    #: The Zoo API's org dataset conversions (part of the ``zoo`` plugin).
+    conversions: FakeConversions
+    #: The Metafold API (its token endpoint, ``metafold.oauth``, is hosted beside it).
+    metafold: FakeMetafold
+
+    def _add_builtin_apis(self) -> None:
+        self.zoo = self.add_api(FakeZoo())
+        self.conversions = self.zoo.conversions
+        self.metafold = self.add_api(FakeMetafold())
         self.fallback = self.zoo
-        for api in apis:
-            self.add_api(api)

@@ -85,8 +85,12 @@ class FakeServer:
         self.apis: dict[str, FakeApi] = {}
         #: The plugin answering for paths no plugin owns (errors, auth).
         self.fallback: FakeApi = FakeApi(self.clock)
+        self._add_builtin_apis()
         for api in apis:
             self.add_api(api)
+
+    def _add_builtin_apis(self) -> None:
+        """Where a subclass hosts the APIs it always serves, before those of ``apis=``."""
 
     def add_api(self, api: P) -> P:
         """Host ``api`` (attached to this server's clock) and return it. Only while the server
