@@ -13,12 +13,11 @@ not know.
 from __future__ import annotations
 
 import base64
-import bisect
 import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
@@ -31,7 +30,9 @@ from ..models.zoo import (
     conversion_state,
 )
 from ._clock import FakeClock
-from ._zoo import ZooOptions, check_uuid, new_id, zoo_error, zoo_page, zoo_time
+from ._helpers import CreationTimes
+from ._helpers import Timeline as Walk
+from ._zoo_wire import ZooOptions, check_uuid, new_id, zoo_error, zoo_page, zoo_time
 
 __all__ = ["ConversionStep", "FakeConversion", "FakeConversions"]
 
@@ -73,12 +74,12 @@ def _parse_time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-def _parse_steps(start: float, phase: str, timeline: Timeline) -> list[tuple[float, str, str]]:
-    """(at, status, phase) steps from ``timeline``, starting at ``start`` in ``phase``."""
+def _parse_steps(start: float, phase: str, timeline: Timeline) -> Walk[tuple[str, str]]:
+    """The walk through (status, phase) states ``timeline`` scripts, starting at ``start``
+    in ``phase``."""
     if not timeline:
         raise ValueError("timeline must have at least one step")
-    steps: list[tuple[float, str, str]] = []
-    at = start
+    script: list[tuple[tuple[str, str], float | None]] = []
     for step in timeline:
         if len(step) == 3:
             status, phase, duration = step
@@ -91,23 +92,19 @@ def _parse_steps(start: float, phase: str, timeline: Timeline) -> list[tuple[flo
                 status = name
                 if status == _SUCCESS:
                     phase = _DONE
-        steps.append((at, status, phase))
-        if duration is None:
-            break
-        at += duration
-    return steps
+        script.append(((status, phase), duration))
+    return Walk.script(start, script)
 
 
 @dataclass
 class FakeConversion:
-    """One scripted conversion: it enters ``steps[i][1:]`` (status, phase) at fake time
-    ``steps[i][0]``."""
+    """One scripted conversion, walking (status, phase) states on the server's clock."""
 
     id: str
     dataset_id: str
     created: float
     created_at: datetime
-    steps: list[tuple[float, str, str]]
+    timeline: Walk[tuple[str, str]]
     file_path: str
     file_size: int
     error: str | None = None
@@ -121,14 +118,18 @@ class FakeConversion:
         """A stable ETag derived from the file path."""
         return '"' + hashlib.sha256(self.file_path.encode()).hexdigest()[:32] + '"'
 
+    @property
+    def steps(self) -> list[tuple[float, str, str]]:
+        """(fake time, status, phase) of each step of the timeline."""
+        return [(at, status, phase) for at, (status, phase) in self.timeline.steps]
+
     def index_at(self, now: float) -> int:
         """The index of the step the conversion is in at fake time ``now``."""
-        return max(bisect.bisect_right([t for t, _, _ in self.steps], now) - 1, 0)
+        return self.timeline.index(now)
 
     def at(self, now: float) -> tuple[str, str]:
         """(status, phase) at fake time ``now``."""
-        _, status, phase = self.steps[self.index_at(now)]
-        return status, phase
+        return self.timeline.state(now)
 
 
 class FakeConversions:
@@ -139,16 +140,8 @@ class FakeConversions:
         self.clock = clock
         self.options: ZooOptions = options if options is not None else ZooOptions()
         self.datasets: dict[str, dict[str, FakeConversion]] = {}
-        self._last_created: datetime | None = None
+        self._created = CreationTimes()
         self._count = 0
-
-    def _creation_time(self) -> datetime:
-        created_at = self.clock.wall()
-        # Distinct creation times keep the created_at order total, as it is for the real API.
-        if self._last_created is not None and created_at <= self._last_created:
-            created_at = self._last_created + timedelta(microseconds=1)
-        self._last_created = created_at
-        return created_at
 
     def add_dataset(self, dataset_id: str | None = None) -> str:
         """Create an empty dataset (a new UUID unless given; a UUID too, unless
@@ -184,8 +177,8 @@ class FakeConversions:
             id=conversion_id,
             dataset_id=dataset_id,
             created=now,
-            created_at=self._creation_time(),
-            steps=_parse_steps(now, _QUEUED, timeline),
+            created_at=self._created.next(self.clock)[1],
+            timeline=_parse_steps(now, _QUEUED, timeline),
             file_path=file_path or f"parts/part-{self._count:05d}.step",
             file_size=file_size if file_size is not None else 1024 + 37 * self._count,
             error=error,
@@ -206,10 +199,9 @@ class FakeConversions:
         """Replace the rest of a conversion's timeline with ``timeline``, starting now."""
         conversion = self._find(conversion_id)
         now = self.clock.now()
-        past = conversion.steps[: conversion.index_at(now) + 1]
-        conversion.steps = [s for s in past if s[0] < now] + _parse_steps(
-            now, conversion.at(now)[1], timeline
-        )
+        rest = _parse_steps(now, conversion.at(now)[1], timeline)
+        conversion.timeline.cut(now, inclusive=False)
+        conversion.timeline.steps += rest.steps
 
     def set_status(self, conversion_id: str, status: str, *, phase: str | None = None) -> None:
         """Move a conversion to ``status`` now, for good. Without ``phase`` the step reads as
@@ -234,21 +226,22 @@ class FakeConversions:
         """The summary body, and the furthest phase index reached in the current run."""
         now = self.clock.now()
         index = conversion.index_at(now)
-        at, status, phase = conversion.steps[index]
+        steps = conversion.steps
+        at, status, phase = steps[index]
         run_start = 0
-        for i, (_, step_status, _) in enumerate(conversion.steps[: index + 1]):
+        for i, (_, step_status, _) in enumerate(steps[: index + 1]):
             if step_status == _QUEUED:
                 run_start = i
-        run = conversion.steps[run_start : index + 1]
+        run = steps[run_start : index + 1]
         started = next((t for t, s, _ in run if s != _QUEUED), None)
         state = conversion_state(status)
         # "The date and time the conversion got its current status" (the spec): when the
         # current status began (a phase change within it does not count); None while the
         # conversion still has the status it was created with.
         got_status = index
-        while got_status > 0 and conversion.steps[got_status - 1][1] == status:
+        while got_status > 0 and steps[got_status - 1][1] == status:
             got_status -= 1
-        status_since = conversion.steps[got_status][0] if got_status > 0 else None
+        status_since = steps[got_status][0] if got_status > 0 else None
         reached = max((_PHASE_INDEX.get(p, -1) for _, _, p in run), default=-1)
         if status == _SUCCESS:
             reached = len(CONVERSION_PHASES)

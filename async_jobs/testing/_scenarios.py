@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..models.zoo import CONVERSION_PHASES
-from ._server import FakeApiServer
+from ._apis import FakeApiServer
 
 __all__ = ["SCENARIOS", "ScenarioJob", "populate"]
 

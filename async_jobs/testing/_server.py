@@ -1,4 +1,4 @@
-"""FakeApiServer: a real aiohttp.web server on 127.0.0.1 that speaks the supported APIs."""
+"""FakeServer: a real aiohttp.web server on 127.0.0.1 hosting fake API plugins."""
 
 from __future__ import annotations
 
@@ -6,26 +6,25 @@ import asyncio
 import socket
 import ssl as _ssl
 import time
-import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
 from ._clock import FakeClock
-from ._conversions import FakeConversions
 from ._faults import Fault, FaultKind, FaultPlan
-from ._metafold import TOKEN_PATH, FakeMetafold, is_metafold_path
-from ._zoo import FakeZoo, ZooOptions, zoo_error
+from ._plugin import FakeApi
 
-__all__ = ["FakeApiServer", "RecordedRequest"]
+__all__ = ["DEFAULT_TOKEN", "FakeServer", "RecordedRequest"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 DEFAULT_TOKEN = "test-token"
+P = TypeVar("P", bound=FakeApi)
+S = TypeVar("S", bound="FakeServer")
 
 
 @dataclass(frozen=True)
@@ -40,15 +39,18 @@ class RecordedRequest:
     at: float = 0.0  #: time.monotonic() on arrival
 
 
-class FakeApiServer:
-    """A real HTTP server on loopback serving the Zoo API (and more), for tests and demos.
+class FakeServer:
+    """A real HTTP server on loopback hosting fake API plugins (:class:`FakeApi`), for tests
+    and demos.
 
-    ``async with FakeApiServer() as server:`` then point a client at ``server.url`` with
-    ``token=server.token``. Jobs are scripted through ``server.zoo``; misbehaviour through
-    :meth:`inject`; load shedding through :meth:`overload`; time through ``server.clock``.
-    Every request is kept in ``server.requests``. The fake is at least as strict as the real
-    APIs (UUID path ids on Zoo, ...); ``server.zoo.options`` (:class:`ZooOptions`) relaxes
-    or varies the Zoo side, ``server.metafold``'s attributes the Metafold side.
+    ``async with FakeServer(apis=[MyFake()]) as server:`` then point a client at
+    ``server.url`` with ``token=server.token``. Each plugin brings its routes, error body and
+    extra credentials; the server brings what every API shares: misbehaviour through
+    :meth:`inject`, load shedding through :meth:`overload`, time through ``server.clock`` (the
+    plugins' clock), the static token (accepted on every path), and every request kept in
+    ``server.requests``. A path no plugin owns is answered as ``fallback`` answers (default:
+    a plain :class:`FakeApi`). Plugins are added with ``apis=`` or :meth:`add_api` while the
+    server is not running: routes bind when it starts.
     """
 
     def __init__(
@@ -60,6 +62,7 @@ class FakeApiServer:
         clock: FakeClock | None = None,
         seed: int | None = 0,
         ssl: _ssl.SSLContext | None = None,
+        apis: Iterable[FakeApi] = (),
     ) -> None:
         self.token = token
         #: A server-side TLS context: serve https instead of plain http.
@@ -75,13 +78,41 @@ class FakeApiServer:
         #: Requests being handled right now, and the most seen at once.
         self.in_flight: int = 0
         self.max_in_flight: int = 0
-        zoo_options = ZooOptions()
-        self.zoo: FakeZoo = FakeZoo(self.clock, zoo_options)
-        self.metafold: FakeMetafold = FakeMetafold(self.clock)
-        self.conversions: FakeConversions = FakeConversions(self.clock, zoo_options)
         #: Load shedding (see :meth:`overload`): a plan of its own, picked before ``faults``.
         self.shedding: FaultPlan = FaultPlan(seed)
         self._runner: web.AppRunner | None = None
+        #: The hosted plugins by name, in the order they were added (first owner wins).
+        self.apis: dict[str, FakeApi] = {}
+        #: The plugin answering for paths no plugin owns (errors, auth).
+        self.fallback: FakeApi = FakeApi(self.clock)
+        self._add_builtin_apis()
+        for api in apis:
+            self.add_api(api)
+
+    def _add_builtin_apis(self) -> None:
+        """Where a subclass hosts the APIs it always serves, before those of ``apis=``."""
+
+    def add_api(self, api: P) -> P:
+        """Host ``api`` (attached to this server's clock) and return it. Only while the server
+        is not running: its routes are registered when the server starts."""
+        if self._runner is not None:
+            raise RuntimeError("add APIs before the server starts (or stop it first)")
+        if api.name in self.apis:
+            raise ValueError(f"an API named {api.name!r} is already hosted")
+        api.attach(self)
+        self.apis[api.name] = api
+        return api
+
+    def api(self, name: str) -> FakeApi:
+        """The hosted plugin called ``name`` (KeyError if there is none)."""
+        return self.apis[name]
+
+    def api_for(self, path: str) -> FakeApi:
+        """The plugin answering ``path``: the first that owns it, else ``fallback``."""
+        for api in self.apis.values():
+            if api.owns(path):
+                return api
+        return self.fallback
 
     @property
     def url(self) -> str:
@@ -125,9 +156,8 @@ class FakeApiServer:
 
     def _app(self) -> web.Application:
         app = web.Application(middlewares=[self._count_in_flight, self._middleware])
-        self.zoo.add_routes(app)
-        self.metafold.add_routes(app)
-        self.conversions.add_routes(app)
+        for api in self.apis.values():
+            api.add_routes(app)
         return app
 
     async def start(self) -> None:
@@ -156,7 +186,7 @@ class FakeApiServer:
         if runner is not None:
             await runner.cleanup()
 
-    async def __aenter__(self) -> FakeApiServer:
+    async def __aenter__(self: S) -> S:
         await self.start()
         return self
 
@@ -199,28 +229,26 @@ class FakeApiServer:
         return await self._serve(request, handler)
 
     async def _serve(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if self.token is not None and not self._authorized(request):
+        api = self.api_for(request.path)
+        if self.token is not None and not self._authorized(api, request):
             return self.error(request, 401, "invalid or missing API token", "unauthorized")
         response = await handler(request)
-        if not is_metafold_path(request.path):  # Zoo names every response; Metafold does not
-            response.headers.setdefault("X-Api-Call-Id", str(uuid.uuid4()))
+        api.finish(request, response)
         return response
 
     def error(
         self, request: web.Request, status: int, message: str, code: str | None = None
     ) -> web.Response:
         """The error response the API behind ``request.path`` would send."""
-        if is_metafold_path(request.path):
-            return self.metafold.error(request.path, status, message)
-        return zoo_error(status, message, code)
+        return self.api_for(request.path).error(request.path, status, message, code)
 
-    def _authorized(self, request: web.Request) -> bool:
-        """The static token works everywhere; Metafold paths also take the tokens issued by
-        the token endpoint, which itself needs none."""
+    def _authorized(self, api: FakeApi, request: web.Request) -> bool:
+        """The static token works everywhere; the owning API may take more credentials, or
+        none on its public paths."""
         header = request.headers.get("Authorization")
-        if header == f"Bearer {self.token}" or request.path == TOKEN_PATH:
+        if header == f"Bearer {self.token}" or api.public(request.path):
             return True
-        return is_metafold_path(request.path) and self.metafold.accepts(header)
+        return api.accepts(header)
 
     async def _apply(
         self, fault: Fault, request: web.Request, handler: Handler

@@ -1,20 +1,33 @@
-"""The Zoo half of the fake server: async operations with scripted lifecycles."""
+"""The Zoo API fake: async operations with scripted lifecycles and, beside them, the org dataset
+conversions (``server.conversions``), served together as one plugin the way ``ZooClient`` is
+one client."""
 
 from __future__ import annotations
 
 import base64
-import bisect
-import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from datetime import datetime
+from typing import Any
 
 from aiohttp import web
 
 from ..models.zoo import OPERATION_SORT_MODES, OPERATION_STATES, OPERATION_STATUSES
 from ._clock import FakeClock
+from ._conversions import FakeConversions
+from ._helpers import CreationTimes
+from ._helpers import Timeline as Walk
+from ._plugin import FakeApi
+from ._zoo_wire import (
+    API_CALL_ID,
+    ZooOptions,
+    check_uuid,
+    new_id,
+    zoo_error,
+    zoo_page,
+    zoo_time,
+)
 
 __all__ = [
     "FakeOperation",
@@ -27,75 +40,16 @@ __all__ = [
     "zoo_time",
 ]
 
-T = TypeVar("T")
 Timeline = Sequence[tuple[str, float | None]]
 DEFAULT_TIMELINE: Timeline = (("queued", 0.05), ("in_progress", 0.2), ("completed", None))
-DEFAULT_PAGE_SIZE = 100
-MAX_PAGE_SIZE = 1000
-_UINT32_MAX = 2**32 - 1
-#: A page token: the offset, the page's number in its listing and the listing's scan key.
-_TOKEN = re.compile(r"^o=(\d+)&n=(\d+)&k=([A-Za-z0-9_+]+)/==\Z")
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}\Z")
 #: Who the list endpoint names as ``worker`` once one picked the operation up.
 FAKE_WORKER = "fake-worker-1"
+_WAITING = ("queued", "uploaded")
 
 
-@dataclass
-class ZooOptions:
-    """How the fake Zoo API (async operations and dataset conversions alike) behaves where the
-    real one is strict or varies. Shared by ``server.zoo.options`` and
-    ``server.conversions.options``; set fields at any time.
-
-    - ``uuid_ids`` (default True): path ids are UUIDs, as in the spec's path schema; any other
-      id is a 400 before any lookup, and ``add_*`` refuse to create one;
-    - ``max_page_size`` (default 1000): the most items a page holds; a larger ``limit`` is
-      capped, or answered 400 with ``reject_over_limit``;
-    - ``page_sizes``: the n-th page of every listing holds at most ``page_sizes[n]`` items
-      (0: an empty page that still carries a ``next_page``), later pages ``limit``;
-    - ``token_on_last_page``: every non-empty page carries a ``next_page`` (as dropshot's
-      ``ResultsPage`` does), so a listing always ends with an empty page without one;
-    - ``ascending_only``: ``GET /async/operations`` serves ``created_at`` ascending whatever
-      ``sort_by`` says (the spec: "we only support scanning in ascending order").
-    """
-
-    uuid_ids: bool = True
-    max_page_size: int = MAX_PAGE_SIZE
-    reject_over_limit: bool = False
-    page_sizes: Sequence[int] = ()
-    token_on_last_page: bool = False
-    ascending_only: bool = False
-
-
-def parse_uuid(text: str) -> str | None:
-    """``text`` as a canonical (lower-case, hyphenated) UUID, or None if it is not one."""
-    return str(uuid.UUID(text)) if _UUID.match(text) else None
-
-
-def check_uuid(options: ZooOptions, name: str, text: str) -> str | web.Response:
-    """The path id to look up, or the 400 the real server's path schema answers."""
-    if not options.uuid_ids:
-        return text
-    canonical = parse_uuid(text)
-    if canonical is None:
-        return zoo_error(
-            400, f"bad parameter in URL path: {name}: invalid UUID: {text[:80]!r}", None
-        )
-    return canonical
-
-
-def new_id(options: ZooOptions, given: str | None, what: str) -> str:
-    """The id of a new fake object: ``given`` (checked against ``uuid_ids``) or a new UUID."""
-    if given is None:
-        return str(uuid.uuid4())
-    if not options.uuid_ids:
-        return given
-    canonical = parse_uuid(given)
-    if canonical is None:
-        raise ValueError(
-            f"{what} id {given!r} is not a UUID: the real API's ids are (use uuid.uuid4(), or "
-            "set options.uuid_ids = False to serve other ids)"
-        )
-    return canonical
+def _is_terminal(status: str) -> bool:
+    state = OPERATION_STATES.get(status)
+    return state is not None and state.is_terminal
 
 
 # What each operation type carries in GET /async/operations/{id} (the AsyncApiCallOutput
@@ -149,106 +103,60 @@ _RESULTS: dict[str, dict[str, Any]] = {
 }
 
 
-def zoo_time(moment: datetime | None) -> str | None:
-    """A datetime as Zoo writes it: ISO 8601 with a ``Z``."""
-    return None if moment is None else moment.isoformat().replace("+00:00", "Z")
-
-
-def zoo_page_size(query: Mapping[str, str], options: ZooOptions) -> int | web.Response:
-    """The ``limit`` of a Zoo list request (a uint32 >= 1), capped at ``max_page_size``, or
-    the 400 to answer instead."""
-    try:
-        limit = int(query.get("limit", DEFAULT_PAGE_SIZE))
-    except ValueError:
-        return zoo_error(400, "limit must be an integer", "invalid_request")
-    if not 1 <= limit <= _UINT32_MAX:
-        return zoo_error(400, "limit must be a uint32 >= 1", "invalid_request")
-    if limit > options.max_page_size and options.reject_over_limit:
-        return zoo_error(
-            400, f"limit must be <= {options.max_page_size}, got {limit}", "invalid_request"
-        )
-    return min(limit, options.max_page_size)
-
-
-def zoo_page(
-    items: Sequence[T], query: Mapping[str, str], options: ZooOptions, scan: str
-) -> tuple[Sequence[T], str | None] | web.Response:
-    """One page of ``items`` (already filtered and sorted) for a list request, and its
-    ``next_page`` token; or the 400 to answer instead. A token is bound to ``scan`` (the
-    listing's filter and order): one from another listing is refused."""
-    limit = zoo_page_size(query, options)
-    if isinstance(limit, web.Response):
-        return limit
-    offset = number = 0
-    token = query.get("page_token")
-    if token is not None:
-        match = _TOKEN.match(token)
-        if match is None or match.group(3) != scan:
-            return zoo_error(400, "invalid page_token", "invalid_request")
-        offset, number = int(match.group(1)), int(match.group(2))
-    if number < len(options.page_sizes):
-        limit = min(limit, max(options.page_sizes[number], 0))
-    page = items[offset : offset + limit]
-    end = offset + len(page)
-    more = end < len(items) or (options.token_on_last_page and bool(page))
-    next_page = f"o={end}&n={number + 1}&k={scan}/==" if more else None
-    return page, next_page
-
-
-def zoo_error(status: int, message: str, error_code: str | None = None) -> web.Response:
-    """A Zoo-style error response: ``{error_code, message, request_id}``."""
-    request_id = str(uuid.uuid4())
-    body: dict[str, Any] = {"message": message, "request_id": request_id}
-    if error_code:
-        body["error_code"] = error_code
-    return web.json_response(body, status=status, headers={"X-Api-Call-Id": request_id})
-
-
 @dataclass
 class FakeOperation:
-    """One scripted async operation: it enters ``steps[i][1]`` at fake time ``steps[i][0]``."""
+    """One scripted async operation, walking ``timeline`` on the server's clock."""
 
     id: str
     type: str
     created: float
     created_at: datetime
-    steps: list[tuple[float, str]]
+    timeline: Walk[str]
     error: str | None = None
     user_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     input: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def steps(self) -> list[tuple[float, str]]:
+        """(fake time, status) of each step: it enters ``steps[i][1]`` at ``steps[i][0]``."""
+        return self.timeline.steps
+
     def status_at(self, now: float) -> tuple[str, float | None, float | None, float]:
         """(status, started, completed, last change) at fake time ``now``."""
-        index = max(bisect.bisect_right([t for t, _ in self.steps], now) - 1, 0)
-        status = self.steps[index][1]
-        started = completed = None
-        for at, name in self.steps[: index + 1]:
-            state = OPERATION_STATES.get(name)
-            if started is None and name not in ("queued", "uploaded"):
-                started = at
-            if state is not None and state.is_terminal:
-                completed = at
-        return status, started, completed, self.steps[index][0]
+        walk = self.timeline
+        started = walk.first(now, lambda status: status not in _WAITING)
+        return walk.state(now), started, walk.last(now, _is_terminal), walk.since(now)
 
 
-class FakeZoo:
-    """The Zoo API's async operations, served from memory; ``options`` (:class:`ZooOptions`)
-    say how strictly."""
+class FakeZoo(FakeApi):
+    """The Zoo API fake: its async operations, served from memory, and its dataset
+    conversions (:attr:`conversions`); ``options`` (:class:`ZooOptions`, shared by both) say
+    how strictly. Every response carries an ``X-Api-Call-Id``, as the real API's do."""
 
-    def __init__(self, clock: FakeClock, options: ZooOptions | None = None) -> None:
-        self.clock = clock
+    name = "zoo"
+    prefixes = ("/async", "/org")
+
+    def __init__(self, clock: FakeClock | None = None, options: ZooOptions | None = None) -> None:
+        super().__init__(clock)
         self.options: ZooOptions = options if options is not None else ZooOptions()
         self.operations: dict[str, FakeOperation] = {}
-        self._last_created: datetime | None = None
+        #: The dataset conversions (``server.conversions``), on the same clock and options.
+        self.conversions: FakeConversions = FakeConversions(self.clock, self.options)
+        self._created = CreationTimes()
 
-    def _creation_time(self) -> datetime:
-        created_at = self.clock.wall()
-        # Keep creation times distinct so created_at order is total, as it is for the real API.
-        if self._last_created is not None and created_at <= self._last_created:
-            created_at = self._last_created + timedelta(microseconds=1)
-        self._last_created = created_at
-        return created_at
+    def attach(self, server: Any) -> None:
+        """Adopt the server's clock, for the conversions too."""
+        super().attach(server)
+        self.conversions.clock = self.clock
+
+    def error(self, path: str, status: int, message: str, code: str | None = None) -> web.Response:
+        """Zoo's error body: ``{error_code, message, request_id}``."""
+        return zoo_error(status, message, code)
+
+    def finish(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Name every response with an ``X-Api-Call-Id``."""
+        response.headers.setdefault(API_CALL_ID, str(uuid.uuid4()))
 
     def add_operation(
         self,
@@ -267,19 +175,12 @@ class FakeZoo:
             raise ValueError("timeline must have at least one step")
         op_id = new_id(self.options, id, "operation")
         now = self.clock.now()
-        steps: list[tuple[float, str]] = []
-        at = now
-        for status, duration in timeline:
-            steps.append((at, status))
-            if duration is None:
-                break
-            at += duration
         op = FakeOperation(
             id=op_id,
             type=type,
             created=now,
-            created_at=self._creation_time(),
-            steps=steps,
+            created_at=self._created.next(self.clock)[1],
+            timeline=Walk.script(now, timeline),
             error=error,
             input=input if input is not None else {"src_format": "obj"},
             extra=dict(extra or {}),
@@ -290,8 +191,7 @@ class FakeZoo:
     def set_status(self, op_id: str, status: str, *, error: str | None = None) -> None:
         """Move an operation to ``status`` now, dropping the rest of its timeline."""
         op = self.operations[op_id]
-        now = self.clock.now()
-        op.steps = [s for s in op.steps if s[0] <= now] + [(now, status)]
+        op.timeline.goto(self.clock.now(), status)
         if error is not None:
             op.error = error
 
@@ -381,6 +281,7 @@ class FakeZoo:
         return web.json_response(self.detail(op))
 
     def add_routes(self, app: web.Application) -> None:
-        """Register the Zoo routes on ``app``."""
+        """Register the Zoo routes (operations and conversions) on ``app``."""
         app.router.add_get("/async/operations", self.handle_list)
         app.router.add_get("/async/operations/{id}", self.handle_get)
+        self.conversions.add_routes(app)
