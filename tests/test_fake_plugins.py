@@ -4,10 +4,8 @@ timeline on the fake clock, cursor paging, faults and auth from the host."""
 
 from __future__ import annotations
 
-import ast
 import uuid
 from collections.abc import AsyncIterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -255,64 +253,6 @@ def test_timeline_and_cursor_helpers() -> None:
     clock = FakeClock(speed=0)
     times = CreationTimes()
     assert times.next(clock) < times.next(clock)
-
-
-# -- the shared host names no API --------------------------------------------------------------
-
-TESTING = Path(__file__).parent.parent / "async_jobs" / "testing"
-#: The host and the building blocks every plugin shares: none of them may name an API.
-SHARED = ("_server.py", "_plugin.py", "_helpers.py", "_faults.py", "_clock.py")
-FORBIDDEN = ("zoo", "metafold", "conversion", "x-api-call-id")
-
-
-def forbidden_words(source: str) -> list[str]:
-    """Names, attribute names, argument names, imported names and string constants (not
-    docstrings or comments) of ``source`` that name an API."""
-    tree = ast.parse(source)
-    docstrings = {
-        id(node.body[0].value)
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
-        and node.body
-        and isinstance(node.body[0], ast.Expr)
-        and isinstance(node.body[0].value, ast.Constant)
-    }
-    words: list[str] = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Name):
-            words.append(node.id)
-        elif isinstance(node, ast.Attribute):
-            words.append(node.attr)
-        elif isinstance(node, ast.arg):
-            words.append(node.arg)
-        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-            words.append(node.name)
-        elif isinstance(node, ast.alias):
-            words += [node.name, node.asname or ""]
-        elif isinstance(node, ast.ImportFrom):
-            words.append(node.module or "")
-        elif isinstance(node, ast.keyword):
-            words.append(node.arg or "")
-        elif (
-            isinstance(node, ast.Constant)
-            and isinstance(node.value, str)
-            and id(node) not in docstrings
-        ):
-            words.append(node.value)
-    return [w for w in words if any(bad in w.lower() for bad in FORBIDDEN)]
-
-
-@pytest.mark.parametrize("module", SHARED)
-def test_the_shared_server_modules_name_no_api(module: str) -> None:
-    assert forbidden_words((TESTING / module).read_text()) == []
-
-
-def test_the_api_name_check_sees_code_but_not_prose() -> None:
-    source = '"""Zoo."""\n# metafold\ndef f(zoo_options):\n    """Conversions."""\n'
-    assert forbidden_words(source) == ["zoo_options"]
-    assert forbidden_words("x.metafold\n") == ["metafold"]
-    assert forbidden_words("h = 'X-Api-Call-Id'\n") == ["X-Api-Call-Id"]
-    assert forbidden_words("from ._zoo import A\n") == ["_zoo"]
 
 
 def test_fake_workflows_create_jobs_in_the_librarys_dependency_order() -> None:

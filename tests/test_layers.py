@@ -20,6 +20,12 @@ SHARED = (
     "_watcher.py",
     "events.py",
     "models/_state.py",
+    # the fake server's host and the building blocks every fake API plugin shares
+    "testing/_server.py",
+    "testing/_plugin.py",
+    "testing/_helpers.py",
+    "testing/_faults.py",
+    "testing/_clock.py",
 )
 API_WORDS = ("zoo", "metafold", "conversion", "x-api-call-id", "kittycad")
 
@@ -61,9 +67,10 @@ def api_names_in_code(source: str) -> list[str]:
             words.append((node.lineno, node.name))
         elif isinstance(node, ast.ImportFrom):
             words.append((node.lineno, node.module or ""))
-            words.extend((node.lineno, alias.name) for alias in node.names)
-        elif isinstance(node, ast.Import):
-            words.extend((node.lineno, alias.name) for alias in node.names)
+        elif isinstance(node, ast.alias):
+            words += [(node.lineno, node.name), (node.lineno, node.asname or "")]
+        elif isinstance(node, ast.keyword):
+            words.append((node.lineno, node.arg or ""))
         elif (
             isinstance(node, ast.Constant)
             and isinstance(node.value, str)
@@ -94,12 +101,13 @@ Y = 1
 
 def f(metafold_client):
     """Docstring: zoo."""
-    return metafold_client.conversions
+    return metafold_client.conversions(zoo_id=1)
 '''
     assert sorted(api_names_in_code(source)) == [
         "line 10: 'metafold_client'",
         "line 12: 'conversions'",
         "line 12: 'metafold_client'",
+        "line 12: 'zoo_id'",
         "line 4: 'zoo'",
         "line 5: 'X-Api-Call-Id'",
     ]

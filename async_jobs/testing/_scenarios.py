@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..metafold import METAFOLD_JOB
 from ..models.zoo import CONVERSION_PHASES
+from ..zoo import ASYNC_OPERATION, DATASET_CONVERSION
 from ._apis import FakeApiServer
 
 __all__ = ["SCENARIOS", "ScenarioJob", "populate"]
@@ -40,9 +42,7 @@ def _demo(server: FakeApiServer) -> list[ScenarioJob]:
     ]
     for kind, steps, error in operations:
         op = server.zoo.add_operation(kind, steps, error=error)
-        jobs.append(
-            ScenarioJob("zoo.async_operation", (op.id,), "failed" if error else "succeeded")
-        )
+        jobs.append(ScenarioJob(ASYNC_OPERATION.name, (op.id,), "failed" if error else "succeeded"))
     jobs += _demo_conversions(server)
     jobs += _demo_workflow(server)
     return jobs
@@ -71,7 +71,7 @@ def _demo_conversions(server: FakeApiServer) -> list[ScenarioJob]:
         else:
             timeline.append(("success", None))
         conversion = server.conversions.add_conversion(dataset, timeline, error=error)
-        jobs.append(ScenarioJob("zoo.dataset_conversion", (dataset, conversion.id), expected))
+        jobs.append(ScenarioJob(DATASET_CONVERSION.name, (dataset, conversion.id), expected))
     return jobs
 
 
@@ -93,7 +93,8 @@ def _demo_workflow(server: FakeApiServer) -> list[ScenarioJob]:
         spec["timeline"] = [("pending", 0.2), ("started", 0.4 + 0.1 * index), ("success", None)]
     workflow = server.metafold.add_workflow(DEMO_PROJECT, specs)
     return [
-        ScenarioJob("metafold.job", (DEMO_PROJECT, job_id), "succeeded") for job_id in workflow.jobs
+        ScenarioJob(METAFOLD_JOB.name, (DEMO_PROJECT, job_id), "succeeded")
+        for job_id in workflow.jobs
     ]
 
 
