@@ -9,6 +9,8 @@ resumes one from a token, all against the fake. Run it with ``python examples/cu
 
 from __future__ import annotations
 
+import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any, ClassVar
@@ -16,8 +18,19 @@ from urllib.parse import parse_qs, urlsplit
 
 import anyio
 import msgspec
+from aiohttp import web
 
 import async_jobs as aj
+from async_jobs.testing import (
+    CreationTimes,
+    FakeApi,
+    FakeClock,
+    FakeServer,
+    InvalidCursor,
+    Timeline,
+    cursor_page,
+    json_response,
+)
 
 # -- part 1: the model, the kind, the client --------------------------------------------------
 
@@ -116,3 +129,119 @@ class PredictionsClient(aj.ApiClient):
         )
         following = parse_qs(urlsplit(page.next).query).get("cursor") if page.next else None
         return aj.Page(items=page.results, next_page=following[0] if following else None)
+
+
+# -- part 2: its fake, a FakeServer plugin ------------------------------------------------------
+
+_DONE = ("succeeded", "failed", "canceled")
+
+
+class FakePredictions(FakeApi):
+    """The predictions API as a fake: each prediction walks a scripted timeline on the
+    server's clock; the listing is newest first, in cursor pages; errors are Replicate's."""
+
+    name = "predictions"
+    prefixes = ("/v1/predictions",)
+    page_size = 100
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.timelines: dict[str, Timeline[str]] = {}
+        self.created: dict[str, datetime] = {}
+        self._times = CreationTimes()
+        self.errors: dict[str, str] = {}
+
+    def add(self, script: list[tuple[str, float | None]], *, error: str | None = None) -> str:
+        """A new prediction walking ``script`` ((status, seconds) pairs, None: for good)."""
+        prediction_id = uuid.uuid4().hex
+        self.timelines[prediction_id] = Timeline.script(self.clock.now(), script)
+        self.created[prediction_id] = self._times.next(self.clock)[1]
+        if error is not None:
+            self.errors[prediction_id] = error
+        return prediction_id
+
+    def body(self, prediction_id: str) -> dict[str, Any]:
+        moment = self.timelines[prediction_id].at(
+            self.clock.now(), started=lambda s: s != "starting", finished=lambda s: s in _DONE
+        )
+        failed = moment.state == "failed"
+        return {
+            "id": prediction_id,
+            "model": "acme/upscaler",
+            "status": moment.state,
+            "error": self.errors.get(prediction_id) if failed else None,
+            "created_at": self.created[prediction_id],
+            "completed_at": None if moment.finished is None else self.clock.wall(moment.finished),
+        }
+
+    def error(self, path: str, status: int, message: str, code: str | None = None) -> web.Response:
+        return json_response(
+            {"title": code or "error", "detail": message, "status": status}, status=status
+        )
+
+    async def get(self, request: web.Request) -> web.Response:
+        prediction_id = request.match_info["id"]
+        if prediction_id not in self.timelines:
+            return self.error(
+                request.path, 404, "The requested resource could not be found.", "Not found"
+            )
+        return json_response(self.body(prediction_id))
+
+    async def listing(self, request: web.Request) -> web.Response:
+        newest = sorted(self.timelines, key=self.created.__getitem__, reverse=True)
+        try:
+            page = cursor_page(newest, self.page_size, request.query.get("cursor"))
+        except InvalidCursor:
+            return self.error(request.path, 400, "Invalid cursor.", "Bad request")
+        following = None
+        if page.next_cursor is not None:
+            following = str(request.url.with_query({"cursor": page.next_cursor}))
+        results = [self.body(prediction_id) for prediction_id in page.items]
+        return json_response({"results": results, "next": following})
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_get("/v1/predictions", self.listing)
+        app.router.add_get("/v1/predictions/{id}", self.get)
+
+
+# -- the tour ---------------------------------------------------------------------------------
+
+FAST = aj.PollPolicy(initial=0.05, maximum=0.2, jitter=0.0)
+
+
+async def main() -> None:
+    """Wait on one prediction, watch 200 through one Watcher, resume one from a token."""
+    fake = FakePredictions()
+    async with FakeServer(apis=[fake], clock=FakeClock(speed=20)) as server:
+        async with PredictionsClient(server.token, server.url, poll=FAST) as client:
+            # 1. One prediction, start to finish.
+            one = fake.add([("starting", 1), ("processing", 4), ("succeeded", None)])
+            done = await aj.wait_until_terminal(client.prediction(one), timeout=60)
+            print(f"one prediction: {done.status}, progress {done.progress}")
+
+            # 2. 200 predictions through a Watcher that lists them instead of polling each.
+            ids = [
+                fake.add(
+                    [("starting", 1 + i % 3), ("processing", 2 + i % 5), (final, None)],
+                    error="out of memory",
+                )
+                for i, final in enumerate(["succeeded"] * 180 + ["failed"] * 20)
+            ]
+            before = len(server.requests)
+            async with aj.Watcher(client, poll=FAST) as watcher:
+                for prediction_id in ids:
+                    watcher.add(client.prediction(prediction_id))
+                results = await watcher.wait_all(timeout=60)
+            by_status = Counter(result.status for result in results)
+            print(f"200 predictions: {dict(by_status)} in {len(server.requests) - before} requests")
+
+            # 3. A token survives a restart: the ids and the kind, never a credential.
+            token = client.prediction(ids[0]).to_token()
+        async with PredictionsClient(server.token, server.url, poll=FAST) as restarted:
+            ref = aj.JobRef.from_token(token, restarted)
+            resumed = await aj.wait_until_terminal(ref, timeout=60)
+            print(f"resumed {ref.kind}: {resumed.status}")
+
+
+if __name__ == "__main__":
+    anyio.run(main)
