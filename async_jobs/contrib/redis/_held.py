@@ -29,26 +29,6 @@ class _Held:
         self.settling = False
 
     @property
-    def key(self) -> str:
-        """The job's ref key."""
-        return self.entry.key
-
-    @property
-    def token(self) -> str:
-        """The job's resume token."""
-        return self.entry.token
-
-    @property
-    def watch_id(self) -> str:
-        """The watch id of the entry."""
-        return self.entry.watch
-
-    @property
-    def raw_context(self) -> str:
-        """The caller's context, as the JSON text submitted."""
-        return self.entry.context
-
-    @property
     def attempts(self) -> int:
         """Failed attempts (of the watch or the handler) so far."""
         return self.step.misses if self.step is not None else 0

@@ -9,7 +9,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 from anyio.abc import TaskGroup
@@ -34,6 +34,13 @@ Handler = Callable[[Any, dict[str, Any]], Awaitable[object]]
 
 #: Most watches settled (recorded, acked, ended) in one MULTI.
 SETTLE_BATCH = 200
+
+
+class Counts(Protocol):
+    """Where a settler counts what it settled (the worker's counters)."""
+
+    handled: int
+    dead_lettered: int
 
 
 class _Settle:
@@ -63,6 +70,7 @@ class Settler:
         retry: RetryPolicy,
         limiter: anyio.CapacityLimiter,
         health: Outage,
+        counts: Counts,
     ) -> None:
         self.watches = watches
         self.holding = holding
@@ -72,8 +80,7 @@ class Settler:
         self.health = health
         self.watcher: Watcher | None = None
         self.tg: TaskGroup | None = None
-        self.handled = 0
-        self.dead_lettered = 0
+        self.counts = counts
         self._to_settle: list[_Settle] = []
         self._wake = anyio.Event()
 
@@ -113,7 +120,7 @@ class Settler:
             logger.warning(
                 "%s for %s (attempt %d of %d); watching it again",
                 error,
-                held.key,
+                held.entry.key,
                 held.attempts,
                 self.retry.max_attempts,
             )
@@ -132,7 +139,7 @@ class Settler:
                 if decision.stop is Stop.EXHAUSTED:
                     logger.error(
                         "handler failed for %s %d times, last with %s; dead-lettered",
-                        held.key,
+                        held.entry.key,
                         held.attempts,
                         error,
                     )
@@ -140,7 +147,7 @@ class Settler:
                     return
                 logger.warning(
                     "handler failed for %s (attempt %d of %d): %s; retrying",
-                    held.key,
+                    held.entry.key,
                     held.attempts,
                     self.retry.max_attempts,
                     error,
@@ -151,28 +158,28 @@ class Settler:
             else:
                 break
         record = HandledRecord(
-            key=held.key,
+            key=held.entry.key,
             id=str(job.id),
             state=job.job_state,
             job=job_json(job),
-            context=held.raw_context,
-            watch=held.watch_id,
+            context=held.entry.context,
+            watch=held.entry.watch,
             entry=held.entry_id,
             consumer=self.watches.consumer,
             handled_at=time.time(),
         )
         await self._settle(held, self.watches.results, self.watches.results_maxlen, record)
-        self.handled += 1
+        self.counts.handled += 1
 
     async def dead_letter(self, held: _Held, error: str, job: Any) -> None:
         """Give ``held`` up: its record goes to the dead-letter stream."""
         record = DeadRecord(
-            key=held.key,
-            token=held.token,
-            context=held.raw_context,
+            key=held.entry.key,
+            token=held.entry.token,
+            context=held.entry.context,
             error=error[:MAX_ERROR_CHARS],
             attempts=held.attempts,
-            watch=held.watch_id,
+            watch=held.entry.watch,
             entry=held.entry_id,
             consumer=self.watches.consumer,
             failed_at=time.time(),
@@ -180,7 +187,7 @@ class Settler:
         )
         w = self.watches
         await self._settle(held, w.dead_letter, w.dead_letter_maxlen, record)
-        self.dead_lettered += 1
+        self.counts.dead_lettered += 1
 
     # -- settling ---------------------------------------------------------------------------
 
@@ -220,7 +227,7 @@ class Settler:
         job's watch string that still names the watch being settled (checked under
         ``WATCH``, so a newer watch of the same job is never ended by an older one)."""
         watches = self.watches
-        keys = [watches.job_key(item.held.key) for item in batch if item.held.key]
+        keys = [watches.job_key(item.held.entry.key) for item in batch if item.held.entry.key]
         entry_ids = [item.held.entry_id for item in batch]
         async with watches.redis.pipeline(transaction=True) as pipe:
             ended: list[str] = []
@@ -229,9 +236,9 @@ class Settler:
                 current = dict(zip(keys, await pipe.mget(keys), strict=True))
                 pipe.multi()  # type: ignore[no-untyped-call]
                 for item in batch:
-                    key = watches.job_key(item.held.key) if item.held.key else ""
+                    key = watches.job_key(item.held.entry.key) if item.held.entry.key else ""
                     value = current.get(key)
-                    if value is not None and _str(value) == item.held.watch_id:
+                    if value is not None and _str(value) == item.held.entry.watch:
                         ended.append(key)
             for item in batch:
                 fields = item.record.encode()

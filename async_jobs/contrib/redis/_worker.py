@@ -76,6 +76,8 @@ class DurableWorker:
         self.retry = retry
         self.block = block
         self.rate_limit = rate_limit
+        self.handled: int = 0
+        self.dead_lettered: int = 0
         self.duplicates: int = 0
         self.claimed: int = 0
         self.lost: int = 0
@@ -92,6 +94,7 @@ class DurableWorker:
             retry=retry,
             limiter=anyio.CapacityLimiter(concurrency),
             health=self._health,
+            counts=self,
         )
         self._stack: AsyncExitStack | None = None
         self._reread = False  # set by the keepalive loop: read own pending entries again
@@ -100,16 +103,6 @@ class DurableWorker:
     def consumer(self) -> str:
         """This worker's consumer name in the group."""
         return self.watches.consumer
-
-    @property
-    def handled(self) -> int:
-        """Jobs whose handler succeeded (and whose watch was settled) in this worker."""
-        return self._settler.handled
-
-    @property
-    def dead_lettered(self) -> int:
-        """Watches this worker gave up on (dead-lettered)."""
-        return self._settler.dead_lettered
 
     @property
     def in_flight(self) -> int:
@@ -307,17 +300,18 @@ class DurableWorker:
         except RecordError:
             return "unreadable entry: context is not JSON"
         try:
-            held.ref = JobRef.from_token(held.token, *self.clients)
+            held.ref = JobRef.from_token(held.entry.token, *self.clients)
         except ValueError as exc:
-            return f"cannot watch {held.key}: {exc}"
+            return f"cannot watch {held.entry.key}: {exc}"
         return None
 
     def _lose(self, held: _Held) -> None:
         """Another worker took ``held`` over (this one stalled past ``claim_idle``)."""
         self._held.release(held)
         self.lost += 1
-        logger.info("watch %s of %s was taken over by another worker", held.entry_id, held.key)
-        others = any(other.key == held.key for other in self._held)
+        key = held.entry.key
+        logger.info("watch %s of %s was taken over by another worker", held.entry_id, key)
+        others = any(other.entry.key == key for other in self._held)
         watcher = self._settler.watcher
         if watcher is not None and held.ref is not None and not others:
             watcher.remove(held.ref)
