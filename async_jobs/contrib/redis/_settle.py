@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -56,33 +57,23 @@ class _Settle:
         self.done = anyio.Event()
 
 
+@dataclass(eq=False, kw_only=True)
 class Settler:
     """Follows, handles and settles the watches of one worker (see the module docstring).
     ``watcher`` and ``tg`` are the worker's, set while it runs; :meth:`run` is its settle
-    loop."""
+    loop; ``counts`` (the worker) counts the watches handled and dead-lettered."""
 
-    def __init__(
-        self,
-        watches: DurableWatches,
-        holding: Holding,
-        handler: Handler,
-        *,
-        retry: RetryPolicy,
-        limiter: anyio.CapacityLimiter,
-        health: Outage,
-        counts: Counts,
-    ) -> None:
-        self.watches = watches
-        self.holding = holding
-        self.handler = handler
-        self.retry = retry
-        self.limiter = limiter
-        self.health = health
-        self.watcher: Watcher | None = None
-        self.tg: TaskGroup | None = None
-        self.counts = counts
-        self._to_settle: list[_Settle] = []
-        self._wake = anyio.Event()
+    watches: DurableWatches
+    holding: Holding
+    handler: Handler
+    retry: RetryPolicy
+    limiter: anyio.CapacityLimiter
+    health: Outage
+    counts: Counts
+    watcher: Watcher | None = None
+    tg: TaskGroup | None = None
+    _to_settle: list[_Settle] = field(default_factory=list)
+    _wake: anyio.Event = field(default_factory=anyio.Event)
 
     # -- following --------------------------------------------------------------------------
 

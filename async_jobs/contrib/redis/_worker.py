@@ -88,9 +88,9 @@ class DurableWorker:
             f"redis at {_redis_address(watches.redis)}", logger, quiet=REDIS_QUIET
         )
         self._settler = Settler(
-            watches,
-            self._held,
-            handler,
+            watches=watches,
+            holding=self._held,
+            handler=handler,
             retry=retry,
             limiter=anyio.CapacityLimiter(concurrency),
             health=self._health,
