@@ -1,0 +1,86 @@
+"""Durable watches shared by many service instances, on Redis Streams consumer groups.
+
+Install the extra: ``pip install 'async-jobs[redis]'``; bring your own
+``redis.asyncio.Redis`` (this module never opens a connection itself, so it never sees a URL
+or a password it could log)::
+
+    dw = DurableWatches(redis)
+    await dw.submit(zoo.async_operation(op_id), {"order": 42})      # any instance, any time
+
+    async def handler(job, context):                              # must be idempotent
+        await save_result(job.id, job.job_state, context["order"])
+
+    async with dw.run(zoo, mf, handler=handler, concurrency=16):  # every instance
+        await anyio.sleep_forever()
+
+What lives in Redis (names are options of :class:`DurableWatches`):
+
+- the watches stream (``async_jobs:watches``): one entry per watch, fields ``watch`` (the
+  watch id), ``key`` (the ref's :attr:`~async_jobs.JobRef.key`), ``token`` (its resume token:
+  kind and ids, never a credential), ``context`` (the caller's JSON) and ``submitted`` (epoch
+  seconds). Workers read it through the consumer group ``async_jobs`` with ``XREADGROUP``; an
+  entry is acknowledged (``XACK``) and deleted (``XDEL``) only once its handler succeeded or
+  it was dead-lettered, so the stream holds exactly the unfinished watches and the group's
+  pending list says which worker holds which.
+- one string per watched job, ``<stream>:job:<key>`` = its watch id: what makes ``submit``
+  idempotent. ``submit`` sets it with ``SET NX`` in the same ``MULTI`` as its ``XADD``, so the
+  two happen together or not at all; an entry whose watch id is not the job's current one (the
+  loser of a race between two submits) is deleted by its submitter, or dropped by the worker
+  that reads it. The string is deleted when the watch ends, in the ``MULTI`` that acks the
+  entry, under ``WATCH`` so that only the watch it names can delete it.
+- the results stream (``async_jobs:results``, trimmed with ``MAXLEN ~``): one record per
+  handled job: ``key``, ``id``, ``state``, ``job`` (the terminal job as JSON), ``context``,
+  ``watch``, ``entry``, ``consumer``, ``handled_at``.
+- the dead-letter stream (``async_jobs:dead``): watches given up after ``retry.max_attempts``
+  tries (a handler that keeps raising, a job whose GET ends its wait with 400/401/403/404 on
+  every try; an unreadable entry at once; a 429, 5xx or lost connection only costs a poll):
+  ``key``, ``token``, ``context``, ``error``, ``attempts``, ``watch``, ``entry``,
+  ``consumer``, ``failed_at`` and ``job`` (the terminal job as JSON, or empty).
+
+Delivery is **at least once**: a worker that dies after its handler ran but before the ack, or
+one that stalls longer than ``claim_idle`` while another takes its entries over, means a
+handler runs twice for one job. Handlers must be idempotent: dedupe on ``job.id`` (unique per
+API; the results stream also carries the ref's ``key``, unique across APIs).
+
+A live worker keeps its entries from being taken over: every ``keepalive`` seconds it claims
+the entries it still owns again (``XCLAIM ... JUSTID``, in a script that checks the owner
+first), which resets their idle time; only
+entries idle for ``claim_idle`` seconds, those of a dead or stalled worker, are taken over
+with ``XAUTOCLAIM``. An entry found taken over is dropped by its former holder; one found
+delivered to this worker but never received (a reply lost with its connection, the command
+retried by the client) is read again. A worker that stops cleanly marks the entries it still
+holds as idle (``XCLAIM ... IDLE``), so the others take them over at their next pass. Lost
+Redis connections (a restart, a failover) are retried with backoff in every loop; nothing is
+acked before the handler succeeded.
+
+The package's modules, along its seams: ``_records`` (the stream records as msgspec Structs),
+``_replies`` (Redis replies as plain Python), ``_watches`` (:class:`DurableWatches`: submit,
+status), ``_worker`` (:class:`DurableWorker`: lifecycle, read, claim and keepalive loops),
+``_consumer`` (the stream commands of one consumer), ``_held`` (the watches a worker holds),
+``_settle`` (handler calls, dead letters, the batched settle loop) and ``_backoff`` (waiting
+out Redis trouble on the shared poll step).
+"""
+
+from __future__ import annotations
+
+# Every name of the module this package was (``X as X``: re-exported on purpose).
+from ._backoff import FATAL_ERRORS as FATAL_ERRORS
+from ._backoff import RECOVERABLE_ERRORS as RECOVERABLE_ERRORS
+from ._backoff import REDIS_BACKOFF as REDIS_BACKOFF
+from ._backoff import REDIS_QUIET as REDIS_QUIET
+from ._backoff import logger as logger
+from ._consumer import REFRESH_OWN_SCRIPT as REFRESH_OWN_SCRIPT
+from ._records import MAX_CONTEXT_BYTES as MAX_CONTEXT_BYTES
+from ._replies import _entries as _entries
+from ._replies import _fields as _fields
+from ._replies import _is_nogroup as _is_nogroup
+from ._replies import _redis_address as _redis_address
+from ._replies import _str as _str
+from ._settle import SETTLE_BATCH as SETTLE_BATCH
+from ._settle import Handler
+from ._watches import DEFAULT_RETRY as DEFAULT_RETRY
+from ._watches import DurableStatus, DurableWatches
+from ._watches import default_consumer as default_consumer
+from ._worker import DurableWorker
+
+__all__ = ["DurableStatus", "DurableWatches", "DurableWorker", "Handler"]

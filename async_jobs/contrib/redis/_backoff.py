@@ -1,0 +1,79 @@
+"""How a worker's loops wait out Redis trouble: on the library's one poll step
+(:class:`~async_jobs._policy.PollStep`), logged once per outage."""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import TYPE_CHECKING
+
+import anyio
+from redis import exceptions as redis_errors
+
+from ..._outage import Outage
+from ..._policy import Outcome, PollPolicy, PollStep
+from ..._redact import get_logger
+from ._replies import _is_nogroup
+
+if TYPE_CHECKING:
+    from ._watches import DurableWatches
+
+logger: logging.Logger = get_logger("async_jobs.redis")
+
+#: Seconds after a Redis outage's end during which new trouble counts as part of it.
+REDIS_QUIET = 5.0
+#: How the worker loops back off while Redis is unreachable.
+REDIS_BACKOFF = PollPolicy(initial=0.1, multiplier=2.0, maximum=5.0, jitter=0.2)
+#: Redis errors a worker waits out (a restart, a failover, a dropped connection).
+RECOVERABLE_ERRORS: tuple[type[Exception], ...] = (
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+    redis_errors.ReadOnlyError,
+    OSError,
+)
+#: Redis errors that waiting cannot fix: a wrong password or missing permissions.
+FATAL_ERRORS: tuple[type[Exception], ...] = (
+    redis_errors.AuthenticationError,
+    redis_errors.AuthorizationError,
+    redis_errors.NoPermissionError,
+)
+
+
+class _Backoff:
+    """Waits out Redis trouble in one loop, on the library's one poll step; the worker's
+    :class:`~async_jobs._outage.Outage` logs the start and the end of an outage."""
+
+    def __init__(self, watches: DurableWatches, what: str, health: Outage) -> None:
+        self.watches = watches
+        self.what = what
+        self.health = health
+        self.step = PollStep(REDIS_BACKOFF)
+
+    async def trouble(self, exc: Exception) -> None:
+        """Wait out ``exc`` if it is a passing Redis problem; re-raise anything else."""
+        if isinstance(exc, FATAL_ERRORS):
+            raise exc
+        if _is_nogroup(exc):
+            self.watches._group_ready = False  # the group is gone (data lost): make it again
+        elif not isinstance(exc, RECOVERABLE_ERRORS):
+            raise exc
+        now = anyio.current_time()
+        decision = self.step.record(Outcome.MISSED, now, rand=random.random())
+        self.health.failed(f"{type(exc).__name__}: {exc}, while {self.what}", now)
+        logger.debug(
+            "redis trouble while %s (%s: %s); retry %d in %.2f s",
+            self.what,
+            type(exc).__name__,
+            exc,
+            self.step.misses,
+            decision.delay,
+        )
+        await anyio.sleep(decision.delay)
+
+    def ok(self) -> None:
+        """The loop's last Redis command was answered."""
+        if self.step.misses or self.health.failures:
+            now = anyio.current_time()
+            if self.step.misses:
+                self.step.record(Outcome.CHANGED, now)
+            self.health.answered(now)

@@ -1,0 +1,148 @@
+"""The stream commands of one consumer of the watches group, with their replies parsed: what a
+worker reads, claims, refreshes, drops and hands over."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from redis import exceptions as redis_errors
+
+from ..._redact import get_logger
+from ._replies import Entry, _entries, _fields, _str
+
+if TYPE_CHECKING:
+    from ._watches import DurableWatches
+
+logger: logging.Logger = get_logger("async_jobs.redis")
+
+#: Reset the idle time of the given entries that the pending list still gives to ARGV[2]
+#: (``XCLAIM JUSTID``), atomically: a plain XPENDING then XCLAIM would take back an entry that
+#: another worker claimed in between (both workers would then handle it).
+REFRESH_OWN_SCRIPT = """
+for i = 3, #ARGV do
+  local entry = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)[1]
+  if entry and entry[2] == ARGV[2] then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+  end
+end
+"""
+#: The cursor ``XAUTOCLAIM`` starts from and returns once it went through the pending list.
+NO_MORE = "0-0"
+_PAGE = 1000
+
+
+class Consumer:
+    """``watches.consumer`` in ``watches.group`` on ``watches.stream``."""
+
+    def __init__(self, watches: DurableWatches) -> None:
+        self.watches = watches
+        self.redis = watches.redis
+        self.name = watches.consumer
+        self._refresh_own = watches.redis.register_script(REFRESH_OWN_SCRIPT)
+
+    async def read(self, cursor: str, count: int, block: float) -> list[Entry]:
+        """``XREADGROUP``: new entries (cursor ``>``, waiting up to ``block`` seconds for
+        some), or this consumer's own pending entries after ``cursor``."""
+        w = self.watches
+        await w.ensure_group()
+        if cursor == ">":
+            reply = await self.redis.xreadgroup(
+                w.group, self.name, {w.stream: ">"}, count=count, block=max(int(block * 1000), 1)
+            )
+        else:
+            reply = await self.redis.xreadgroup(w.group, self.name, {w.stream: cursor}, count=count)
+        return _entries(reply)
+
+    async def autoclaim(self, start: str, count: int, idle_ms: int) -> tuple[str, list[Entry]]:
+        """``XAUTOCLAIM`` entries idle for ``idle_ms``: the next cursor and the entries."""
+        w = self.watches
+        await w.ensure_group()
+        reply = await self.redis.xautoclaim(
+            w.stream, w.group, self.name, min_idle_time=idle_ms, start_id=start, count=count
+        )
+        # Redis 6.2 claims an entry deleted while pending as a nil, without its id: it is
+        # this consumer's now, and the next re-read of its own pending entries (the keepalive
+        # sees it) acknowledges it.
+        claimed = [(_str(i), _fields(raw)) for i, raw in reply[1] if i is not None]
+        return _str(reply[0]), claimed
+
+    async def drop(self, entry_ids: Sequence[str]) -> None:
+        """Acknowledge and delete entries there is nothing to do for."""
+        w = self.watches
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xack(w.stream, w.group, *entry_ids)
+            pipe.xdel(w.stream, *entry_ids)
+            await pipe.execute()
+
+    async def owners(self, keys: Sequence[str]) -> list[str | None]:
+        """The current watch id of each job (by ref key), None for a job not watched."""
+        if not keys:
+            return []
+        values = await self.redis.mget([self.watches.job_key(key) for key in keys])
+        return [None if value is None else _str(value) for value in values]
+
+    async def own_pending(self) -> dict[str, int]:
+        """Every entry the group's pending list attributes to this consumer: its id and how
+        long ago (ms) it was delivered or last claimed."""
+        ids: dict[str, int] = {}
+        start = "-"
+        while True:
+            page = await self.redis.xpending_range(
+                self.watches.stream,
+                self.watches.group,
+                min=start,
+                max="+",
+                count=_PAGE,
+                consumername=self.name,
+            )
+            ids.update(
+                (_str(item["message_id"]), int(item["time_since_delivered"])) for item in page
+            )
+            if len(page) < _PAGE:
+                return ids
+            start = "(" + _str(page[-1]["message_id"])
+
+    async def refresh(self, entry_ids: Sequence[str]) -> None:
+        """Reset the idle time of the entries still this consumer's (:data:`REFRESH_OWN_SCRIPT`)."""
+        for start in range(0, len(entry_ids), _PAGE):
+            await self._refresh_own(
+                keys=[self.watches.stream],
+                args=[self.watches.group, self.name, *entry_ids[start : start + _PAGE]],
+            )
+
+    async def hand_over(self, entry_ids: Sequence[str], idle_ms: int) -> None:
+        """Mark entries as idle for ``idle_ms`` already (``XCLAIM ... IDLE``), so the other
+        workers take them over at their next pass (best effort: otherwise they wait)."""
+        try:
+            for start in range(0, len(entry_ids), _PAGE):
+                await self.redis.xclaim(
+                    self.watches.stream,
+                    self.watches.group,
+                    self.name,
+                    min_idle_time=0,
+                    message_ids=list[Any](entry_ids[start : start + _PAGE]),
+                    idle=idle_ms,
+                    justid=True,
+                )
+        except redis_errors.RedisError as exc:
+            logger.debug("could not hand over %d watches: %s", len(entry_ids), exc)
+
+    async def forget(self) -> None:
+        """Leave the group's consumer list if this consumer holds nothing (best effort)."""
+        try:
+            mine = await self.redis.xpending_range(
+                self.watches.stream,
+                self.watches.group,
+                min="-",
+                max="+",
+                count=1,
+                consumername=self.name,
+            )
+            if not mine:
+                await self.redis.xgroup_delconsumer(
+                    self.watches.stream, self.watches.group, self.name
+                )
+        except redis_errors.RedisError as exc:
+            logger.debug("could not remove consumer %s: %s", self.name, exc)
