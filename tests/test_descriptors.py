@@ -28,6 +28,7 @@ class Thing(aj.JobModel, kw_only=True, frozen=True):
     status_field: ClassVar[str] = "phase"
     id: str
     phase: str
+    error: str | None = None
 
 
 def test_state_table_known_active_and_prefix_rules(caplog: pytest.LogCaptureFixture) -> None:

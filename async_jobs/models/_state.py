@@ -108,6 +108,7 @@ class JobModel(msgspec.Struct, kw_only=True, frozen=True):
             state_table: ClassVar[aj.StateTable] = PREDICTION_STATES
             id: str
             status: str
+            error: str | None = None
     """
 
     state_table: ClassVar[StateTable]
@@ -127,9 +128,3 @@ class JobModel(msgspec.Struct, kw_only=True, frozen=True):
     def progress(self) -> float | None:
         """1.0 once terminal; None before (the API reports no progress)."""
         return 1.0 if self.is_terminal else None
-
-    @property
-    def error(self) -> str | None:
-        """Why the job failed, if the API says (None here; a model overrides it with a field
-        or a property)."""
-        return None

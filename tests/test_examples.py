@@ -1,0 +1,59 @@
+"""examples/custom_api.py, a fourth job API built on the public extension point, runs as a user
+runs it, uses only public names, and type-checks."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "custom_api.py"
+
+
+def test_the_custom_api_example_runs() -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLE)],
+        capture_output=True,
+        text=True,
+        timeout=120,  # a hang guard only: it takes about a second
+        env=env,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "one prediction: succeeded, progress 1.0"
+    assert lines[1].startswith("200 predictions: {'succeeded': 180, 'failed': 20}, ")
+    # The Watcher listed them: one GET per prediction to read how it ended, no more.
+    assert lines[1].endswith(" + 200 GETs")
+    assert lines[2] == "resumed replicate.prediction: succeeded"
+
+
+def test_the_example_uses_only_public_names() -> None:
+    tree = ast.parse(EXAMPLE.read_text())
+    private = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module != "__future__":
+            private += [node.module] if "._" in f".{node.module}" else []
+            private += [alias.name for alias in node.names if alias.name.startswith("_")]
+        elif (
+            isinstance(node, ast.Attribute)
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+            and not (isinstance(node.value, ast.Name) and node.value.id == "self")
+        ):
+            private.append(node.attr)
+    assert private == []
+
+
+def test_readme_excerpt_is_the_example() -> None:
+    """The README's "Your own job API" block is an excerpt of the example, word for word."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Your own job API", 1)[1].split("\n## ", 1)[0]
+    excerpt = section.split("```python\n", 1)[1].split("```", 1)[0]
+    source = EXAMPLE.read_text()
+    for chunk in excerpt.split("\n...\n"):
+        assert chunk.strip() in source, chunk
