@@ -219,7 +219,3 @@ class ApiClient:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
-
-
-#: The name contrib modules used before :class:`ApiClient` was public.
-BaseClient = ApiClient

@@ -38,7 +38,7 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from . import events
-from ._client import BaseClient
+from ._client import ApiClient
 from ._errors import (
     ApiError,
     AuthenticationError,
@@ -115,7 +115,7 @@ class Watcher:
 
     def __init__(
         self,
-        *clients: BaseClient,
+        *clients: ApiClient,
         poll: PollPolicy | None = None,
         max_concurrency: int = 16,
         rate_limit: float | None = None,
@@ -131,7 +131,7 @@ class Watcher:
             raise ValueError("max_concurrency must be >= 1")
         if stall_timeout is not None and not stall_timeout > 0:
             raise ValueError("stall_timeout must be > 0 or None")
-        self.clients: tuple[BaseClient, ...] = clients
+        self.clients: tuple[ApiClient, ...] = clients
         self.poll: PollPolicy = poll or PollPolicy()
         self.max_concurrency: int = max_concurrency
         self.rate_limit: float | None = rate_limit
@@ -270,7 +270,7 @@ class Watcher:
         )
 
     @classmethod
-    def restore(cls, data: bytes, *clients: BaseClient, **options: Any) -> Watcher:
+    def restore(cls, data: bytes, *clients: ApiClient, **options: Any) -> Watcher:
         """A new watcher over the jobs of a :meth:`snapshot`, rebuilt with ``clients``; they
         are watched once it is entered (use :meth:`as_completed` or :meth:`wait_all`)."""
         try:

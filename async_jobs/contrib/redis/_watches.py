@@ -14,7 +14,7 @@ from typing import Any
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
-from ..._client import BaseClient
+from ..._client import ApiClient
 from ..._policy import PollPolicy, RetryPolicy
 from ..._poll import JobRef
 from ._records import WatchEntry, encode_context
@@ -179,7 +179,7 @@ class DurableWatches:
 
     def run(
         self,
-        *clients: BaseClient,
+        *clients: ApiClient,
         handler: Handler,
         concurrency: int = 16,
         prefetch: int = 10_000,

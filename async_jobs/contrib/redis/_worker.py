@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import anyio
 from redis.asyncio import Redis
 
-from ..._client import BaseClient
+from ..._client import ApiClient
 from ..._outage import Outage
 from ..._policy import PollPolicy, RetryPolicy
 from ..._poll import JobRef
@@ -44,7 +44,7 @@ class DurableWorker:
     def __init__(
         self,
         watches: DurableWatches,
-        clients: Sequence[BaseClient],
+        clients: Sequence[ApiClient],
         handler: Handler,
         *,
         concurrency: int,
@@ -66,7 +66,7 @@ class DurableWorker:
         if block < 0:
             raise ValueError("block must be >= 0")
         self.watches = watches
-        self.clients: tuple[BaseClient, ...] = tuple(clients)
+        self.clients: tuple[ApiClient, ...] = tuple(clients)
         self.handler = handler
         self.concurrency = concurrency
         self.prefetch = prefetch
