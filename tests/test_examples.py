@@ -4,10 +4,18 @@ runs it, uses only public names, and type-checks."""
 from __future__ import annotations
 
 import ast
+import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
+
+from async_jobs.testing import FakeApiServer, FakeClock
+
+from .conftest import TOKEN, eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "custom_api.py"
@@ -57,3 +65,38 @@ def test_readme_excerpt_is_the_example() -> None:
     source = EXAMPLE.read_text()
     for chunk in excerpt.split("\n...\n"):
         assert chunk.strip() in source, chunk
+
+
+def _example_module() -> Any:
+    spec = importlib.util.spec_from_file_location("custom_api_example", EXAMPLE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclass and msgspec annotations resolve through it
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.anyio
+async def test_durable_watches_serve_a_job_api_of_your_own(redis_client: Any) -> None:
+    """The fourth API's jobs go through a durable worker too: the worker remakes each ref
+    from its token with the example's client, by kind, with no code for that API."""
+    from async_jobs.contrib.redis import DurableWatches
+
+    example = _example_module()
+    fake = example.FakePredictions()
+    handled: dict[str, str] = {}
+
+    async def handler(job: Any, context: dict[str, Any]) -> None:
+        handled[job.id] = job.status
+
+    async with FakeApiServer(token=TOKEN, apis=[fake], clock=FakeClock(speed=0)) as server:
+        ids = [fake.add([("processing", 5), (final, None)]) for final in ("succeeded", "failed")]
+        async with example.PredictionsClient(TOKEN, server.url, poll=example.FAST) as client:
+            watches = DurableWatches(redis_client)
+            await watches.submit_many(client.prediction(one) for one in ids)
+            async with watches.run(client, handler=handler, poll=example.FAST) as worker:
+                await eventually(lambda: worker.in_flight == 2, timeout=30)
+                server.clock.advance(5)
+                await eventually(lambda: len(handled) == 2, timeout=30)
+    assert handled == {ids[0]: "succeeded", ids[1]: "failed"}
+    assert await redis_client.xlen("async_jobs:results") == 2
