@@ -43,6 +43,7 @@ class Render(aj.JobModel, kw_only=True, frozen=True):
     stage: str
     submitted: str | None = None
     frame: int | None = None
+    error: str | None = None
 
     @property
     def status_detail(self) -> str | None:
@@ -81,7 +82,13 @@ def test_json_records_carry_the_kind_name_and_the_model_status_field() -> None:
     record = job_record("update", RENDER, Render(id="r-1", stage="rendering", frame=3))
     assert record["kind"] == "farm.render"
     assert record["status"] == "rendering" and record["state"] == "running"
-    assert record["job"] == {"id": "r-1", "stage": "rendering", "submitted": None, "frame": 3}
+    assert record["job"] == {
+        "id": "r-1",
+        "stage": "rendering",
+        "submitted": None,
+        "frame": 3,
+        "error": None,
+    }
     conversion = aj.DatasetConversion(id="c", status="in_progress", phase="kcl_generation")
     assert conversion.status_detail == "kcl_generation"
     assert aj.AsyncOperation(id="o", status="queued").status_detail is None
@@ -113,6 +120,7 @@ class Op(aj.JobModel, kw_only=True, frozen=True):
     state_table: ClassVar[aj.StateTable] = aj.ZooClient.api.kinds[0].states
     id: str
     status: str
+    error: str | None = None
 
 
 MINE = aj.JobKind("mine.op", Op, "/async/operations/{id}", label="mine")

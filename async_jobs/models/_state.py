@@ -137,4 +137,3 @@ class JobModel(msgspec.Struct, kw_only=True, frozen=True):
         """A short note beside the raw status, such as a pipeline phase, that displays show
         as ``status · detail`` (None here: a model overrides it when its API has one)."""
         return None
-
