@@ -27,15 +27,6 @@ def _reporter(out: Output, kind: JobKind[Any]) -> Callable[[Any], None]:
     return lambda job: out.update(kind, job)
 
 
-def _client_of(name: str, *clients: ApiClient) -> tuple[ApiClient, JobKind[Any]]:
-    """The client serving the kind called ``name``, and that kind."""
-    for client in clients:
-        kind = client.api.kind(name)
-        if kind is not None:
-            return client, kind
-    raise ValueError(f"the demo cannot watch {name}")
-
-
 async def run_demo(out: Output, *, speed: float = 1.0) -> list[dict[str, Any]]:
     """Run the demo, report through ``out``, and return the summary rows (one per job)."""
     rows: list[dict[str, Any]] = []
@@ -51,8 +42,10 @@ async def run_demo(out: Output, *, speed: float = 1.0) -> list[dict[str, Any]]:
                 watcher: Watcher
                 async with Watcher(zoo, mf, poll=DEMO_POLL) as watcher:
                     expected: dict[str, tuple[ScenarioJob, JobKind[Any]]] = {}
+                    clients: tuple[ApiClient, ...] = (zoo, mf)
+                    served = {kind.name: (c, kind) for c in clients for kind in c.api.kinds}
                     for job in jobs:
-                        client, kind = _client_of(job.kind, zoo, mf)
+                        client, kind = served[job.kind]
                         expected[job.ids[-1]] = job, kind
                         watcher.add(client.ref(kind, *job.ids), on_update=_reporter(out, kind))
                     final: Any

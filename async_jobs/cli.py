@@ -84,6 +84,7 @@ def open_client(args: argparse.Namespace) -> ApiClient:
     MissingToken, with the client's own hint, if it finds no credential."""
     client_class: type[ApiClient] = args.client
     token = _read_token_file(args.token_file)
+    # Every client the CLI builds takes token= and base_url= (ApiClient itself does not).
     client = client_class(token=token, base_url=args.base_url)  # type: ignore[call-arg]
     if not client.has_credentials:
         raise MissingToken(f"{client_class.credentials_hint}, or pass --token-file")
