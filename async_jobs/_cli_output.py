@@ -21,31 +21,48 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import IO, Any
+from typing import IO, Any, TypeAlias
 
 import msgspec
 
+from ._api import JobKind
 from ._poll import Job
 
-__all__ = ["LOG_FORMAT", "JsonOutput", "Output", "RichOutput", "job_record", "raw_status"]
+__all__ = [
+    "LOG_FORMAT",
+    "JsonOutput",
+    "Kind",
+    "Output",
+    "RichOutput",
+    "job_record",
+    "kind_name",
+    "raw_status",
+]
+
+#: What the output methods take as a job's kind: its descriptor (whose ``label`` a terminal
+#: shows), or just its name (shown as is).
+Kind: TypeAlias = "JobKind[Any] | str"
 
 #: The format of a library log line on standard error (JSON mode, or no rich).
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def raw_status(job: Any) -> str | None:
-    """The API's own status string of a job model (``status`` or Metafold's ``state``)."""
-    value = getattr(job, "status", None)
-    if value is None:
-        value = getattr(job, "state", None)
+    """The API's own status string of a job model (the field its ``status_field`` names)."""
+    value = getattr(job, getattr(type(job), "status_field", "status"), None)
     return value if isinstance(value, str) else None
 
 
-def job_record(event: str, kind: str, job: Any) -> dict[str, Any]:
+def kind_name(kind: Kind) -> str:
+    """The stable name of ``kind`` (what JSON records carry)."""
+    return kind if isinstance(kind, str) else kind.name
+
+
+def job_record(event: str, kind: Kind, job: Any) -> dict[str, Any]:
     """The JSON-lines record of ``job`` for ``event``."""
     return {
         "event": event,
-        "kind": kind,
+        "kind": kind_name(kind),
         "id": job.id,
         "state": job.job_state.value,
         "status": raw_status(job),
@@ -55,45 +72,38 @@ def job_record(event: str, kind: str, job: Any) -> dict[str, Any]:
     }
 
 
-#: Short names of job kinds for narrow terminals.
-SHORT_KINDS = {
-    "zoo.async_operation": "operation",
-    "zoo.dataset_conversion": "conversion",
-    "metafold.job": "mf job",
-    "metafold.workflow": "mf workflow",
-}
-
-
-def _short(kind: str) -> str:
-    return SHORT_KINDS.get(kind, kind)
-
-
 def _label(job: Any) -> str:
-    phase = getattr(job, "phase", None)
+    detail = getattr(job, "status_detail", None)
     status = raw_status(job) or "?"
-    return f"{status} · {phase}" if isinstance(phase, str) and phase else status
+    return f"{status} · {detail}" if isinstance(detail, str) and detail else status
+
+
+def _created(job: Any) -> Any:
+    return getattr(job, getattr(type(job), "created_field", "created_at"), None)
 
 
 class Output(abc.ABC):
-    """The renderer interface the CLI writes through."""
+    """The renderer interface the CLI writes through. Each job comes with its :data:`Kind`:
+    records carry the kind's name, a terminal shows its label, and the raw status is the
+    field the model's ``status_field`` names, with its ``status_detail`` beside it."""
 
     @abc.abstractmethod
-    def item(self, kind: str, job: Any) -> None:
+    def item(self, kind: Kind, job: Any) -> None:
         """One item of a listing."""
 
     def end_items(self) -> None:  # noqa: B027 - optional hook; most outputs stream items
         """The listing is complete."""
 
     @abc.abstractmethod
-    def job(self, kind: str, job: Any) -> None:
+    def job(self, kind: Kind, job: Any) -> None:
         """One fetched job, in full."""
 
     @abc.abstractmethod
-    def update(self, kind: str, job: Any) -> None:
+    def update(self, kind: Kind, job: Any) -> None:
         """A watched job changed."""
 
     @abc.abstractmethod
-    def final(self, kind: str, job: Any) -> None:
+    def final(self, kind: Kind, job: Any) -> None:
         """A watched job reached its final state."""
 
     @abc.abstractmethod
@@ -131,19 +141,19 @@ class JsonOutput(Output):
         self._stream.write(self._encoder.encode(record).decode() + "\n")
         self._stream.flush()
 
-    def item(self, kind: str, job: Any) -> None:
+    def item(self, kind: Kind, job: Any) -> None:
         """One ``item`` line."""
         self._write(job_record("item", kind, job))
 
-    def job(self, kind: str, job: Any) -> None:
+    def job(self, kind: Kind, job: Any) -> None:
         """One ``job`` line."""
         self._write(job_record("job", kind, job))
 
-    def update(self, kind: str, job: Any) -> None:
+    def update(self, kind: Kind, job: Any) -> None:
         """One ``update`` line."""
         self._write(job_record("update", kind, job))
 
-    def final(self, kind: str, job: Any) -> None:
+    def final(self, kind: Kind, job: Any) -> None:
         """One ``final`` line."""
         self._write(job_record("final", kind, job))
 
@@ -174,16 +184,27 @@ class RichOutput(Output):
             transient=False,
         )
         self._tasks: dict[tuple[str, str], Any] = {}
+        #: Kind name -> label, of every kind this output has shown (a summary row names its
+        #: kind by name).
+        self._labels: dict[str, str] = {}
         self._table: Any = None
         self._started = time.monotonic()
 
-    def item(self, kind: str, job: Any) -> None:
+    def _short(self, kind: Kind) -> str:
+        """The label a narrow terminal shows for ``kind`` (a name: the label of the kind of
+        that name seen before, else the name)."""
+        if isinstance(kind, str):
+            return self._labels.get(kind, kind)
+        self._labels[kind.name] = kind.label
+        return kind.label
+
+    def item(self, kind: Kind, job: Any) -> None:
         """A row of the listing table."""
         from rich.table import Table
 
         if self._table is None:
             self._table = Table("id", "state", "status", "progress", "created", "error")
-        created = getattr(job, "created_at", None) or getattr(job, "created", None)
+        created = _created(job)
         progress = "" if job.progress is None else f"{job.progress:.0%}"
         self._table.add_row(
             job.id, job.job_state.value, _label(job), progress, str(created or ""), job.error or ""
@@ -197,11 +218,11 @@ class RichOutput(Output):
             self.console.print(self._table)
         self._table = None
 
-    def job(self, kind: str, job: Any) -> None:
+    def job(self, kind: Kind, job: Any) -> None:
         """A key/value view of one job."""
         from rich.table import Table
 
-        table = Table(show_header=False, title=f"{kind} {job.id}")
+        table = Table(show_header=False, title=f"{kind_name(kind)} {job.id}")
         table.add_row("state", job.job_state.value)
         for key, value in msgspec.to_builtins(job).items():
             if value not in (None, [], {}, ""):
@@ -209,21 +230,21 @@ class RichOutput(Output):
                 table.add_row(key, text if len(text) < 200 else text[:200] + "…")
         self.console.print(table)
 
-    def _task(self, kind: str, job: Job) -> Any:
-        key = (kind, job.id)
+    def _task(self, kind: Kind, job: Job) -> Any:
+        key = (kind_name(kind), job.id)
         if key not in self._tasks:
             self._tasks[key] = self._progress.add_task(
-                _label(job), total=1.0, kind=_short(kind), short=job.id[:8]
+                _label(job), total=1.0, kind=self._short(kind), short=job.id[:8]
             )
         return self._tasks[key]
 
-    def update(self, kind: str, job: Any) -> None:
+    def update(self, kind: Kind, job: Any) -> None:
         """Move the job's progress bar."""
         task = self._task(kind, job)
         done = 1.0 if job.is_terminal else (job.progress or 0.0)
         self._progress.update(task, completed=done, description=_label(job))
 
-    def final(self, kind: str, job: Any) -> None:
+    def final(self, kind: Kind, job: Any) -> None:
         """Mark the job's bar with its outcome."""
         task = self._task(kind, job)
         colour = {"succeeded": "green", "failed": "red", "canceled": "yellow"}.get(
@@ -248,7 +269,7 @@ class RichOutput(Output):
         for row in rows:
             table.add_row(
                 row["id"][:8],
-                _short(row["kind"]),
+                self._short(row["kind"]),
                 row["state"],
                 f"{row['duration']:.2f}s",
                 row.get("error") or "",

@@ -100,6 +100,9 @@ class ApiClient:
 
     #: The API this client speaks: its job kinds, error bodies and request-id header.
     api: ClassVar[JobApi] = JobApi("api")
+    #: What a user is told when this client was made without a credential, naming the
+    #: environment variables it reads (the CLI adds how else to give one).
+    credentials_hint: ClassVar[str] = "no API credentials"
 
     def __init__(
         self,
@@ -184,6 +187,12 @@ class ApiClient:
         :meth:`JobRef.from_token` and :meth:`Watcher.restore` find a job's client)."""
         found = self.api.kind(kind)
         return self.ref(found, *ids) if found is not None else None
+
+    @property
+    def has_credentials(self) -> bool:
+        """True if the client has a credential to send (a token, or client credentials to
+        exchange for one), from its arguments or the environment."""
+        return bool(self._http.secrets)
 
     @property
     def base_url(self) -> str:

@@ -8,7 +8,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ._api import JobKind
 from ._cli_output import Output
+from ._client import ApiClient
 from ._policy import PollPolicy
 from ._watcher import Watcher
 from .metafold import MetafoldClient
@@ -21,7 +23,7 @@ __all__ = ["run_demo"]
 DEMO_POLL = PollPolicy(initial=0.1, multiplier=1.5, maximum=0.4, jitter=0.1)
 
 
-def _reporter(out: Output, kind: str) -> Callable[[Any], None]:
+def _reporter(out: Output, kind: JobKind[Any]) -> Callable[[Any], None]:
     return lambda job: out.update(kind, job)
 
 
@@ -39,17 +41,17 @@ async def run_demo(out: Output, *, speed: float = 1.0) -> list[dict[str, Any]]:
             with out.watching():
                 watcher: Watcher
                 async with Watcher(zoo, mf, poll=DEMO_POLL) as watcher:
-                    expected: dict[str, ScenarioJob] = {}
+                    expected: dict[str, tuple[ScenarioJob, JobKind[Any]]] = {}
+                    clients: tuple[ApiClient, ...] = (zoo, mf)
+                    served = {kind.name: (c, kind) for c in clients for kind in c.api.kinds}
                     for job in jobs:
-                        ref = zoo.job_ref(job.kind, job.ids) or mf.job_ref(job.kind, job.ids)
-                        if ref is None:
-                            raise ValueError(f"the demo cannot watch {job.kind}")
-                        expected[job.ids[-1]] = job
-                        watcher.add(ref, on_update=_reporter(out, ref.kind))
+                        client, kind = served[job.kind]
+                        expected[job.ids[-1]] = job, kind
+                        watcher.add(client.ref(kind, *job.ids), on_update=_reporter(out, kind))
                     final: Any
                     async for final in watcher.as_completed():
-                        job = expected[final.id]
-                        out.final(job.kind, final)
+                        job, kind = expected[final.id]
+                        out.final(kind, final)
                         rows.append(
                             {
                                 "id": final.id,

@@ -19,23 +19,30 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 
+from ._api import JobKind
 from ._cli_output import Output, make_output
-from ._client import from_env
+from ._client import ApiClient
 from ._errors import ApiError, AsyncJobsError, WaitTimeout
 from ._poll import JobRef, wait_until_terminal
 from ._redact import get_logger
 from ._version import __version__
-from .metafold import MetafoldClient, wait_for_workflow_jobs
+from .metafold import METAFOLD_JOB, METAFOLD_WORKFLOW, MetafoldClient, wait_for_workflow_jobs
 from .models._state import JobState
-from .models.zoo import CONVERSION_SORT_MODES, OPERATION_SORT_MODES, OPERATION_STATUSES
-from .zoo import ZooClient
+from .models.zoo import (
+    CONVERSION_SORT_MODES,
+    OPERATION_SORT_MODES,
+    OPERATION_STATUSES,
+    AsyncOperation,
+    DatasetConversion,
+)
+from .zoo import ASYNC_OPERATION, DATASET_CONVERSION, ZooClient
 
 __all__ = ["EXIT_CODES", "main"]
 
@@ -71,16 +78,17 @@ def _read_token_file(path: str | None) -> str | None:
         raise MissingToken(f"cannot read --token-file {path}: {exc.strerror}") from None
 
 
-def zoo_client(args: argparse.Namespace) -> ZooClient:
-    """A ZooClient from --token-file / --base-url or the environment."""
-    token = _read_token_file(args.token_file) or from_env(
-        None, "ZOO_API_TOKEN", "KITTYCAD_API_TOKEN"
-    )
-    if not token:
-        raise MissingToken(
-            "no Zoo API token: set ZOO_API_TOKEN (or KITTYCAD_API_TOKEN), or pass --token-file"
-        )
-    return ZooClient(token=token, base_url=args.base_url)
+def open_client(args: argparse.Namespace) -> ApiClient:
+    """The command's client (``args.client``, an :class:`ApiClient` class taking ``token``
+    and ``base_url``) from --token-file / --base-url or the environment the client reads;
+    MissingToken, with the client's own hint, if it finds no credential."""
+    client_class: type[ApiClient] = args.client
+    token = _read_token_file(args.token_file)
+    # Every client the CLI builds takes token= and base_url= (ApiClient itself does not).
+    client = client_class(token=token, base_url=args.base_url)  # type: ignore[call-arg]
+    if not client.has_credentials:
+        raise MissingToken(f"{client_class.credentials_hint}, or pass --token-file")
+    return client
 
 
 def exit_code_for(job: Any) -> int:
@@ -89,139 +97,119 @@ def exit_code_for(job: Any) -> int:
 
 
 async def wait_and_show(
-    ref: JobRef[Any], out: Output, timeout: float | None, poll: Any = None
+    ref: JobRef[Any], kind: JobKind[Any], out: Output, timeout: float | None, poll: Any = None
 ) -> int:
-    """Wait for ``ref`` showing every change, then the final record; the exit code."""
+    """Wait for ``ref`` (a job of ``kind``) showing every change, then the final record; the
+    exit code."""
     with out.watching():
         final = await wait_until_terminal(
-            ref, timeout=timeout, poll=poll, on_update=lambda job: out.update(ref.kind, job)
+            ref, timeout=timeout, poll=poll, on_update=lambda job: out.update(kind, job)
         )
-        out.final(ref.kind, final)
+        out.final(kind, final)
     return exit_code_for(final)
 
 
-# -- zoo ops ----------------------------------------------------------------------------------
+# -- every kind: list, get, wait ------------------------------------------------------------
+# A command's parser sets ``client`` (the ApiClient class), ``kind`` (the JobKind), ``ids``
+# (its arguments as the kind's ids, in path order) and, for ``list``, ``lister``.
+
+#: A command's arguments as the ids of one job (in the order of its kind's ``id_names``).
+Ids = Callable[[Any, argparse.Namespace], tuple[str, ...]]
+#: A ``list`` command's listing: the client and the arguments to the jobs to show.
+Lister = Callable[[Any, argparse.Namespace], AsyncIterator[Any]]
 
 
-async def zoo_ops_list(args: argparse.Namespace, out: Output) -> int:
-    """``zoo ops list``."""
-    async with zoo_client(args) as zoo:
-        async for op in zoo.iter_async_operations(
-            status=args.status or None,
-            sort_by=args.sort,
-            limit=args.limit,
-            max_items=args.max_items,
-        ):
-            out.item("zoo.async_operation", op)
+async def list_jobs(args: argparse.Namespace, out: Output) -> int:
+    """``... list``: every job the command's lister yields."""
+    lister: Lister = args.lister
+    async with open_client(args) as client:
+        async for job in lister(client, args):
+            out.item(args.kind, job)
     out.end_items()
     return EXIT_OK
 
 
-async def zoo_ops_get(args: argparse.Namespace, out: Output) -> int:
-    """``zoo ops get ID``."""
-    async with zoo_client(args) as zoo:
-        out.job("zoo.async_operation", await zoo.get_async_operation(args.id))
+async def get_job(args: argparse.Namespace, out: Output) -> int:
+    """``... get [IDS] ID``: the job, fetched once."""
+    ids: Ids = args.ids
+    async with open_client(args) as client:
+        out.job(args.kind, await client.fetch(args.kind, *ids(client, args)))
     return EXIT_OK
 
 
-async def zoo_ops_wait(args: argparse.Namespace, out: Output) -> int:
-    """``zoo ops wait ID``."""
-    async with zoo_client(args) as zoo:
-        return await wait_and_show(zoo.async_operation(args.id), out, args.timeout)
+async def wait_job(args: argparse.Namespace, out: Output) -> int:
+    """``... wait [IDS] ID``: the job's progress until it ends (a phase-labelled bar for a
+    conversion)."""
+    ids: Ids = args.ids
+    async with open_client(args) as client:
+        ref = client.ref(args.kind, *ids(client, args))
+        return await wait_and_show(ref, args.kind, out, args.timeout)
 
 
-# -- zoo conversions --------------------------------------------------------------------------
+# -- zoo --------------------------------------------------------------------------------------
 
 
-async def zoo_conversions_list(args: argparse.Namespace, out: Output) -> int:
-    """``zoo conversions list DATASET``."""
-    async with zoo_client(args) as zoo:
-        async for conversion in zoo.iter_dataset_conversions(
-            args.dataset,
-            sort_by=args.sort,
-            limit=args.limit,
-            max_items=args.max_items,
-            filter=args.filter,
-            q=args.q,
-            phase=args.phase,
-        ):
-            out.item("zoo.dataset_conversion", conversion)
-    out.end_items()
-    return EXIT_OK
+def _job_id(client: Any, args: argparse.Namespace) -> tuple[str, ...]:
+    return (args.id,)
 
 
-async def zoo_conversions_get(args: argparse.Namespace, out: Output) -> int:
-    """``zoo conversions get DATASET ID``."""
-    async with zoo_client(args) as zoo:
-        conversion = await zoo.get_dataset_conversion(args.dataset, args.id)
-        out.job("zoo.dataset_conversion", conversion)
-    return EXIT_OK
+def _dataset_ids(client: Any, args: argparse.Namespace) -> tuple[str, ...]:
+    return (args.dataset, args.id)
 
 
-async def zoo_conversions_wait(args: argparse.Namespace, out: Output) -> int:
-    """``zoo conversions wait DATASET ID``: a phase-labelled progress bar."""
-    async with zoo_client(args) as zoo:
-        return await wait_and_show(zoo.dataset_conversion(args.dataset, args.id), out, args.timeout)
+def _operations(zoo: ZooClient, args: argparse.Namespace) -> AsyncIterator[AsyncOperation]:
+    return zoo.iter_async_operations(
+        status=args.status or None, sort_by=args.sort, limit=args.limit, max_items=args.max_items
+    )
+
+
+def _conversions(zoo: ZooClient, args: argparse.Namespace) -> AsyncIterator[DatasetConversion]:
+    return zoo.iter_dataset_conversions(
+        args.dataset,
+        sort_by=args.sort,
+        limit=args.limit,
+        max_items=args.max_items,
+        filter=args.filter,
+        q=args.q,
+        phase=args.phase,
+    )
 
 
 # -- metafold ---------------------------------------------------------------------------------
 
 
-def metafold_client(args: argparse.Namespace) -> MetafoldClient:
-    """A MetafoldClient from --token-file / --base-url / --project or the environment."""
-    token = _read_token_file(args.token_file)
-    has_credentials = from_env(None, "METAFOLD_CLIENT_ID") and from_env(
-        None, "METAFOLD_CLIENT_SECRET"
-    )
-    if not token and not has_credentials:
-        token = from_env(None, "METAFOLD_ACCESS_TOKEN")
-        if not token:
-            raise MissingToken(
-                "no Metafold credentials: set METAFOLD_ACCESS_TOKEN (or METAFOLD_CLIENT_ID and "
-                "METAFOLD_CLIENT_SECRET), or pass --token-file"
-            )
-    return MetafoldClient(token=token, base_url=args.base_url, project_id=args.project)
+def _project_ids(mf: MetafoldClient, args: argparse.Namespace) -> tuple[str, ...]:
+    return (mf.resolve_project_id(args.project), args.id)
 
 
-async def metafold_list(args: argparse.Namespace, out: Output) -> int:
-    """``metafold jobs|workflows list``."""
-    async with metafold_client(args) as mf:
-        if args.resource == "jobs":
-            found: list[Any] = await mf.list_jobs(sort=args.sort, q=args.q)
-        else:
-            found = await mf.list_workflows(sort=args.sort, q=args.q)
-    for job in found[: args.max_items]:
-        out.item(f"metafold.{args.resource[:-1]}", job)
-    out.end_items()
-    return EXIT_OK
+def _whole_list(method: Callable[..., Awaitable[list[Any]]]) -> Lister:
+    """A ``list`` of a project's jobs or workflows by ``method``: one request (the API does
+    not paginate), cut at --max-items."""
+
+    async def listing(mf: MetafoldClient, args: argparse.Namespace) -> AsyncIterator[Any]:
+        found = await method(mf, args.project, sort=args.sort, q=args.q)
+        for job in found[: args.max_items]:
+            yield job
+
+    return listing
 
 
-async def metafold_get(args: argparse.Namespace, out: Output) -> int:
-    """``metafold jobs|workflows get ID``."""
-    async with metafold_client(args) as mf:
-        if args.resource == "jobs":
-            out.job("metafold.job", await mf.get_job(args.id))
-        else:
-            out.job("metafold.workflow", await mf.get_workflow(args.id))
-    return EXIT_OK
-
-
-async def metafold_wait(args: argparse.Namespace, out: Output) -> int:
-    """``metafold jobs wait ID``, or ``metafold workflows wait ID`` with one bar per job."""
-    async with metafold_client(args) as mf:
-        if args.resource == "jobs":
-            return await wait_and_show(mf.job(args.id), out, args.timeout)
+async def metafold_workflow_wait(args: argparse.Namespace, out: Output) -> int:
+    """``metafold workflows wait ID``: one bar per job of the workflow."""
+    async with open_client(args) as client:
+        mf = cast(MetafoldClient, client)
         with out.watching():
             jobs = await wait_for_workflow_jobs(
                 mf,
                 args.id,
+                project_id=args.project,
                 timeout=args.timeout,
-                on_update=lambda job: out.update("metafold.job", job),
+                on_update=lambda job: out.update(METAFOLD_JOB, job),
             )
             for job in jobs:
-                out.final("metafold.job", job)
-            workflow = await mf.get_workflow(args.id)
-            out.final("metafold.workflow", workflow)
+                out.final(METAFOLD_JOB, job)
+            workflow = await mf.get_workflow(args.id, project_id=args.project)
+            out.final(METAFOLD_WORKFLOW, workflow)
     failed = any(job.job_state is not JobState.SUCCEEDED for job in jobs)
     return EXIT_FAILED if failed else exit_code_for(workflow)
 
@@ -307,7 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"async-jobs {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def leaf(group: Any, name: str, handler: Handler, help: str) -> argparse.ArgumentParser:
+    def leaf(
+        group: Any, name: str, handler: Handler, help: str, **defaults: Any
+    ) -> argparse.ArgumentParser:
         sub: argparse.ArgumentParser = group.add_parser(
             name,
             help=help,
@@ -316,8 +306,27 @@ def build_parser() -> argparse.ArgumentParser:
             parents=[common],
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        sub.set_defaults(handler=handler)
+        sub.set_defaults(handler=handler, **defaults)
         return sub
+
+    def get_and_wait(
+        cmds: Any,
+        helps: tuple[str, str],
+        ids: Ids,
+        positionals: tuple[str, ...],
+        *,
+        wait: Handler = wait_job,
+        project: bool = False,
+    ) -> None:
+        """The ``get`` and ``wait`` commands of one kind: ``positionals`` become its ids."""
+        for name, handler, help in zip(("get", "wait"), (get_job, wait), helps, strict=True):
+            p = leaf(cmds, name, handler, help, ids=ids)
+            for positional in positionals:
+                p.add_argument(positional)
+            if project:
+                p.add_argument("--project", default=argparse.SUPPRESS, help="project id")
+            if name == "wait":
+                p.add_argument("--timeout", type=_seconds, help="seconds (default: no limit)")
 
     p = leaf(commands, "demo", demo, "run a demo against the embedded fake server (no token)")
     p.add_argument("--speed", type=float, default=1.0, help="scale the fake's timelines")
@@ -329,25 +338,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speed", type=float, default=1.0, help="scale the fake's timelines")
 
     zoo = commands.add_parser("zoo", help="the Zoo API", parents=[common])
+    zoo.set_defaults(client=ZooClient)
     zoo_groups = zoo.add_subparsers(dest="group", metavar="GROUP", required=True)
     ops = zoo_groups.add_parser("ops", help="async operations", parents=[common])
+    ops.set_defaults(kind=ASYNC_OPERATION)
     ops_cmds = ops.add_subparsers(dest="action", metavar="ACTION", required=True)
-    p = leaf(ops_cmds, "list", zoo_ops_list, "list async operations")
+    p = leaf(ops_cmds, "list", list_jobs, "list async operations", lister=_operations)
     p.add_argument(
         "--status", action="append", choices=OPERATION_STATUSES, help="repeatable; default all"
     )
     p.add_argument("--sort", choices=OPERATION_SORT_MODES, default="created_at_descending")
     p.add_argument("--limit", type=_positive_int, help="page size")
     p.add_argument("--max-items", type=_positive_int)
-    p = leaf(ops_cmds, "get", zoo_ops_get, "get one async operation")
-    p.add_argument("id")
-    p = leaf(ops_cmds, "wait", zoo_ops_wait, "wait for an async operation to finish")
-    p.add_argument("id")
-    p.add_argument("--timeout", type=_seconds, help="seconds (default: no limit)")
+    helps = ("get one async operation", "wait for an async operation to finish")
+    get_and_wait(ops_cmds, helps, _job_id, ("id",))
 
     convs = zoo_groups.add_parser("conversions", help="org dataset conversions", parents=[common])
+    convs.set_defaults(kind=DATASET_CONVERSION)
     conv_cmds = convs.add_subparsers(dest="action", metavar="ACTION", required=True)
-    p = leaf(conv_cmds, "list", zoo_conversions_list, "list a dataset's conversions")
+    p = leaf(conv_cmds, "list", list_jobs, "list a dataset's conversions", lister=_conversions)
     p.add_argument("dataset")
     p.add_argument("--sort", choices=CONVERSION_SORT_MODES, default="created_at_descending")
     p.add_argument("--limit", type=_positive_int, help="page size")
@@ -355,32 +364,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--filter", help="e.g. status:success")
     p.add_argument("--q", help="search text")
     p.add_argument("--phase", help="only conversions in this phase")
-    p = leaf(conv_cmds, "get", zoo_conversions_get, "get one conversion")
-    p.add_argument("dataset")
-    p.add_argument("id")
-    p = leaf(conv_cmds, "wait", zoo_conversions_wait, "wait for a conversion to finish")
-    p.add_argument("dataset")
-    p.add_argument("id")
-    p.add_argument("--timeout", type=_seconds, help="seconds (default: no limit)")
+    helps = ("get one conversion", "wait for a conversion to finish")
+    get_and_wait(conv_cmds, helps, _dataset_ids, ("dataset", "id"))
 
     metafold = commands.add_parser("metafold", help="the Metafold API", parents=[common])
+    metafold.set_defaults(client=MetafoldClient)
     mf_groups = metafold.add_subparsers(dest="resource", metavar="GROUP", required=True)
-    for resource in ("jobs", "workflows"):
+    for resource, kind, list_method, wait in (
+        ("jobs", METAFOLD_JOB, MetafoldClient.list_jobs, wait_job),
+        ("workflows", METAFOLD_WORKFLOW, MetafoldClient.list_workflows, metafold_workflow_wait),
+    ):
         group = mf_groups.add_parser(resource, help=f"project {resource}", parents=[common])
         group.add_argument("--project", default=None, help="project id (METAFOLD_PROJECT_ID)")
+        group.set_defaults(kind=kind)
         mf_cmds = group.add_subparsers(dest="action", metavar="ACTION", required=True)
-        p = leaf(mf_cmds, "list", metafold_list, f"list a project's {resource}")
+        lister = _whole_list(list_method)
+        p = leaf(mf_cmds, "list", list_jobs, f"list a project's {resource}", lister=lister)
         p.add_argument("--project", default=argparse.SUPPRESS, help="project id")
         p.add_argument("--sort", help="field:1 or field:-1, e.g. created:-1")
         p.add_argument("--q", help='search, e.g. "state:started AND type:implicit/*"')
         p.add_argument("--max-items", type=_positive_int)
-        p = leaf(mf_cmds, "get", metafold_get, f"get one of a project's {resource}")
-        p.add_argument("id")
-        p.add_argument("--project", default=argparse.SUPPRESS, help="project id")
-        p = leaf(mf_cmds, "wait", metafold_wait, f"wait for one of a project's {resource}")
-        p.add_argument("id")
-        p.add_argument("--project", default=argparse.SUPPRESS, help="project id")
-        p.add_argument("--timeout", type=_seconds, help="seconds (default: no limit)")
+        helps = (f"get one of a project's {resource}", f"wait for one of a project's {resource}")
+        get_and_wait(mf_cmds, helps, _project_ids, ("id",), wait=wait, project=True)
     return parser
 
 

@@ -301,6 +301,10 @@ class MetafoldClient(ApiClient):
     """
 
     api = METAFOLD_API
+    credentials_hint = (
+        "no Metafold credentials: set METAFOLD_ACCESS_TOKEN "
+        "(or METAFOLD_CLIENT_ID and METAFOLD_CLIENT_SECRET)"
+    )
 
     def __init__(
         self,

@@ -145,6 +145,7 @@ class ZooClient(ApiClient):
     """
 
     api = ZOO_API
+    credentials_hint = "no Zoo API token: set ZOO_API_TOKEN (or KITTYCAD_API_TOKEN)"
 
     def __init__(
         self,

@@ -20,6 +20,7 @@ SHARED = (
     "_watcher.py",
     "events.py",
     "models/_state.py",
+    "_cli_output.py",  # the CLI output: labels, statuses and details from the descriptors
     # the fake server's host and the building blocks every fake API plugin shares
     "testing/_server.py",
     "testing/_plugin.py",

@@ -113,6 +113,9 @@ class JobModel(msgspec.Struct, kw_only=True, frozen=True):
 
     state_table: ClassVar[StateTable]
     status_field: ClassVar[str] = "status"
+    #: The attribute holding when the job was created, for displays such as the CLI's
+    #: listing (a field or a property; a model without it shows nothing there).
+    created_field: ClassVar[str] = "created_at"
 
     @property
     def job_state(self) -> JobState:
@@ -128,3 +131,9 @@ class JobModel(msgspec.Struct, kw_only=True, frozen=True):
     def progress(self) -> float | None:
         """1.0 once terminal; None before (the API reports no progress)."""
         return 1.0 if self.is_terminal else None
+
+    @property
+    def status_detail(self) -> str | None:
+        """A short note beside the raw status, such as a pipeline phase, that displays show
+        as ``status · detail`` (None here: a model overrides it when its API has one)."""
+        return None

@@ -191,6 +191,7 @@ class _Lifecycle(JobModel, kw_only=True, frozen=True):
 
     state_table: ClassVar[StateTable] = METAFOLD_TABLE
     status_field: ClassVar[str] = "state"
+    created_field: ClassVar[str] = "created"
     id: str
     state: str
     created_raw: str | None = msgspec.field(name="created", default=None)

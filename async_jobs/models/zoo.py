@@ -300,6 +300,11 @@ class DatasetConversion(JobModel, kw_only=True, frozen=True):
         return None if self.phase is None else _PHASE_INDEX.get(self.phase)
 
     @property
+    def status_detail(self) -> str | None:
+        """The pipeline phase, shown beside the status (``in_progress · kcl_generation``)."""
+        return self.phase or None
+
+    @property
     def progress(self) -> float | None:
         """0.0 at ``queued`` to 1.0 at ``completed``, from the phase's position in
         :data:`CONVERSION_PHASES`; 1.0 once terminal (whatever the phase).
