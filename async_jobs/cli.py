@@ -82,12 +82,10 @@ def open_client(args: argparse.Namespace) -> ApiClient:
     """The command's client (``args.client``, an :class:`ApiClient` class taking ``token``
     and ``base_url``) from --token-file / --base-url or the environment the client reads;
     MissingToken, with the client's own hint, if it finds no credential."""
-    client_class: type[ApiClient] = args.client
-    token = _read_token_file(args.token_file)
-    # Every client the CLI builds takes token= and base_url= (ApiClient itself does not).
-    client = client_class(token=token, base_url=args.base_url)  # type: ignore[call-arg]
+    make: Callable[..., ApiClient] = args.client
+    client = make(token=_read_token_file(args.token_file), base_url=args.base_url)
     if not client.has_credentials:
-        raise MissingToken(f"{client_class.credentials_hint}, or pass --token-file")
+        raise MissingToken(f"{client.credentials_hint}, or pass --token-file")
     return client
 
 
