@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias, TypeVar
 
 import anyio
 import msgspec
@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_BASE_URL",
     "DEFAULT_TOKEN_URL",
+    "Dependent",
     "JobSortSpec",
     "METAFOLD_API",
     "METAFOLD_JOB",
@@ -455,14 +456,31 @@ class MetafoldClient(ApiClient):
 # -- workflows as a whole --------------------------------------------------------------------
 
 
-def dependency_order(jobs: Sequence[MetafoldJob]) -> list[MetafoldJob]:
+class Dependent(Protocol):
+    """Anything with an ``id`` and the ids it ``needs`` (a :class:`MetafoldJob`, say)."""
+
+    @property
+    def id(self) -> str:
+        """Its id."""
+        ...
+
+    @property
+    def needs(self) -> Sequence[str]:
+        """The ids of what must come before it."""
+        ...
+
+
+D = TypeVar("D", bound=Dependent)
+
+
+def dependency_order(jobs: Sequence[D]) -> list[D]:
     """``jobs`` in dependency order: each job after every job it ``needs`` (needs outside
     ``jobs`` are ignored), otherwise in the given order. Jobs caught in a cycle, which a
     workflow cannot have, come last in the given order."""
     ids = {job.id for job in jobs}
     placed: set[str] = set()
     remaining = list(jobs)
-    ordered: list[MetafoldJob] = []
+    ordered: list[D] = []
     progress = True
     while remaining and progress:
         progress = False

@@ -9,11 +9,11 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..metafold import dependency_order
 from ..models._state import JobState
-from ..models.metafold import METAFOLD_STATES, MetafoldJob
+from ..models.metafold import METAFOLD_STATES
 from ._clock import FakeClock
 from ._helpers import CreationTimes, walk
 from ._helpers import Timeline as Walk
@@ -27,6 +27,15 @@ __all__ = [
 ]
 
 Timeline = Sequence[tuple[str, float | None]]
+
+
+class _Node(NamedTuple):
+    """A workflow job's name and what it needs, as :func:`dependency_order` sorts them."""
+
+    id: str
+    needs: Sequence[str]
+
+
 #: pending 50 ms, started 100 ms, then success.
 DEFAULT_JOB_TIMELINE: Timeline = (("pending", 0.05), ("started", 0.1), ("success", None))
 _NEVER = math.inf
@@ -164,12 +173,7 @@ class MetafoldLifecycle:
                 if need not in ids:
                     raise ValueError(f"job {name!r} needs an unknown job {need!r}")
         # Create each job after the jobs it needs, in the library's own dependency order.
-        order = [
-            job.id
-            for job in dependency_order(
-                [MetafoldJob(id=name, state="pending", needs=needs[name]) for name in names]
-            )
-        ]
+        order = [job.id for job in dependency_order([_Node(name, needs[name]) for name in names])]
         placed: set[str] = set()
         for name in order:
             if not placed.issuperset(needs[name]):
