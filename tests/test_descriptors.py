@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import ClassVar
 
@@ -121,3 +122,10 @@ def test_client_options_replace_checks_names() -> None:
     assert options.replace(rate_limit=2.0) == aj.ClientOptions(timeout=5.0, rate_limit=2.0)
     with pytest.raises(TypeError):
         options.replace(timeot=1.0)
+
+
+def test_client_settings_are_the_client_options() -> None:
+    """The keyword arguments a client takes (``ClientSettings``, for type checkers) name
+    exactly the fields of ``ClientOptions``: one list, written twice, kept in step here."""
+    fields = {field.name for field in dataclasses.fields(aj.ClientOptions)}
+    assert set(aj.ClientSettings.__annotations__) == fields
