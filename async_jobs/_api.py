@@ -6,7 +6,7 @@ no shared module needs to know which APIs exist."""
 from __future__ import annotations
 
 import string
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -57,6 +57,9 @@ class JobKind(Generic[J]):
       listing); ``list_active(client, *group_ids)`` yields the group's jobs still under way.
       Without them, each job is polled on its own.
     - ``label``: the short name the CLI shows (``"conversion"``).
+    - ``cancel``: for a job the API can cancel, ``cancel(client, *ids)`` asks it to; a ref
+      of this kind then can (:meth:`~async_jobs.JobRef.cancel`, and
+      ``wait_until_terminal(..., cancel_on_timeout=True)``).
     """
 
     name: str
@@ -65,6 +68,7 @@ class JobKind(Generic[J]):
     group: str | None = None
     list_active: Callable[..., AsyncIterator[J]] | None = None
     label: str = ""
+    cancel: Callable[..., Awaitable[Any]] | None = None
     #: The field names of ``path``, in order (the ids a ref of this kind carries).
     id_names: tuple[str, ...] = field(init=False)
     #: A msgspec decoder of ``model``, built once.

@@ -180,6 +180,7 @@ class ApiClient:
             poll=self.poll,
             listeners=self.listeners,
             listing=listing,
+            cancel=partial(kind.cancel, self, *ids) if kind.cancel is not None else None,
         )
 
     def job_ref(self, kind: str, ids: Sequence[str]) -> JobRef[Any] | None:

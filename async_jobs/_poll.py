@@ -132,7 +132,7 @@ class JobRef(Generic[J_co]):
     Clients make these (``zoo.async_operation(id)``, ``mf.job(id)``, ...); anything with an
     async ``fetch`` returning a job model can be waited on."""
 
-    __slots__ = ("_fetch", "_key", "ids", "kind", "listeners", "listing", "poll")
+    __slots__ = ("_cancel", "_fetch", "_key", "ids", "kind", "listeners", "listing", "poll")
 
     def __init__(
         self,
@@ -143,6 +143,7 @@ class JobRef(Generic[J_co]):
         poll: PollPolicy | None = None,
         listing: ActiveListing[Any] | None = None,
         listeners: Sequence[events.Listener] = (),
+        cancel: Callable[[], Awaitable[Any]] | None = None,
     ) -> None:
         self.kind: str = kind
         self.ids: tuple[str, ...] = ids
@@ -153,6 +154,7 @@ class JobRef(Generic[J_co]):
         #: The client's event listeners: every wait on this job reports to them too.
         self.listeners: tuple[events.Listener, ...] = tuple(listeners)
         self._fetch = fetch
+        self._cancel = cancel
         self._key = f"{kind}:{'/'.join(ids)}"  # once: a Watcher keys several tables by it
 
     def to_token(self) -> str:
@@ -187,6 +189,18 @@ class JobRef(Generic[J_co]):
     async def fetch(self) -> J_co:
         """Fetch the job's current state once."""
         return await self._fetch()
+
+    @property
+    def can_cancel(self) -> bool:
+        """True if the API can cancel this job (a Metafold workflow, say)."""
+        return self._cancel is not None
+
+    async def cancel(self) -> Any:
+        """Ask the API to cancel the job; what it answers (the job, for Metafold workflows).
+        ``NotImplementedError`` for a kind of job the API cannot cancel."""
+        if self._cancel is None:
+            raise NotImplementedError(f"{self.kind} jobs cannot be canceled through the API")
+        return await self._cancel()
 
     def __repr__(self) -> str:
         return f"JobRef({self.key!r})"
