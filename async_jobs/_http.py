@@ -273,16 +273,23 @@ OUTAGE_STATUSES = frozenset({502, 503, 504})
 OUTAGE_AFTER = 3
 
 
-#: A request sent once: not idempotent, so never retried on its own.
-SINGLE_ATTEMPT = RetryPolicy(max_attempts=1)
-
-
 class _Transient(Exception):
-    """A failure worth another attempt (internal)."""
+    """A failure worth another attempt (internal). ``unsent``: the server surely did not act
+    on the request (no connection was made, or it said so), so even a POST may go again."""
 
-    def __init__(self, error: Exception, hint: float | None = None) -> None:
+    def __init__(
+        self, error: Exception, hint: float | None = None, *, unsent: bool = False
+    ) -> None:
         self.error = error
         self.hint = hint
+        self.unsent = unsent
+
+
+def surely_not_acted_on(status: int, headers: Mapping[str, str]) -> bool:
+    """True for an answer saying the server did not act on the request and asks to be asked
+    again: 429, or 503 with ``Retry-After``. A bare 503, 502, 504 or other 5xx may come after
+    the work was done (a proxy timing out on a slow backend)."""
+    return status == 429 or (status == 503 and "Retry-After" in headers)
 
 
 class HttpTransport:
@@ -411,8 +418,10 @@ class HttpTransport:
         """Send a request and return the 2xx response, or raise the typed error.
 
         Idempotent requests (GET by default) are retried on connection errors, timeouts, a
-        body cut in transit, 429, 502, 503 and 504, honouring ``Retry-After``. An error body
-        is read by ``decode_error`` (default: the API's own).
+        body cut in transit, 429, 502, 503 and 504, honouring ``Retry-After``. Any other
+        request (a POST) is retried only when the server surely did not act on it: the
+        connection was refused before anything was sent, or the answer was 429, or 503 with
+        ``Retry-After``. An error body is read by ``decode_error`` (default: the API's own).
         """
         url = (
             URL(absolute_url, encoded=True)
@@ -420,7 +429,7 @@ class HttpTransport:
             else build_url(self.base_url, path, params)
         )
         retryable = method == "GET" if idempotent is None else idempotent
-        step = PollStep(self.retry if retryable else SINGLE_ATTEMPT)
+        step = PollStep(self.retry)
         refreshed = False
         while True:
             try:
@@ -447,9 +456,12 @@ class HttpTransport:
                         hint = parse_retry_after(
                             response.headers.get("Retry-After"), datetime.now(timezone.utc)
                         )
-                    raise _Transient(error, hint)
+                    unsent = surely_not_acted_on(response.status, response.headers)
+                    raise _Transient(error, hint, unsent=unsent)
                 raise error
             except _Transient as transient:
+                if not (retryable or transient.unsent):
+                    raise transient.error from None
                 decision = step.record(
                     Outcome.MISSED, anyio.current_time(), hint=transient.hint, rand=random.random()
                 )
@@ -582,6 +594,11 @@ class HttpTransport:
                 send_headers["Authorization"] = authorization
             try:
                 response = await self._exchange(session, method, url, send_headers, data, json)
+            except aiohttp.ClientConnectorError as exc:
+                # No connection was made, so nothing was sent: safe to send again, even a POST.
+                raise _Transient(
+                    TransportError(f"{method} {url}: {type(exc).__name__}: {exc}"), unsent=True
+                ) from None
             except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
                 raise _Transient(
                     TransportError(f"{method} {url}: {type(exc).__name__}: {exc}")

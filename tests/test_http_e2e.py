@@ -392,20 +392,72 @@ async def test_an_uncompressed_body_of_unknown_length_is_capped() -> None:
             assert (await zoo.get_async_operation("op")).id == "op"
 
 
+@pytest.mark.parametrize(
+    ("status", "retry_after", "retried"),
+    [
+        (429, None, True),
+        (503, "0", True),
+        (503, None, False),
+        (502, "0", False),
+        (504, None, False),
+        (500, None, False),
+    ],
+)
 @pytest.mark.parametrize("idempotent", [False, None])
-async def test_a_post_is_sent_once_unless_idempotent(
-    server: FakeApiServer, idempotent: bool | None
+async def test_a_post_is_retried_only_when_the_server_surely_did_not_act(
+    server: FakeApiServer,
+    idempotent: bool | None,
+    status: int,
+    retry_after: str | None,
+    retried: bool,
 ) -> None:
-    """POST is not retried by default (the server may have acted on it), even on a 503."""
-    server.inject("status", status=503, retry_after="0", times=None, route="/submit")
+    """A POST goes again only on 429 or a 503 with Retry-After (the server says it did not act
+    on it); a bare 503 or a 502/504 may come after the work was done: sent once."""
+    server.inject("status", status=status, retry_after=retry_after, times=None, route="/submit")
     transport = HttpTransport(server.url, auth=StaticTokenAuth(TOKEN), retry=FAST_RETRY)
     try:
-        with pytest.raises(aj.ServerError):
+        with pytest.raises(aj.ApiError) as caught:
             await transport.request("POST", "/submit", json={}, idempotent=idempotent)
-        assert len(server.requests) == 1
-        with pytest.raises(aj.ServerError):
+        assert caught.value.status == status
+        assert len(server.requests) == (FAST_RETRY.max_attempts if retried else 1)
+        server.requests.clear()
+        with pytest.raises(aj.ApiError):
             await transport.request("POST", "/submit", json={}, idempotent=True)
-        assert len(server.requests) == 1 + FAST_RETRY.max_attempts
+        transient = status != 500
+        assert len(server.requests) == (FAST_RETRY.max_attempts if transient else 1)
+    finally:
+        await transport.aclose()
+
+
+async def test_a_post_cut_off_after_sending_is_not_sent_again(server: FakeApiServer) -> None:
+    """A connection dropped once the request went out may hide a done job: no second POST."""
+    server.inject("drop", times=None, route="/submit")
+    transport = HttpTransport(server.url, auth=StaticTokenAuth(TOKEN), retry=FAST_RETRY)
+    try:
+        with pytest.raises(aj.TransportError):
+            await transport.request("POST", "/submit", json={})
+        assert len(server.requests) == 1
+    finally:
+        await transport.aclose()
+
+
+async def test_a_post_whose_connection_was_refused_is_sent_again() -> None:
+    """No connection, nothing sent: a POST is retried like a GET."""
+    async with FakeApiServer() as gone:
+        url = gone.url
+    attempts: list[int] = []
+
+    def listener(event: aj.events.Event) -> None:
+        if isinstance(event, aj.events.RequestDone):
+            attempts.append(event.attempt)
+
+    transport = HttpTransport(
+        url, auth=StaticTokenAuth(TOKEN), retry=FAST_RETRY, listeners=[listener]
+    )
+    try:
+        with pytest.raises(aj.TransportError):
+            await transport.request("POST", "/submit", json={})
+        assert attempts == list(range(1, FAST_RETRY.max_attempts + 1))
     finally:
         await transport.aclose()
 
