@@ -345,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--status", action="append", choices=OPERATION_STATUSES, help="repeatable; default all"
     )
-    p.add_argument("--sort", choices=OPERATION_SORT_MODES, default="created_at_descending")
+    p.add_argument("--sort", choices=OPERATION_SORT_MODES, default="created_at_ascending")
     p.add_argument("--limit", type=_positive_int, help="page size")
     p.add_argument("--max-items", type=_positive_int)
     helps = ("get one async operation", "wait for an async operation to finish")

@@ -36,8 +36,13 @@ TOKEN_VARIABLES = (
 )
 
 
+ROOT = Path(__file__).resolve().parent.parent
+
+
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in TOKEN_VARIABLES}
+    # The package of this checkout, whichever one the venv's editable install points at.
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.update(extra)
     return env
 
@@ -141,7 +146,7 @@ async def test_list_and_get(server: FakeApiServer, tmp_path: Path) -> None:
         _command("zoo", "ops", "list", "--status", "completed", "--limit", "2", *common), env=env
     )
     items = _lines(listed.stdout)
-    assert [i["id"] for i in items] == [op.id for op in reversed(ops)]
+    assert [i["id"] for i in items] == [op.id for op in ops]  # created_at_ascending
     got = await anyio.run_process(_command("zoo", "ops", "get", ops[0].id, *common), env=env)
     (record,) = _lines(got.stdout)
     assert record["event"] == "job" and record["state"] == "succeeded"
