@@ -229,18 +229,21 @@ async def test_a_retriggered_conversion_walks_again_to_its_new_end(
     assert final.status == "error_user" and failed.retriggers == 2
 
 
-async def test_a_post_answered_500_after_acting_is_not_sent_again(
-    frozen: FakeApiServer, fzoo: aj.ZooClient
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+async def test_a_post_failing_after_the_server_acted_is_not_sent_again(
+    frozen: FakeApiServer, fzoo: aj.ZooClient, status: int
 ) -> None:
+    """A 5xx (a 503 without Retry-After included) may come after the work was done: the
+    retrigger is raised as a ServerError, never sent a second time."""
     dataset = frozen.conversions.add_dataset()
     conversion = frozen.conversions.add_conversion(dataset, [("error_user", None)])
-    frozen.inject("status", status=500, served=True, route="*/retrigger")
+    frozen.inject("status", status=status, served=True, route="*/retrigger")
     with pytest.raises(aj.ServerError) as raised:
         await fzoo.retrigger_conversion(dataset, conversion.id)
-    assert raised.value.status == 500
+    assert raised.value.status == status
     assert conversion.retriggers == 1  # the server acted; a retry would have run it twice
     assert len(_posts(frozen, "/retrigger")) == 1
-    frozen.inject("status", status=500, served=True, route="*/retrigger")
+    frozen.inject("status", status=status, served=True, route="*/retrigger")
     with pytest.raises(aj.ServerError):
         await fzoo.retrigger_dataset(dataset)
     assert frozen.conversions.dataset_retriggers[dataset] == 1 and conversion.retriggers == 2
@@ -460,6 +463,7 @@ async def test_cli_conversions_retrigger(
         },
     ]
     assert (one.retriggers, two.retriggers) == (1, 1)
+    assert [r.path.rsplit("/", 2)[-2] for r in _posts(frozen, "/retrigger")] == [one.id, dataset]
     assert frozen.requests[-1].query == {"statuses": "canceled"}
     console = rich_console.Console(record=True, width=160, file=io.StringIO(), color_system=None)
     args = _cli_args(frozen, "zoo", "conversions", "retrigger", dataset)
