@@ -34,7 +34,7 @@ from .metafold import Not as MetafoldNot
 from .metafold import q as metafold_q
 from .models._state import TERMINAL_STATES, JobModel, JobState, StateTable
 from .models.metafold import MetafoldAsset, MetafoldIO, MetafoldJob, MetafoldWorkflow
-from .models.zoo import AsyncOperation, DatasetConversion, DatasetSnapshotImage
+from .models.zoo import AsyncOperation, DatasetConversion, DatasetSnapshotImage, DatasetStats
 from .zoo import ZooClient
 
 __all__ = [
@@ -50,6 +50,7 @@ __all__ = [
     "ConditionNotMet",
     "DatasetConversion",
     "DatasetSnapshotImage",
+    "DatasetStats",
     "DecodeError",
     "ErrorDecoder",
     "ErrorDetails",

@@ -119,6 +119,11 @@ class Output(abc.ABC):
     def stats(self, **figures: Any) -> None:
         """Closing figures of a run (jobs, requests, seconds, ...)."""
 
+    def result(self, event: str, message: str, **fields: Any) -> None:
+        """What a command that shows no job did (``message``, one line), as ``event`` with
+        ``fields`` in JSON lines."""
+        print(message, flush=True)
+
     def error(self, message: str) -> None:
         """One line on standard error."""
         print(f"error: {message}", file=sys.stderr, flush=True)
@@ -165,6 +170,10 @@ class JsonOutput(Output):
     def stats(self, **figures: Any) -> None:
         """One ``stats`` line."""
         self._write({"event": "stats", **figures})
+
+    def result(self, event: str, message: str, **fields: Any) -> None:
+        """One ``event`` line with ``fields`` (the message is for terminals)."""
+        self._write({"event": event, **fields})
 
 
 class RichOutput(Output):
@@ -225,9 +234,16 @@ class RichOutput(Output):
         table = Table(show_header=False, title=f"{kind_name(kind)} {job.id}")
         table.add_row("state", job.job_state.value)
         for key, value in msgspec.to_builtins(job).items():
-            if value not in (None, [], {}, ""):
-                text = str(value)
-                table.add_row(key, text if len(text) < 200 else text[:200] + "…")
+            if value in (None, [], {}, ""):
+                continue
+            # A mapping of scalars (counts by status, say) reads best as a row per entry.
+            entries = value.items() if isinstance(value, dict) else ()
+            if entries and all(not isinstance(v, (dict, list)) for _, v in entries):
+                for name, entry in entries:
+                    table.add_row(f"{key}.{name}", str(entry))
+                continue
+            text = str(value)
+            table.add_row(key, text if len(text) < 200 else text[:200] + "…")
         self.console.print(table)
 
     def _task(self, kind: Kind, job: Job) -> Any:
@@ -279,6 +295,10 @@ class RichOutput(Output):
     def stats(self, **figures: Any) -> None:
         """One line of figures."""
         self.console.print(", ".join(f"{value} {name}" for name, value in figures.items()))
+
+    def result(self, event: str, message: str, **fields: Any) -> None:
+        """The message, on the console."""
+        self.console.print(message, markup=False)
 
     def log_handler(self) -> logging.Handler:
         """A rich logging handler on this output's console: while the bars are live, each

@@ -11,6 +11,7 @@ of the other streams that are running low.
 from __future__ import annotations
 
 import heapq
+import math
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from functools import partial
@@ -38,14 +39,39 @@ FetchPage = Callable[[str | None], Awaitable[Page[T]]]
 
 
 class _Cursor(Generic[T]):
-    """Reads one stream page by page."""
+    """Reads one stream page by page. With a ``rank`` (the sort key, negated for a descending
+    order) every item is ranked here, as its page arrives, and must not rank below the item
+    before it, within a page or across pages: a stream out of order is a DecodeError naming
+    ``order``, never a wrong merge."""
 
-    __slots__ = ("_fetch", "_seen_tokens", "buffer", "done", "page_size", "token")
+    __slots__ = (
+        "_fetch",
+        "_last_rank",
+        "_order",
+        "_rank",
+        "_seen_tokens",
+        "_what",
+        "buffer",
+        "done",
+        "page_size",
+        "token",
+    )
 
-    def __init__(self, fetch: FetchPage[T]) -> None:
+    def __init__(
+        self,
+        fetch: FetchPage[T],
+        rank: Callable[[T], float] | None = None,
+        order: str = "the requested",
+        what: str = "items",
+    ) -> None:
         self._fetch = fetch
+        self._rank = rank
+        self._order = order
+        self._what = what
+        self._last_rank = -math.inf
         self._seen_tokens: set[str] = set()
-        self.buffer: deque[T] = deque()
+        #: (rank, item) pairs, the rank 0.0 without a ``rank`` function.
+        self.buffer: deque[tuple[float, T]] = deque()
         self.token: str | None = None
         self.done = False  # the last page was read
         self.page_size = 0
@@ -55,13 +81,28 @@ class _Cursor(Generic[T]):
         """Worth fetching the next page now: under half a page in hand and more to come."""
         return not self.done and len(self.buffer) <= self.page_size // 2
 
+    def _ranked(self, items: Sequence[T]) -> list[tuple[float, T]]:
+        if self._rank is None:
+            return [(0.0, item) for item in items]
+        ranked = []
+        for item in items:
+            rank = self._rank(item)
+            if rank < self._last_rank:
+                raise DecodeError(
+                    f"{self._what} came back out of {self._order} order: the server may not "
+                    f"support {self._order}"
+                )
+            self._last_rank = rank
+            ranked.append((rank, item))
+        return ranked
+
     async def fill(self, limiter: anyio.CapacityLimiter) -> None:
         """Fetch the next page into the buffer (and on past empty pages, to the next item or
         the end)."""
         while True:
             async with limiter:
                 page = await self._fetch(self.token)
-            self.buffer.extend(page.items)
+            self.buffer.extend(self._ranked(page.items))
             self.page_size = max(self.page_size, len(page.items))
             token = page.next_page
             if not token:
@@ -102,24 +143,33 @@ async def merge_streams(
     descending: bool = False,
     max_items: int | None = None,
     max_concurrency: int = 8,
+    order: str | None = None,
+    what: str = "items",
 ) -> AsyncGenerator[T, None]:
     """Merge streams that are each sorted by ``key`` into one sorted stream.
 
     Pages of different streams are fetched concurrently (at most ``max_concurrency`` requests
-    at once). With one stream, ``key`` may be None.
+    at once). With one stream, ``key`` may be None. With a ``key``, every stream must come in
+    that order, within and across its pages (equal keys in any order): an item out of order
+    raises :class:`~async_jobs.DecodeError` naming ``what`` and ``order`` (how the caller
+    asked, e.g. the API's ``sort_by`` value) instead of merging wrongly.
     """
     if max_items is not None and max_items <= 0:
         return
     limiter = anyio.CapacityLimiter(max_concurrency)
-    cursors = [_Cursor(fetch) for fetch in fetches]
-    sign = -1.0 if descending else 1.0
+    rank: Callable[[T], float] | None = None
+    if key is not None:
+        sort_key = key
+        rank = (lambda item: -sort_key(item)) if descending else sort_key
+    name = order or ("descending" if descending else "ascending")
+    cursors = [_Cursor(fetch, rank, name, what) for fetch in fetches]
     heap: list[tuple[float, int, T]] = []
 
     def push(index: int) -> None:
         buffer = cursors[index].buffer
         if buffer:
-            item = buffer.popleft()
-            heapq.heappush(heap, (sign * key(item) if key is not None else 0.0, index, item))
+            item_rank, item = buffer.popleft()
+            heapq.heappush(heap, (item_rank, index, item))
 
     await _fill(cursors, limiter)
     for index in range(len(cursors)):

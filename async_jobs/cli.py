@@ -42,7 +42,7 @@ from .models.zoo import (
     AsyncOperation,
     DatasetConversion,
 )
-from .zoo import ASYNC_OPERATION, DATASET_CONVERSION, ZooClient
+from .zoo import ASYNC_OPERATION, DATASET, DATASET_CONVERSION, ZooClient
 
 __all__ = ["EXIT_CODES", "main"]
 
@@ -173,6 +173,32 @@ def _conversions(zoo: ZooClient, args: argparse.Namespace) -> AsyncIterator[Data
     )
 
 
+async def zoo_retrigger(args: argparse.Namespace, out: Output) -> int:
+    """``zoo conversions retrigger DATASET [ID] [--statuses a,b]``: run one conversion again,
+    or the dataset's conversions with those statuses (none: the server's choice)."""
+    if args.id is not None and args.statuses is not None:
+        raise ValueError("--statuses selects a dataset's conversions: give no conversion id")
+    async with open_client(args) as client:
+        zoo = cast(ZooClient, client)
+        if args.id is not None:
+            await zoo.retrigger_conversion(args.dataset, args.id)
+            message = f"retriggered conversion {args.id} of dataset {args.dataset}"
+            statuses = None
+        else:
+            statuses = args.statuses.split(",") if args.statuses is not None else None
+            await zoo.retrigger_dataset(args.dataset, statuses)
+            which = ", ".join(statuses) if statuses else "the server's default selection"
+            message = f"retriggered conversions of dataset {args.dataset} ({which})"
+    out.result(
+        "retriggered",
+        message,
+        dataset_id=args.dataset,
+        conversion_id=args.id,
+        statuses=statuses,
+    )
+    return EXIT_OK
+
+
 # -- metafold ---------------------------------------------------------------------------------
 
 
@@ -285,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="async-jobs",
         description="Watch remote long-running jobs: Zoo async operations, Zoo dataset "
-        "conversions, Metafold jobs and workflows.",
+        "conversions and whole datasets, Metafold jobs and workflows.",
         epilog=EPILOG,
         parents=[common],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -315,15 +341,17 @@ def build_parser() -> argparse.ArgumentParser:
         *,
         wait: Handler = wait_job,
         project: bool = False,
+        names: tuple[str, str] = ("get", "wait"),
     ) -> None:
-        """The ``get`` and ``wait`` commands of one kind: ``positionals`` become its ids."""
-        for name, handler, help in zip(("get", "wait"), (get_job, wait), helps, strict=True):
+        """The ``get`` and ``wait`` commands of one kind (called ``names``): ``positionals``
+        become its ids."""
+        for name, handler, help in zip(names, (get_job, wait), helps, strict=True):
             p = leaf(cmds, name, handler, help, ids=ids)
             for positional in positionals:
                 p.add_argument(positional)
             if project:
                 p.add_argument("--project", default=argparse.SUPPRESS, help="project id")
-            if name == "wait":
+            if handler is wait:
                 p.add_argument("--timeout", type=_seconds, help="seconds (default: no limit)")
 
     p = leaf(commands, "demo", demo, "run a demo against the embedded fake server (no token)")
@@ -345,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--status", action="append", choices=OPERATION_STATUSES, help="repeatable; default all"
     )
-    p.add_argument("--sort", choices=OPERATION_SORT_MODES, default="created_at_descending")
+    p.add_argument("--sort", choices=OPERATION_SORT_MODES, default="created_at_ascending")
     p.add_argument("--limit", type=_positive_int, help="page size")
     p.add_argument("--max-items", type=_positive_int)
     helps = ("get one async operation", "wait for an async operation to finish")
@@ -364,6 +392,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--phase", help="only conversions in this phase")
     helps = ("get one conversion", "wait for a conversion to finish")
     get_and_wait(conv_cmds, helps, _dataset_ids, ("dataset", "id"))
+    p = leaf(
+        conv_cmds,
+        "retrigger",
+        zoo_retrigger,
+        "run one conversion again, or a dataset's conversions (POST, never sent twice blindly)",
+    )
+    p.add_argument("dataset")
+    p.add_argument("id", nargs="?", help="one conversion (default: the dataset's)")
+    p.add_argument(
+        "--statuses",
+        help="comma-separated statuses to retrigger, e.g. error_user,canceled (default: every "
+        "conversion that did not succeed, in_progress ones running for over 5 minutes)",
+    )
+
+    datasets = zoo_groups.add_parser(
+        "datasets", help="org datasets, each as one job", parents=[common]
+    )
+    datasets.set_defaults(kind=DATASET)
+    dataset_cmds = datasets.add_subparsers(dest="action", metavar="ACTION", required=True)
+    helps = (
+        "a dataset's conversions counted by status",
+        "wait until no conversion of a dataset is under way (one progress bar)",
+    )
+    get_and_wait(dataset_cmds, helps, _job_id, ("id",), names=("stats", "wait"))
 
     metafold = commands.add_parser("metafold", help="the Metafold API", parents=[common])
     metafold.set_defaults(client=MetafoldClient)

@@ -22,8 +22,10 @@ from .models.zoo import (
     AsyncOperation,
     ConversionPhase,
     ConversionSortMode,
+    ConversionStatus,
     ConversionStatusFilter,
     DatasetConversion,
+    DatasetStats,
     OperationSortMode,
     OperationStatus,
 )
@@ -31,7 +33,14 @@ from .models.zoo import (
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-__all__ = ["ASYNC_OPERATION", "DATASET_CONVERSION", "ZOO_API", "ZooClient", "zoo_error_details"]
+__all__ = [
+    "ASYNC_OPERATION",
+    "DATASET",
+    "DATASET_CONVERSION",
+    "ZOO_API",
+    "ZooClient",
+    "zoo_error_details",
+]
 
 DEFAULT_BASE_URL = "https://api.zoo.dev"
 #: Page size of the active-job listings a Watcher sweeps (a server may cap it lower).
@@ -63,6 +72,17 @@ def _check_text(name: str, value: str | None) -> str | None:
     if value is not None and (not isinstance(value, str) or not value):
         raise ValueError(f"{name} must be a non-empty string or None, got {value!r}")
     return value
+
+
+def _statuses_value(statuses: Sequence[str] | str) -> str:
+    """``statuses`` as the one comma-separated query value the retrigger endpoint takes."""
+    names = statuses.split(",") if isinstance(statuses, str) else list(statuses)
+    if not names:
+        raise ValueError("statuses must name at least one status (or be None)")
+    for name in names:
+        if not isinstance(name, str) or not name or "," in name:
+            raise ValueError(f"each status must be a non-empty string without ',', got {name!r}")
+    return ",".join(dict.fromkeys(names))
 
 
 def _created_at_key(op: AsyncOperation) -> float:
@@ -124,10 +144,18 @@ DATASET_CONVERSION: JobKind[DatasetConversion] = JobKind(
     list_active=_active_conversions,
     label="conversion",
 )
+#: A whole Zoo org dataset as one job (``GET /org/datasets/{id}/stats``): terminal once no
+#: conversion is under way, progress = finished / total. Polled on its own (no listing).
+DATASET: JobKind[DatasetStats] = JobKind(
+    "zoo.dataset",
+    DatasetStats,
+    "/org/datasets/{dataset_id}/stats",
+    label="dataset",
+)
 #: The Zoo API: its job kinds, its error body and its ``X-Api-Call-Id`` request ids.
 ZOO_API = JobApi(
     "zoo",
-    (ASYNC_OPERATION, DATASET_CONVERSION),
+    (ASYNC_OPERATION, DATASET_CONVERSION, DATASET),
     decode_error=zoo_error_details,
     request_id_header="X-Api-Call-Id",
 )
@@ -169,11 +197,15 @@ class ZooClient(ApiClient):
     async def list_async_operations(
         self,
         status: OperationStatus | str | None = None,
-        sort_by: OperationSortMode | str = "created_at_descending",
+        sort_by: OperationSortMode | str = "created_at_ascending",
         limit: int | None = None,
         page_token: str | None = None,
     ) -> Page[AsyncOperation]:
         """One page of ``GET /async/operations`` (a staff-only endpoint today).
+
+        ``sort_by`` defaults to ``created_at_ascending``: Zoo's spec says the endpoint only
+        scans ``created_at`` ascending (a server may serve ``created_at_descending`` in
+        ascending order all the same; :meth:`iter_async_operations` detects that).
 
         ``status`` (:data:`~async_jobs.models.zoo.OPERATION_STATUSES`) and ``sort_by``
         (:data:`~async_jobs.models.zoo.OPERATION_SORT_MODES`) are typed ``Literal[...] | str``:
@@ -193,18 +225,22 @@ class ZooClient(ApiClient):
     def iter_async_operations(
         self,
         status: OperationStatus | str | Sequence[OperationStatus | str] | None = None,
-        sort_by: OperationSortMode | str = "created_at_descending",
+        sort_by: OperationSortMode | str = "created_at_ascending",
         limit: int | None = None,
         max_items: int | None = None,
     ) -> AsyncGenerator[AsyncOperation, None]:
-        """Every operation with the given status(es), in ``sort_by`` order.
+        """Every operation with the given status(es), in ``sort_by`` order (default
+        ``created_at_ascending``, the only order Zoo's spec says the endpoint scans in).
 
         ``status=None`` means every known status. Each status is its own stream, their pages
-        fetched concurrently, and the streams are merged by ``created_at``. ``status`` and
-        ``sort_by`` are typed ``Literal[...] | str``, as in :meth:`list_async_operations`: a
-        new status is sent as is; merging several streams needs a ``sort_by`` of
-        :data:`~async_jobs.models.zoo.OPERATION_SORT_MODES` (the order it merges in).
-        Arguments are checked before any request is sent.
+        fetched concurrently, and the streams are merged by ``created_at``. Every stream is
+        checked to come in ``sort_by`` order, within a page and across pages: one out of
+        order (a server that ignores ``created_at_descending``, say) raises
+        :class:`~async_jobs.DecodeError` naming the sort, instead of merging wrongly.
+        ``status`` and ``sort_by`` are typed ``Literal[...] | str``, as in
+        :meth:`list_async_operations`: a new status is sent as is; merging several streams
+        needs a ``sort_by`` of :data:`~async_jobs.models.zoo.OPERATION_SORT_MODES` (the
+        order it merges in). Arguments are checked before any request is sent.
         """
         if status is None:
             statuses: Sequence[str] = OPERATION_STATUSES
@@ -228,11 +264,14 @@ class ZooClient(ApiClient):
         async def fetch(one: str, token: str | None) -> Page[AsyncOperation]:
             return await self.list_async_operations(one, sort_by, limit, token)
 
+        known = sort_by in OPERATION_SORT_MODES
         return merge_streams(
             [partial(fetch, one) for one in statuses],
-            key=_created_at_key,
+            key=_created_at_key if known else None,  # an order it does not know: one stream
             descending=sort_by == "created_at_descending",
             max_items=max_items,
+            order=sort_by,
+            what="operations",
         )
 
     async def get_async_operation(self, op_id: str) -> AsyncOperation:
@@ -341,3 +380,48 @@ class ZooClient(ApiClient):
         A conversion that goes back from ``in_progress`` to ``queued`` (a retry) is reported
         and waited on."""
         return self.ref(DATASET_CONVERSION, dataset_id, conversion_id)
+
+    # -- whole datasets ---------------------------------------------------------------------
+
+    async def get_dataset_stats(self, dataset_id: str) -> DatasetStats:
+        """``GET /org/datasets/{id}/stats``: the dataset's conversions counted by status
+        (``by_status``, ``total``, ``successes``, ``failures``), as one job."""
+        return await self.fetch(DATASET, dataset_id)
+
+    def dataset(self, dataset_id: str) -> JobRef[DatasetStats]:
+        """A JobRef on a whole dataset as one job, for :func:`~async_jobs.wait_until_terminal`
+        and :func:`~async_jobs.watch`: terminal once no conversion is queued or in progress
+        (an unknown status counts as under way), SUCCEEDED if none failed, else FAILED;
+        ``progress`` is finished / total. One request per poll, however large the dataset."""
+        return self.ref(DATASET, dataset_id)
+
+    async def retrigger_conversion(self, dataset_id: str, conversion_id: str) -> None:
+        """``POST /org/datasets/{id}/conversions/{conversion_id}/retrigger`` (204): run the
+        conversion again from ``queued``; wait on it with :meth:`dataset_conversion`.
+
+        A POST is retried only when the server surely did not act on it (connection refused
+        before sending, 429, 503 with Retry-After); any other failure is raised as is (a
+        :class:`~async_jobs.ServerError` for a 500), so a retrigger is never sent twice
+        behind your back."""
+        path = api_path("org", "datasets", dataset_id, "conversions", conversion_id, "retrigger")
+        await self._http.request("POST", path)
+
+    async def retrigger_dataset(
+        self,
+        dataset_id: str,
+        statuses: Sequence[ConversionStatus | str] | str | None = None,
+    ) -> None:
+        """``POST /org/datasets/{id}/retrigger`` (204): run again the dataset's conversions
+        whose status is one of ``statuses`` (sent as one comma-separated value,
+        ``statuses=success,in_progress``; a str is such a list already). None leaves the
+        choice to the server: every conversion that did not succeed, ``in_progress`` ones
+        only once they have run for more than 5 minutes. Wait on the dataset with
+        :meth:`dataset`.
+
+        A POST is retried only when the server surely did not act on it (connection refused
+        before sending, 429, 503 with Retry-After); any other failure is raised as is (a
+        :class:`~async_jobs.ServerError` for a 500), so a retrigger is never sent twice
+        behind your back. Arguments are checked before any request."""
+        path = api_path("org", "datasets", dataset_id, "retrigger")
+        value = None if statuses is None else _statuses_value(statuses)
+        await self._http.request("POST", path, params={"statuses": value})

@@ -78,7 +78,11 @@ class _Clients:
 
     async def aj_operations(self) -> int:
         n = 0
-        async for _ in self.zoo.iter_async_operations(status=None, limit=self.limit):
+        # The pages the benchmark server renders (and the raw loop walks) are descending.
+        operations = self.zoo.iter_async_operations(
+            status=None, sort_by="created_at_descending", limit=self.limit
+        )
+        async for _ in operations:
             n += 1
         return n
 

@@ -36,8 +36,13 @@ TOKEN_VARIABLES = (
 )
 
 
+ROOT = Path(__file__).resolve().parent.parent
+
+
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in TOKEN_VARIABLES}
+    # The package of this checkout, whichever one the venv's editable install points at.
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.update(extra)
     return env
 
@@ -141,7 +146,7 @@ async def test_list_and_get(server: FakeApiServer, tmp_path: Path) -> None:
         _command("zoo", "ops", "list", "--status", "completed", "--limit", "2", *common), env=env
     )
     items = _lines(listed.stdout)
-    assert [i["id"] for i in items] == [op.id for op in reversed(ops)]
+    assert [i["id"] for i in items] == [op.id for op in ops]  # created_at_ascending
     got = await anyio.run_process(_command("zoo", "ops", "get", ops[0].id, *common), env=env)
     (record,) = _lines(got.stdout)
     assert record["event"] == "job" and record["state"] == "succeeded"
@@ -291,6 +296,38 @@ async def test_conversion_and_metafold_commands(server: FakeApiServer) -> None:
         )
     ]
     assert progress[-1] == 1.0
+
+
+@pytest.mark.anyio
+async def test_dataset_commands(server: FakeApiServer) -> None:
+    """``zoo datasets stats|wait`` and ``zoo conversions retrigger``: the console script's exit
+    codes (0 done, 1 a dataset with a failure, 2 usage, 4 API error)."""
+    good = server.conversions.add_dataset()
+    server.conversions.add_conversion(good, [("success", None)])
+    bad = server.conversions.add_dataset()
+    failed = server.conversions.add_conversion(bad, [("error_user", None)], error="no")
+    env = _env(ZOO_API_TOKEN=TOKEN, ZOO_HOST=server.url)
+    cases = [
+        (["zoo", "datasets", "stats", good], 0),
+        (["zoo", "datasets", "wait", good], 0),
+        (["zoo", "datasets", "wait", bad], 1),
+        (["zoo", "conversions", "retrigger", bad, failed.id, "--statuses", "success"], 2),
+        (["zoo", "conversions", "retrigger", bad, failed.id], 0),
+        (["zoo", "conversions", "retrigger", str(uuid.uuid4())], 4),
+    ]
+    outputs = []
+    for args, expected in cases:
+        result = await anyio.run_process(_command(*args, "--json"), env=env, check=False)
+        assert result.returncode == expected, (args, result.stderr.decode())
+        assert b"Traceback" not in result.stderr
+        outputs.append(_lines(result.stdout))
+    (stats,) = outputs[0]
+    assert stats["kind"] == "zoo.dataset" and stats["job"]["by_status"] == {"success": 1}
+    assert outputs[2][-1]["error"] == "1 of 1 conversions failed"
+    assert outputs[4] == [
+        {"event": "retriggered", "dataset_id": bad, "conversion_id": failed.id, "statuses": None}
+    ]
+    assert failed.retriggers == 1
 
 
 def test_missing_metafold_credentials() -> None:

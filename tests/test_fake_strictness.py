@@ -173,7 +173,7 @@ async def test_without_status_every_status_is_listed(
     assert token is None
     assert sorted(seen) == sorted(created) and len(seen) == len(created)
     assert all("status" not in query for query in _lists(server))
-    assert seen == list(reversed(created))  # the library asks created_at_descending
+    assert seen == created  # the library asks created_at_ascending by default
 
 
 async def test_without_sort_by_the_scan_is_ascending(
@@ -232,7 +232,7 @@ async def test_a_page_cap_below_the_limit_still_lists_everything(
     server.zoo.options.max_page_size = 5
     created = [server.zoo.add_operation(timeline=[("queued", None)]).id for _ in range(12)]
     got = [op.id async for op in zoo.iter_async_operations("queued", limit=1000)]
-    assert got == list(reversed(created))
+    assert got == created
     lists = _lists(server)
     assert len(lists) == 3 and all(query["limit"] == "1000" for query in lists)
     dataset = server.conversions.add_dataset()
@@ -319,7 +319,7 @@ async def test_an_empty_last_page_ends_the_listing(
     server.zoo.options.token_on_last_page = True
     created = [server.zoo.add_operation(timeline=[("failed", None)]).id for _ in range(4)]
     got = [op.id async for op in zoo.iter_async_operations("failed", limit=2)]
-    assert got == list(reversed(created))
+    assert got == created
     assert len(_lists(server)) == 3  # 2, 2 (with a token), then an empty page without one
 
 

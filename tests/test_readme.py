@@ -61,6 +61,7 @@ COVERED = {
     (QUICK_ZOO, 1),
     (QUICK_ZOO, 2),
     (QUICK_CONVERSIONS, 1),
+    (QUICK_CONVERSIONS, 2),
     (QUICK_METAFOLD, 1),
     (WATCHER, 1),
     (EMBEDDING, 1),
@@ -260,9 +261,9 @@ async def test_quick_start_zoo(env: FakeApiServer, capsys: pytest.CaptureFixture
         "in_progress JobState.RUNNING False",
         "in_progress",
         "completed",
-        # The list, newest first (one stream per status, merged by created_at).
-        f"{running.id} in_progress",
+        # The list, oldest first (one stream per status, merged by created_at ascending).
         f"{queued.id} queued",
+        f"{running.id} in_progress",
     ]
 
 
@@ -295,6 +296,29 @@ async def test_quick_start_conversions(
     assert lines[2:4] == ["queued queued 0%", "success completed 100%"]
     assert lines[4].startswith("// parts/") and lines[4].endswith(", refactored")
     assert lines[-1].endswith("b'\\x89PNG\\r\\n\\x1a\\n'")
+
+
+async def test_whole_dataset_and_retriggers(
+    env: FakeApiServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    done = [("success", None)]
+    env.conversions.add_conversion(DATASET_ID, done)
+    broken = env.conversions.add_conversion(
+        DATASET_ID, [("error_internal", None)], rerun=[("queued", 3600), ("completed", None)]
+    )
+    env.conversions.add_conversion(DATASET_ID, done)
+    path = f"/org/datasets/{DATASET_ID}/stats"
+    # The stats, then the wait's first look: only then does the retriggered run finish.
+    await run_moving_clock(
+        block(QUICK_CONVERSIONS, 2), env, lambda: requests_to(env, path) >= 2, 3600
+    )
+    assert capsys.readouterr().out.splitlines() == [
+        "3 2 1 {'success': 2, 'error_internal': 1}",
+        "67% queued 1, success 2",
+        "100% success 3",
+        "JobState.SUCCEEDED None",
+    ]
+    assert broken.retriggers == 1
 
 
 async def test_quick_start_metafold(env: FakeApiServer, capsys: pytest.CaptureFixture[str]) -> None:

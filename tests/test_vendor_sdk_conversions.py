@@ -3,9 +3,11 @@ and gets them, and the shapes match the spec's schemas field for field."""
 
 from __future__ import annotations
 
+import inspect
 import uuid
 
 import kittycad
+import msgspec
 import pytest
 
 import async_jobs as aj
@@ -13,6 +15,7 @@ from async_jobs.models.zoo import (
     CONVERSION_PHASES,
     CONVERSION_SORT_MODES,
     CONVERSION_STATUSES,
+    OPERATION_SORT_MODES,
 )
 from async_jobs.testing import FakeApiServer
 
@@ -141,3 +144,86 @@ def test_fake_bodies_match_the_spec_schemas() -> None:
         assert set(detail) == set(detail_schema["properties"])
         for image in detail["raw_kcl_snapshot_images"]:
             assert set(image) == set(image_schema["properties"])
+
+
+# -- whole datasets: stats and retriggers (issue 15) -----------------------------------------
+
+
+async def test_sdk_reads_the_fakes_dataset_stats(server: FakeApiServer) -> None:
+    from kittycad.models.org_dataset_conversion_stats_response import (
+        OrgDatasetConversionStatsResponse,
+    )
+
+    dataset = server.conversions.add_dataset()
+    empty = server.conversions.add_dataset()
+    for timeline in (
+        [("success", None)],
+        [("success", None)],
+        [("error_user", None)],
+        [("error_geometry_mismatch", None)],
+        [("in_progress", "salon", None)],
+        [("canceled", None)],
+    ):
+        server.conversions.add_conversion(dataset, timeline)
+    client = kittycad.AsyncKittyCAD(token=TOKEN, base_url=server.url)
+    try:
+        stats = await client.orgs.get_org_dataset_conversion_stats(id=dataset)
+        none = await client.orgs.get_org_dataset_conversion_stats(id=empty)
+    finally:
+        await client.get_http_client().aclose()
+    assert isinstance(stats, OrgDatasetConversionStatsResponse)
+    assert str(stats.dataset_id) == dataset
+    assert (stats.total, stats.successes, stats.failures) == (6, 2, 2)
+    assert stats.by_status == {
+        "success": 2,
+        "error_user": 1,
+        "error_geometry_mismatch": 1,
+        "in_progress": 1,
+        "canceled": 1,
+    }
+    assert (none.total, none.by_status) == (0, {})
+    async with aj.ZooClient(token=TOKEN, base_url=server.url, retry=FAST_RETRY, timeout=5) as zoo:
+        ours = await zoo.get_dataset_stats(dataset)
+    assert msgspec.to_builtins(ours) == stats.model_dump(mode="json")  # field for field
+
+
+async def test_sdk_retriggers_on_the_fake(server: FakeApiServer) -> None:
+    dataset = server.conversions.add_dataset()
+    failed = server.conversions.add_conversion(dataset, [("error_user", None)])
+    gone = server.conversions.add_conversion(dataset, [("canceled", None)])
+    done = server.conversions.add_conversion(dataset, [("success", None)])
+    client = kittycad.AsyncKittyCAD(token=TOKEN, base_url=server.url)
+    try:
+        one = await client.orgs.retrigger_org_dataset_conversion(
+            id=dataset, conversion_id=failed.id
+        )
+        some = await client.orgs.retrigger_org_dataset(id=dataset, statuses="canceled,success")
+        with pytest.raises(kittycad.exceptions.KittyCADAPIError):
+            await client.orgs.retrigger_org_dataset(id=str(uuid.uuid4()))
+    finally:
+        await client.get_http_client().aclose()
+    assert one is None and some is None  # 204, no body
+    assert [c.retriggers for c in (failed, gone, done)] == [1, 1, 1]
+    posts = [r for r in server.requests if r.method == "POST"]
+    assert [r.query for r in posts[:2]] == [{}, {"statuses": "canceled,success"}]
+
+
+def test_fake_stats_body_matches_the_spec_schema() -> None:
+    schema = zoo_schema("OrgDatasetConversionStatsResponse")
+    fake = FakeApiServer()
+    dataset = fake.conversions.add_dataset()
+    fake.conversions.add_conversion(dataset, [("error_user", None)])
+    body = fake.conversions.stats(dataset)
+    assert set(schema["required"]) <= set(body) and set(body) == set(schema["properties"])
+    assert all(isinstance(count, int) for count in body["by_status"].values())
+
+
+def test_our_operation_sort_modes_match_the_sdk_enum() -> None:
+    """``CreatedAtSortMode``: the library's default, ``created_at_ascending``, is the first."""
+    from kittycad.models.created_at_sort_mode import CreatedAtSortMode
+
+    assert list(OPERATION_SORT_MODES) == [m.value for m in CreatedAtSortMode]
+    assert (
+        inspect.signature(aj.ZooClient.iter_async_operations).parameters["sort_by"].default
+        == OPERATION_SORT_MODES[0]
+    )

@@ -80,6 +80,14 @@ async def test_iter_several_statuses_and_max_items(
     first = [op async for op in zoo.iter_async_operations(limit=4, max_items=10)]
     assert len(first) == 10
     stamps = [op.created_at for op in first]
+    assert stamps == sorted(stamps)  # type: ignore[type-var]  # created_at_ascending by default
+    latest = [
+        op
+        async for op in zoo.iter_async_operations(
+            sort_by="created_at_descending", limit=4, max_items=10
+        )
+    ]
+    stamps = [op.created_at for op in latest]
     assert stamps == sorted(stamps, reverse=True)  # type: ignore[type-var]
 
 

@@ -40,6 +40,7 @@ __all__ = [
     "ConversionStatusFilter",
     "DatasetConversion",
     "DatasetSnapshotImage",
+    "DatasetStats",
     "OperationSortMode",
     "OperationStatus",
     "conversion_state",
@@ -336,3 +337,92 @@ class DatasetConversion(JobModel, kw_only=True, frozen=True):
         if self.job_state is not JobState.FAILED:
             return None
         return self.status_message or self.status
+
+
+# -- org dataset stats ----------------------------------------------------------------------
+
+_STATUS_ORDER: Mapping[str, int] = MappingProxyType(
+    {status: index for index, status in enumerate(CONVERSION_STATUSES)}
+)
+
+
+class DatasetStats(JobModel, kw_only=True, frozen=True):
+    """A whole org dataset as one job, from ``GET /org/datasets/{id}/stats``
+    (``OrgDatasetConversionStatsResponse``): its conversions counted by raw status.
+
+    Each status of :attr:`by_status` is classified by :data:`CONVERSION_TABLE` (an unknown
+    one counts as still under way). ``job_state`` is RUNNING while any conversion is queued,
+    in progress or in an unknown status (or ``total`` counts conversions :attr:`by_status`
+    does not); then SUCCEEDED if none failed, else FAILED. An empty dataset is SUCCEEDED.
+    ``progress`` is the share of conversions in a terminal status (finished / total)."""
+
+    state_table: ClassVar[StateTable] = CONVERSION_TABLE
+    #: No status field of its own: :attr:`summary` (its counts) is what displays show.
+    status_field: ClassVar[str] = "summary"
+    dataset_id: str
+    by_status: dict[str, int] = msgspec.field(default_factory=dict)
+    total: int = 0
+    successes: int = 0
+    failures: int = 0
+
+    @property
+    def id(self) -> str:
+        """The dataset's id."""
+        return self.dataset_id
+
+    def _counts(self) -> tuple[int, int, int]:
+        """(still under way, finished, failed) conversions, from :attr:`by_status`."""
+        active = finished = failed = 0
+        for status, count in self.by_status.items():
+            if count <= 0:
+                continue
+            state = self.state_table.state(status)
+            if state.is_terminal:
+                finished += count
+                if state is JobState.FAILED:
+                    failed += count
+            else:
+                active += count
+        # Conversions the server counts in total but in no status: not known to be done.
+        active += max(self.total - active - finished, 0)
+        return active, finished, max(failed, self.failures)
+
+    @property
+    def job_state(self) -> JobState:
+        """RUNNING while any conversion is under way; then SUCCEEDED if none failed, else
+        FAILED."""
+        active, _, failed = self._counts()
+        if active:
+            return JobState.RUNNING
+        return JobState.FAILED if failed else JobState.SUCCEEDED
+
+    @property
+    def progress(self) -> float:
+        """Finished conversions / ``total`` (1.0 once terminal, and for an empty dataset)."""
+        active, finished, _ = self._counts()
+        # active + finished is total, unless by_status counts more than total says.
+        return finished / (active + finished) if active else 1.0
+
+    @property
+    def error(self) -> str | None:
+        """``"3 of 200 conversions failed"`` once the dataset FAILED; None otherwise."""
+        active, _, failed = self._counts()
+        if active or not failed:
+            return None
+        return f"{failed} of {max(self.total, failed)} conversions failed"
+
+    @property
+    def summary(self) -> str:
+        """The counts by status, known statuses in lifecycle order (``"success 197,
+        error_user 3"``); ``"empty"`` for a dataset without conversions."""
+        counts = sorted(
+            ((status, count) for status, count in self.by_status.items() if count > 0),
+            key=lambda pair: (_STATUS_ORDER.get(pair[0], len(_STATUS_ORDER)), pair[0]),
+        )
+        return ", ".join(f"{status} {count}" for status, count in counts) or "empty"
+
+    @property
+    def status_detail(self) -> str | None:
+        """How many conversions finished (``"150/200 finished"``), beside the counts."""
+        active, finished, _ = self._counts()
+        return f"{finished}/{active + finished} finished"

@@ -8,6 +8,11 @@ it to ``completed``). So ``[("queued", 1), ("convert_raw_kcl", 1), ("queued", 1)
 ("completed", None)]`` is a conversion retried after a dropped worker, ``("error_user", None)``
 ends one in failure, and ``("in_progress", "mesh_repair", 1)`` reports a phase the library does
 not know.
+
+A retrigger (``POST .../conversions/{conversion_id}/retrigger``, or ``POST
+/org/datasets/{id}/retrigger`` for several) restarts a conversion's walk at the fake clock's
+now, from ``queued``, along its ``rerun`` timeline (default: every phase, then success); each
+conversion counts the retriggers it received (``retriggers``).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -54,6 +59,11 @@ OVERRIDE_TIMELINE: tuple[ConversionStep, ...] = (
     *((phase, 0.01) for phase in CONVERSION_PHASES[:-1]),
     (_DONE, None),
 )
+#: How long a retriggered conversion stays queued when its ``rerun`` starts elsewhere.
+RERUN_QUEUED = 0.01
+#: "If omitted, we [...] only retrigger ``in_progress`` conversions that have been running for
+#: more than 5 minutes" (the spec of ``POST /org/datasets/{id}/retrigger``), in fake seconds.
+STUCK_AFTER = 300.0
 _FILTER = re.compile(r"^status:([A-Za-z0-9_]+)\Z")
 _FAKE_PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06"
 
@@ -112,6 +122,11 @@ class FakeConversion:
     manual_kcl_override: str | None = None
     importer_version: str = "kcl-importer 0.9.3"
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The walk a retrigger restarts from ``queued`` at the fake clock's now (None: every
+    #: phase, 10 ms each, then success); set it to choose where a retriggered run ends.
+    rerun: Timeline | None = None
+    #: How many retriggers reached this conversion (through either retrigger route).
+    retriggers: int = 0
 
     @property
     def file_etag(self) -> str:
@@ -131,6 +146,15 @@ class FakeConversion:
         """(status, phase) at fake time ``now``."""
         return self.timeline.state(now)
 
+    def status_since(self, now: float) -> float:
+        """When the conversion entered the status it has at ``now`` (a phase change within
+        it does not count; its creation if it never changed status)."""
+        steps = self.steps
+        index = self.index_at(now)
+        while index > 0 and steps[index - 1][1] == steps[index][1]:
+            index -= 1
+        return steps[index][0]
+
 
 class FakeConversions:
     """The Zoo API's org dataset conversions, served from memory (``server.conversions``);
@@ -140,6 +164,8 @@ class FakeConversions:
         self.clock = clock
         self.options: ZooOptions = options if options is not None else ZooOptions()
         self.datasets: dict[str, dict[str, FakeConversion]] = {}
+        #: Dataset id -> how many ``POST /org/datasets/{id}/retrigger`` it received.
+        self.dataset_retriggers: dict[str, int] = {}
         self._created = CreationTimes()
         self._count = 0
 
@@ -162,11 +188,13 @@ class FakeConversions:
         metadata: dict[str, str] | None = None,
         manual_kcl_override: str | None = None,
         extra: dict[str, Any] | None = None,
+        rerun: Timeline | None = None,
     ) -> FakeConversion:
         """Create a conversion in ``dataset_id`` (created if new) that walks ``timeline`` (see
         the module docstring; default: every phase, 10 ms each, then success, through
         ``manual_kcl_override`` when one is given). ``error`` is the ``status_message`` of
-        ``error_*`` steps; ``extra`` fields are added to the detail body as they are."""
+        ``error_*`` steps; ``extra`` fields are added to the detail body as they are;
+        ``rerun`` is the walk a retrigger restarts (default: like ``timeline``'s default)."""
         if timeline is None:
             timeline = OVERRIDE_TIMELINE if manual_kcl_override is not None else DEFAULT_TIMELINE
         dataset_id = self.add_dataset(dataset_id)
@@ -185,6 +213,7 @@ class FakeConversions:
             metadata=metadata,
             manual_kcl_override=manual_kcl_override,
             extra=dict(extra or {}),
+            rerun=rerun,
         )
         self.datasets[dataset_id][conversion.id] = conversion
         return conversion
@@ -215,6 +244,61 @@ class FakeConversions:
     def cancel(self, conversion_id: str) -> None:
         """Cancel a conversion now."""
         self.set_status(conversion_id, "canceled")
+
+    def retrigger(self, conversion_id: str) -> FakeConversion:
+        """Run a conversion again, as the retrigger routes do: from ``queued`` at the fake
+        clock's now along its ``rerun`` timeline, the rest of its current walk dropped.
+        Counted in its ``retriggers``."""
+        conversion = self._find(conversion_id)
+        rerun = conversion.rerun
+        if rerun is None:
+            override = conversion.manual_kcl_override is not None
+            rerun = OVERRIDE_TIMELINE if override else DEFAULT_TIMELINE
+        now = self.clock.now()
+        walk = _parse_steps(now, _QUEUED, rerun)
+        if walk.steps[0][1][0] != _QUEUED:
+            walk = _parse_steps(now, _QUEUED, [(_QUEUED, RERUN_QUEUED), *rerun])
+        conversion.timeline.cut(now, inclusive=False)
+        conversion.timeline.steps += walk.steps
+        conversion.retriggers += 1
+        return conversion
+
+    def to_retrigger(self, dataset_id: str, statuses: Collection[str] | None) -> list[str]:
+        """The conversions of a dataset a ``POST /org/datasets/{id}/retrigger`` runs again
+        now: those whose status is one of ``statuses``; without them every one that did not
+        succeed, ``in_progress`` ones only once they have run for more than
+        :data:`STUCK_AFTER` seconds."""
+        now = self.clock.now()
+        chosen = []
+        for conversion in self.datasets[dataset_id].values():
+            status = conversion.at(now)[0]
+            if statuses is not None:
+                wanted = status in statuses
+            elif status == _RUNNING:
+                wanted = now - conversion.status_since(now) > STUCK_AFTER
+            else:
+                wanted = status != _SUCCESS
+            if wanted:
+                chosen.append(conversion.id)
+        return chosen
+
+    def stats(self, dataset_id: str) -> dict[str, Any]:
+        """The body of ``GET /org/datasets/{id}/stats`` now
+        (``OrgDatasetConversionStatsResponse``): counts by raw status, the total, the
+        successes and the failures (conversions in an ``error_*`` status)."""
+        now = self.clock.now()
+        by_status: dict[str, int] = {}
+        for conversion in self.datasets[dataset_id].values():
+            status = conversion.at(now)[0]
+            by_status[status] = by_status.get(status, 0) + 1
+        states = {status: conversion_state(status) for status in by_status}
+        return {
+            "by_status": by_status,
+            "dataset_id": dataset_id,
+            "failures": sum(n for s, n in by_status.items() if states[s] is JobState.FAILED),
+            "successes": sum(n for s, n in by_status.items() if states[s] is JobState.SUCCEEDED),
+            "total": sum(by_status.values()),
+        }
 
     def state(self, conversion_id: str) -> tuple[str, str]:
         """The conversion's (status, phase) right now (the server's truth)."""
@@ -362,7 +446,59 @@ class FakeConversions:
             return zoo_error(404, "dataset conversion not found", "not_found")
         return web.json_response(self.detail(conversion))
 
+    def _dataset(self, request: web.Request) -> str | web.Response:
+        """The dataset of the request's path, or the 400/404 to answer instead."""
+        dataset_id = check_uuid(self.options, "id", request.match_info["id"])
+        if isinstance(dataset_id, web.Response):
+            return dataset_id
+        if dataset_id not in self.datasets:
+            return zoo_error(404, "dataset not found", "not_found")
+        return dataset_id
+
+    async def handle_stats(self, request: web.Request) -> web.Response:
+        """``GET /org/datasets/{id}/stats``."""
+        dataset_id = self._dataset(request)
+        if isinstance(dataset_id, web.Response):
+            return dataset_id
+        return web.json_response(self.stats(dataset_id))
+
+    async def handle_retrigger(self, request: web.Request) -> web.Response:
+        """``POST /org/datasets/{id}/conversions/{conversion_id}/retrigger``: 204."""
+        dataset_id = self._dataset(request)
+        if isinstance(dataset_id, web.Response):
+            return dataset_id
+        raw_id = request.match_info["conversion_id"]
+        conversion_id = check_uuid(self.options, "conversion_id", raw_id)
+        if isinstance(conversion_id, web.Response):
+            return conversion_id
+        if conversion_id not in self.datasets[dataset_id]:
+            return zoo_error(404, "dataset conversion not found", "not_found")
+        self.retrigger(conversion_id)
+        return web.Response(status=204)
+
+    async def handle_retrigger_dataset(self, request: web.Request) -> web.Response:
+        """``POST /org/datasets/{id}/retrigger[?statuses=a,b]``: 204. Every status named must
+        be a known one (a 400 otherwise, as the server's enum parsing answers)."""
+        dataset_id = self._dataset(request)
+        if isinstance(dataset_id, web.Response):
+            return dataset_id
+        statuses: set[str] | None = None
+        if "statuses" in request.query:
+            statuses = set(request.query["statuses"].split(","))
+            unknown = sorted(statuses - set(CONVERSION_STATUSES))
+            if unknown:
+                return zoo_error(400, f"invalid statuses: {unknown!r}", "invalid_request")
+        self.dataset_retriggers[dataset_id] = self.dataset_retriggers.get(dataset_id, 0) + 1
+        for conversion_id in self.to_retrigger(dataset_id, statuses):
+            self.retrigger(conversion_id)
+        return web.Response(status=204)
+
     def add_routes(self, app: web.Application) -> None:
-        """Register the conversion routes on ``app``."""
+        """Register the conversion and dataset routes on ``app``."""
         app.router.add_get("/org/datasets/{id}/conversions", self.handle_list)
         app.router.add_get("/org/datasets/{id}/conversions/{conversion_id}", self.handle_get)
+        app.router.add_post(
+            "/org/datasets/{id}/conversions/{conversion_id}/retrigger", self.handle_retrigger
+        )
+        app.router.add_get("/org/datasets/{id}/stats", self.handle_stats)
+        app.router.add_post("/org/datasets/{id}/retrigger", self.handle_retrigger_dataset)

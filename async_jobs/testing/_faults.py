@@ -23,7 +23,10 @@ class Fault:
     requests it hits (None: every one), each with ``probability``. Kinds:
 
     - ``status``: answer ``status`` with the API's error body, with ``Retry-After``:
-      ``retry_after`` as given, or an HTTP date ``retry_after_date`` seconds from now;
+      ``retry_after`` as given, or an HTTP date ``retry_after_date`` seconds from now; with
+      ``served=True`` the request is first handled as usual (whatever it does is done, a
+      POST acted on) and only its answer is replaced by the error, as when a server or a
+      proxy fails after the work was done;
     - ``latency``: wait ``delay`` seconds (or a random time up to ``max_delay``), then answer
       normally;
     - ``malformed``: 200 with a body that is not JSON;
@@ -49,6 +52,7 @@ class Fault:
     retry_after_date: float | None = None
     body: bytes | None = None
     headers: dict[str, str] | None = None
+    served: bool = False
     hits: int = field(default=0, init=False)
     _released: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
 

@@ -264,6 +264,8 @@ class FakeServer:
             await asyncio.sleep(delay)
             return await self._serve(request, handler)
         if kind == "status":
+            if fault.served:
+                await self._serve(request, handler)  # acted on; the answer is lost
             response = self.error(request, fault.status or 503, "injected fault", "fault")
             if fault.retry_after is not None:
                 response.headers["Retry-After"] = fault.retry_after
