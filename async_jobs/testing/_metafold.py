@@ -235,32 +235,17 @@ class FakeMetafold(MetafoldLifecycle, FakeApi):
         self, project_id: str, workflow_id: str, memo: dict[str, Steps] | None = None
     ) -> dict[str, Any]:
         """The workflow as ``GET /projects/{id}/workflows/{workflow_id}`` returns it; its
-        state follows its jobs."""
-        project = self.projects[project_id]
-        workflow = project.workflows[workflow_id]
+        state follows its jobs (see ``workflow_moment``)."""
+        workflow = self.projects[project_id].workflows[workflow_id]
         now = self.clock.now()
-        memo = {} if memo is None else memo
-        seen = [self._seen(project, job_id, now, memo) for job_id in workflow.jobs]
-        states = [_state(one.state) for one in seen]
-        started_at = [one.started for one in seen if one.started is not None]
-        if seen and all(state.is_terminal for state in states):
-            if JobState.FAILED in states:
-                state = "failure"
-            elif JobState.CANCELED in states:
-                state = "canceled"
-            else:
-                state = "success"
-            finished: float | None = max(one.finished or now for one in seen)
-        else:
-            state = "started" if any(s is not JobState.PENDING for s in states) else "pending"
-            finished = None
+        seen = self.workflow_moment(project_id, workflow_id, now, {} if memo is None else memo)
         return {
             "id": workflow.id,
             "jobs": list(workflow.jobs),
-            "state": state,
+            "state": seen.state,
             "created": metafold_time(workflow.created_at, self.datetime_format),
-            "started": self._time(min(started_at)) if started_at else None,
-            "finished": self._time(finished),
+            "started": self._time(seen.started),
+            "finished": self._time(seen.finished),
             "definition": workflow.definition,
             "project_id": workflow.project_id,
         }
@@ -328,32 +313,19 @@ class FakeMetafold(MetafoldLifecycle, FakeApi):
             return project
         memo: dict[str, Steps] = {}
         pid = request.match_info["project_id"]
+        now = self.clock.now()
         rows: list[Row] = []
         for workflow in project.workflows.values():
             body = self.workflow_body(pid, workflow.id, memo)
+            seen = self.workflow_moment(pid, workflow.id, now, memo)
             keys: dict[str, float | str | None] = {
                 "id": workflow.id,
                 "created": workflow.created,
-                "started": self._seconds(pid, workflow.id, "started", memo),
-                "finished": self._seconds(pid, workflow.id, "finished", memo)
-                if body["finished"]
-                else None,
+                "started": seen.started,
+                "finished": seen.finished,
             }
             rows.append((workflow.id, body, keys))
         return self._listing(request, rows, WORKFLOW_SORT_FIELDS, WORKFLOW_QUERY_FIELDS)
-
-    def _seconds(
-        self, project_id: str, workflow_id: str, which: str, memo: dict[str, Steps]
-    ) -> float | None:
-        project = self.projects[project_id]
-        now = self.clock.now()
-        seen = [self._seen(project, j, now, memo) for j in project.workflows[workflow_id].jobs]
-        values: list[float] = [
-            getattr(one, which) for one in seen if getattr(one, which) is not None
-        ]
-        if not values:
-            return None
-        return min(values) if which == "started" else max(values)
 
     async def handle_get_workflow(self, request: web.Request) -> web.Response:
         """``GET /projects/{projectId}/workflows/{workflowId}``."""
