@@ -109,7 +109,8 @@ class MetafoldLifecycle:
         #: Timelines of such jobs by job name, instead of :attr:`workflow_job_timeline`.
         self.workflow_job_timelines: dict[str, Timeline] = {}
         #: Job names that fail in every workflow created through the API, with their error:
-        #: the job ends in ``failure`` instead of its timeline's last state.
+        #: the job ends in ``failure`` instead of its timeline's final state (or once its
+        #: last step is over, if that one has a duration).
         self.failing_jobs: dict[str, str] = {}
 
     # -- scripting --------------------------------------------------------------------------
@@ -236,8 +237,9 @@ class MetafoldLifecycle:
         for job in parse_definition(definition, assets, parameters):
             timeline = list(self.workflow_job_timelines.get(job.name, self.workflow_job_timeline))
             error = self.failing_jobs.get(job.name)
-            if error is not None:
-                timeline = [*timeline[:-1], ("failure", None)]
+            if error is not None:  # fail instead of ending as scripted (or after the last step)
+                ended = timeline[-1][1] is None
+                timeline = [*(timeline[:-1] if ended else timeline), ("failure", None)]
             specs.append(
                 {
                     "name": job.name,
