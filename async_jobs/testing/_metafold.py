@@ -4,7 +4,9 @@ plus the OAuth2 token endpoint that client credentials are exchanged at.
 Jobs walk a timeline (``pending`` -> ``started`` -> ``success``/``failure``/``canceled`` by
 default) on the server's clock. A job with ``needs`` stays in its first state until every job
 it needs has succeeded, and is canceled as soon as one of them fails or is canceled, as a
-workflow engine does. A workflow's state follows its jobs. Responses carry exactly the fields
+workflow engine does. A workflow's state follows its jobs (``canceled`` once canceled);
+workflows can also be posted as YAML definitions, polled at their ``/status`` link and
+canceled, as the API documents. Responses carry exactly the fields
 the official ``metafold`` SDK reads (its models reject unknown keys), datetimes in RFC 1123 as
 the live API sends them (or ISO 8601 as its docs show, with ``datetime_format="iso8601"``).
 """
@@ -102,6 +104,11 @@ class FakeMetafold(MetafoldLifecycle, FakeApi):
     of the tokens the token endpoint issues) and ``audience`` (the one accepted, matched
     exactly as Auth0 does; by default the server's own URL with a trailing slash, which is
     what the official SDK sends).
+
+    Workflows posted to ``POST /projects/{p}/workflows`` (YAML definitions, read with PyYAML:
+    the ``testing`` extra) run their jobs in ``needs`` order: ``workflow_job_timeline`` (or
+    ``workflow_job_timelines[name]``) is how each walks, ``failing_jobs`` (name -> error)
+    which fail; ``created_workflows`` and ``cancel_calls`` record what reached the server.
     """
 
     name = "metafold"
