@@ -12,6 +12,7 @@ from ._errors import (
     AsyncJobsError,
     AuthenticationError,
     BadRequestError,
+    ConditionNotMet,
     DecodeError,
     JobFailed,
     NotFoundError,
@@ -24,7 +25,7 @@ from ._errors import (
 from ._http import ErrorDecoder, ErrorDetails, StaticTokenAuth, api_path
 from ._paging import Page, iter_items
 from ._policy import PollPolicy, RetryPolicy, next_delay
-from ._poll import ActiveListing, Job, JobRef, wait_until_terminal, watch
+from ._poll import ActiveListing, Job, JobRef, wait_until, wait_until_terminal, watch
 from ._version import __version__
 from ._watcher import Watcher
 from .events import add_listener
@@ -46,6 +47,7 @@ __all__ = [
     "BadRequestError",
     "ClientOptions",
     "ClientSettings",
+    "ConditionNotMet",
     "DatasetConversion",
     "DatasetSnapshotImage",
     "DecodeError",
@@ -87,6 +89,7 @@ __all__ = [
     "metafold_q",
     "next_delay",
     "wait_for_workflow_jobs",
+    "wait_until",
     "wait_until_terminal",
     "watch",
 ]

@@ -25,7 +25,7 @@ from ._http import (
     HttpTransport,
     QueryValue,
 )
-from ._policy import PollPolicy, RetryPolicy
+from ._policy import PollPolicy, PollSchedule, RetryPolicy, check_schedule
 from ._poll import ActiveListing, Job, JobRef
 
 if TYPE_CHECKING:
@@ -58,8 +58,9 @@ class ClientOptions:
     timeout: float = DEFAULT_TIMEOUT
     #: Retries of idempotent requests (None: the default :class:`RetryPolicy`).
     retry: RetryPolicy | None = None
-    #: The default schedule of waits on this client's jobs (None: the default PollPolicy).
-    poll: PollPolicy | None = None
+    #: The default schedule of waits on this client's jobs: a PollPolicy or a
+    #: ``{JobState: PollPolicy}`` mapping (None: the default PollPolicy).
+    poll: PollSchedule | None = None
     #: The largest response body read, in bytes (a larger one is a DecodeError).
     max_body_size: int = DEFAULT_MAX_BODY_SIZE
     #: Allow plain http to a host that is not loopback (credentials travel in clear).
@@ -81,7 +82,7 @@ class ClientSettings(TypedDict, total=False):
 
     timeout: float
     retry: RetryPolicy | None
-    poll: PollPolicy | None
+    poll: PollSchedule | None
     max_body_size: int
     allow_insecure_http: bool
     rate_limit: float | None
@@ -131,7 +132,7 @@ class ApiClient:
             decode_error=self.api.decode_error,
             request_id_header=self.api.request_id_header,
         )
-        self.poll: PollPolicy = self.options.poll or PollPolicy()
+        self.poll: PollSchedule = check_schedule(self.options.poll) or PollPolicy()
         self._listings: dict[Hashable, ActiveListing[Any]] = {}
 
     def _listing(

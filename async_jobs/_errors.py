@@ -13,7 +13,8 @@ Every exception the library raises on purpose derives from :class:`AsyncJobsErro
     ├── DecodeError               a body that is not what the API promises
     ├── WaitTimeout               a wait ran past its deadline (also a TimeoutError)
     ├── PollStalled               no poll of a job succeeded for its stall_timeout
-    └── JobFailed                 the job ended FAILED or CANCELED and the caller asked to raise
+    ├── JobFailed                 the job ended FAILED or CANCELED and the caller asked to raise
+    └── ConditionNotMet           the job turned terminal without meeting wait_until's condition
 
 No message, ``repr()`` or attribute of these exceptions contains a bearer token.
 """
@@ -37,6 +38,7 @@ __all__ = [
     "AsyncJobsError",
     "AuthenticationError",
     "BadRequestError",
+    "ConditionNotMet",
     "DecodeError",
     "JobFailed",
     "NotFoundError",
@@ -162,6 +164,23 @@ class JobFailed(AsyncJobsError, Generic[T]):
         state = getattr(job, "job_state", None)
         error = getattr(job, "error", None)
         text = f"job {getattr(job, 'id', '?')} ended {getattr(state, 'value', state)}"
+        if error:
+            text += f": {error}"
+        super().__init__(text)
+
+
+class ConditionNotMet(AsyncJobsError, Generic[T]):
+    """The job turned terminal without ever meeting the condition of
+    :func:`~async_jobs.wait_until`; ``job`` is the terminal job."""
+
+    def __init__(self, job: T) -> None:
+        self.job: T = job
+        state = getattr(job, "job_state", None)
+        text = (
+            f"job {getattr(job, 'id', '?')} ended {getattr(state, 'value', state)} "
+            "without meeting the condition"
+        )
+        error = getattr(job, "error", None)
         if error:
             text += f": {error}"
         super().__init__(text)

@@ -8,20 +8,26 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from typing import NamedTuple
+from typing import NamedTuple, TypeAlias
+
+from .models._state import JobState
 
 __all__ = [
     "Decision",
     "Outcome",
     "PollPolicy",
+    "PollSchedule",
     "PollStep",
     "RetryPolicy",
     "Stop",
+    "check_schedule",
     "next_delay",
     "parse_retry_after",
+    "policy_for",
 ]
 
 
@@ -51,6 +57,41 @@ class PollPolicy:
             raise ValueError("jitter must be within [0, 1]")
         if self.maximum < self.initial:
             raise ValueError("maximum must be >= initial")
+
+
+#: A poll schedule: one :class:`PollPolicy`, or one per :class:`~async_jobs.JobState`
+#: (``{JobState.PENDING: slow, JobState.RUNNING: fast}``); a state the mapping leaves out
+#: uses the next schedule down (the client's, then the default PollPolicy).
+PollSchedule: TypeAlias = PollPolicy | Mapping[JobState, PollPolicy]
+
+
+def check_schedule(schedule: PollSchedule | None) -> PollSchedule | None:
+    """``schedule`` itself, or TypeError if it is neither a PollPolicy nor a mapping of
+    JobState to PollPolicy (checked when a wait starts, not at its first poll)."""
+    if schedule is None or isinstance(schedule, PollPolicy):
+        return schedule
+    if not isinstance(schedule, Mapping):
+        raise TypeError(
+            f"poll must be a PollPolicy or a {{JobState: PollPolicy}} mapping, got {schedule!r}"
+        )
+    for state, policy in schedule.items():
+        if not isinstance(state, JobState) or not isinstance(policy, PollPolicy):
+            raise TypeError(f"poll maps JobState to PollPolicy, got {state!r}: {policy!r}")
+    return schedule
+
+
+def policy_for(state: JobState | None, *schedules: PollSchedule | None) -> PollPolicy:
+    """The policy of a job in ``state`` (None: not seen yet): the first of ``schedules``
+    that is a PollPolicy or maps ``state``; the default PollPolicy if none does."""
+    for schedule in schedules:
+        if schedule is None:
+            continue
+        if isinstance(schedule, PollPolicy):
+            return schedule
+        policy = schedule.get(state) if state is not None else None
+        if policy is not None:
+            return policy
+    return PollPolicy()
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -32,6 +32,7 @@ from ._errors import (
     AsyncJobsError,
     AuthenticationError,
     BadRequestError,
+    ConditionNotMet,
     DecodeError,
     JobFailed,
     NotFoundError,
@@ -40,7 +41,15 @@ from ._errors import (
     TransportError,
     WaitTimeout,
 )
-from ._policy import Decision, Outcome, PollPolicy, PollStep, Stop
+from ._policy import (
+    Decision,
+    Outcome,
+    PollSchedule,
+    PollStep,
+    Stop,
+    check_schedule,
+    policy_for,
+)
 from ._redact import get_logger
 from ._tasks import run_concurrently
 from .models._state import JobState
@@ -53,6 +62,7 @@ __all__ = [
     "continued",
     "outcome_of",
     "wait_all",
+    "wait_until",
     "wait_until_terminal",
     "watch",
 ]
@@ -101,6 +111,10 @@ MISSED_POLL_ERRORS: tuple[type[Exception], ...] = (ApiError, TransportError, Dec
 
 
 TOKEN_VERSION = 1
+#: The least time a wait's last look starts before its deadline (see Poller.until_deadline).
+FINAL_LOOK_LEAD = 0.1
+#: The longest a remote cancel after a timed-out or cancelled wait may take (shielded).
+CANCEL_GRACE = 5.0
 
 
 class ActiveListing(Generic[J_co]):
@@ -140,15 +154,15 @@ class JobRef(Generic[J_co]):
         ids: tuple[str, ...],
         fetch: Callable[[], Awaitable[J_co]],
         *,
-        poll: PollPolicy | None = None,
+        poll: PollSchedule | None = None,
         listing: ActiveListing[Any] | None = None,
         listeners: Sequence[events.Listener] = (),
         cancel: Callable[[], Awaitable[Any]] | None = None,
     ) -> None:
         self.kind: str = kind
         self.ids: tuple[str, ...] = ids
-        #: The client's default schedule, used when a wait names none.
-        self.poll: PollPolicy | None = poll
+        #: The client's default schedule, used when a wait names none (or leaves a state out).
+        self.poll: PollSchedule | None = poll
         #: How a Watcher lists this job with its active siblings.
         self.listing: ActiveListing[Any] | None = listing
         #: The client's event listeners: every wait on this job reports to them too.
@@ -224,10 +238,14 @@ class Poller(Generic[J]):
     __slots__ = (
         "current",
         "error",
+        "final_look",
         "key",
         "last",
+        "latency",
         "listeners",
+        "met",
         "polls",
+        "schedules",
         "started",
         "step",
         "wait_id",
@@ -236,14 +254,18 @@ class Poller(Generic[J]):
     def __init__(
         self,
         key: str,
-        policy: PollPolicy,
-        *,
+        *schedules: PollSchedule | None,
         stall_timeout: float | None = None,
         listeners: Sequence[events.Listener] = (),
     ) -> None:
         now = anyio.current_time()
         self.key = key
-        self.step = PollStep(policy, stall_timeout=stall_timeout, ok_at=now)
+        #: Where the policy of each state comes from, first match wins (see policy_for).
+        self.schedules = schedules
+        self.step = PollStep(policy_for(None, *schedules), stall_timeout=stall_timeout, ok_at=now)
+        self.final_look = False  # the last sleep before the deadline was trimmed
+        self.latency = 0.0  # how long the last successful look took
+        self.met = False  # a wait_until condition held on the last job seen
         self.last: J | None = None
         self.error: BaseException | None = None  # of the last missed poll
         self.polls = 0
@@ -260,6 +282,7 @@ class Poller(Generic[J]):
         changed = previous is None or job != previous
         if changed:
             self.last = job
+            self.step.policy = policy_for(job.job_state, *self.schedules)
         self.polls += 1
         decision = self.listed(changed)
         if events.enabled(self.listeners):
@@ -315,23 +338,45 @@ class Poller(Generic[J]):
         """``fetch()``, given up at the stall deadline (a miss, as a timeout would be); its
         requests report this wait (:data:`~async_jobs.events.CURRENT_WAIT`)."""
         token = events.CURRENT_WAIT.set(self.current)
+        started = anyio.current_time()
         try:
-            remaining = self.step.stall_deadline - anyio.current_time()
+            remaining = self.step.stall_deadline - started
             if math.isinf(remaining):
-                return await fetch()
-            with anyio.move_on_after(max(remaining, 0.0)):
-                return await fetch()
-            raise _NoAnswer(f"no answer for {self.key} before its stall timeout")
+                result = await fetch()
+            else:
+                with anyio.move_on_after(max(remaining, 0.0)) as stall:
+                    result = await fetch()
+                if stall.cancelled_caught:
+                    raise _NoAnswer(f"no answer for {self.key} before its stall timeout")
+            self.latency = anyio.current_time() - started
+            return result
         finally:
             events.CURRENT_WAIT.reset(token)
 
+    def until_deadline(self, delay: float) -> float:
+        """``delay``, trimmed once so that the last look before the enclosing deadline (a
+        wait's timeout, a caller's ``anyio.fail_after``) happens just before it instead of a
+        sleep running past it; the look starts early by about twice the last look's latency
+        (0.1 s to 1 s), so that it ends before the deadline."""
+        deadline = anyio.current_effective_deadline()
+        if self.final_look or math.isinf(deadline):
+            return delay
+        now = anyio.current_time()
+        look_at = deadline - min(max(2.0 * self.latency, FINAL_LOOK_LEAD), 1.0)
+        if now + delay < look_at:
+            return delay
+        self.final_look = True
+        return max(look_at - now, 0.0)
+
     @classmethod
     def waiting_on(
-        cls, ref: JobRef[J], poll: PollPolicy | None, stall_timeout: float | None
+        cls, ref: JobRef[J], poll: PollSchedule | None, stall_timeout: float | None
     ) -> Poller[J]:
         """The poller of one wait on ``ref`` (``poll``, else the ref's client's schedule)."""
-        policy = poll or ref.poll or PollPolicy()
-        return cls(ref.key, policy, stall_timeout=stall_timeout, listeners=ref.listeners)
+        schedule = check_schedule(poll)
+        return cls(
+            ref.key, schedule, ref.poll, stall_timeout=stall_timeout, listeners=ref.listeners
+        )
 
     @contextmanager
     def reporting(self) -> Iterator[None]:
@@ -345,7 +390,7 @@ class Poller(Generic[J]):
             error = exc
             raise
         finally:
-            self.done_event(outcome_of(error, self.last))
+            self.done_event(outcome_of(error, self.last, met=self.met))
 
     def started_event(self) -> None:
         """Emit :class:`~async_jobs.events.WaitStarted`."""
@@ -375,11 +420,14 @@ def continued(previous: J | None, job: J) -> J:
     return job if carry is None else carry(previous)
 
 
-def outcome_of(error: BaseException | None, job: Job | None) -> str:
-    """The ``WaitDone`` outcome of a wait that ended with ``error`` (or the terminal ``job``)."""
+def outcome_of(error: BaseException | None, job: Job | None, *, met: bool = False) -> str:
+    """The ``WaitDone`` outcome of a wait that ended with ``error`` (or the terminal ``job``,
+    or, ``met``, the job that met a :func:`wait_until` condition)."""
     if error is None:
-        return job.job_state.value if job is not None and job.is_terminal else "interrupted"
-    if isinstance(error, JobFailed):
+        if job is not None and job.is_terminal:
+            return job.job_state.value
+        return "met" if met else "interrupted"
+    if isinstance(error, (JobFailed, ConditionNotMet)):
         return str(error.job.job_state.value)
     if isinstance(error, PollStalled):
         return "stalled"
@@ -410,11 +458,11 @@ async def _follow(poller: Poller[J], ref: JobRef[J]) -> AsyncGenerator[J, None]:
                 yield job
                 if job.is_terminal:
                     return
-        await anyio.sleep(decision.delay)
+        await anyio.sleep(poller.until_deadline(decision.delay))
 
 
 async def watch(
-    ref: JobRef[J], *, poll: PollPolicy | None = None, stall_timeout: float | None = None
+    ref: JobRef[J], *, poll: PollSchedule | None = None, stall_timeout: float | None = None
 ) -> AsyncGenerator[J, None]:
     """Yield the job each time it is seen to change (the first look included), ending with
     the terminal one.
@@ -422,7 +470,9 @@ async def watch(
     Transient trouble (connection errors, 429, 5xx, an unreadable body) costs a poll and is
     retried with backoff; 400, 401/403 and 404 raise their typed error. With
     ``stall_timeout``, :class:`~async_jobs.PollStalled` once no poll succeeded for that many
-    seconds. Bound the wait with ``anyio.fail_after`` or use :func:`wait_until_terminal`.
+    seconds. ``poll`` is a :class:`~async_jobs.PollPolicy` or a ``{JobState: PollPolicy}``
+    mapping (the schedule follows the job's state). Bound the wait with ``anyio.fail_after``
+    (the last look lands just before its deadline) or use :func:`wait_until_terminal`.
     """
     poller = Poller.waiting_on(ref, poll, stall_timeout)
     with poller.reporting():
@@ -437,48 +487,149 @@ async def _notify(on_update: OnUpdate[J], job: J) -> None:
         await result
 
 
+async def _cancel_remotely(ref: JobRef[Any], poller: Poller[Any]) -> None:
+    """Ask the API to cancel ``ref``'s job after its wait timed out or was cancelled:
+    shielded from the caller's cancellation, given up after :data:`CANCEL_GRACE` seconds; a
+    failure is logged, never raised over the timeout or cancellation that caused it."""
+    if not ref.can_cancel:
+        logger.debug("%s cannot be canceled through the API: left running", ref.key)
+        return
+    last = poller.last
+    if last is not None and last.is_terminal:
+        return
+    with anyio.move_on_after(CANCEL_GRACE, shield=True) as grace:
+        try:
+            answer = await ref.cancel()
+        except AsyncJobsError as exc:
+            logger.warning("could not cancel %s after its wait ended: %s", ref.key, exc)
+            return
+        if isinstance(getattr(answer, "job_state", None), JobState):
+            poller.last = answer
+        logger.info("canceled %s: its wait ended before the job did", ref.key)
+    if grace.cancelled_caught:
+        logger.warning("could not cancel %s within %ss", ref.key, CANCEL_GRACE)
+
+
+async def _wait(
+    ref: JobRef[J],
+    until: Callable[[J], bool],
+    *,
+    timeout: float | None,
+    poll: PollSchedule | None,
+    on_update: OnUpdate[J] | None,
+    stall_timeout: float | None,
+    cancel_on_timeout: bool = False,
+    goal: str = "not terminal",
+) -> J:
+    """The one wait loop: the first observed job for which ``until(job)`` holds."""
+    if timeout is not None and (math.isnan(timeout) or timeout < 0):
+        raise ValueError("timeout must be >= 0 or None")
+    poller = Poller.waiting_on(ref, poll, stall_timeout)
+    with poller.reporting():
+        try:
+            with anyio.move_on_after(timeout):
+                async with aclosing(_follow(poller, ref)) as updates:
+                    async for job in updates:
+                        if on_update is not None:
+                            await _notify(on_update, job)
+                        if until(job):
+                            poller.met = True
+                            return job
+                        if job.is_terminal:
+                            raise ConditionNotMet(job)
+            # _follow only ends after a terminal job, so the deadline is what stopped us.
+            last = poller.last
+            state = last.job_state.value if last is not None else "never seen"
+            raise WaitTimeout(f"{ref.key} {goal} after {timeout}s (last: {state})", last=last)
+        except (WaitTimeout, anyio.get_cancelled_exc_class()) as exc:
+            if cancel_on_timeout:
+                await _cancel_remotely(ref, poller)
+                if isinstance(exc, WaitTimeout):
+                    exc.last = poller.last
+            raise
+
+
+async def wait_until(
+    ref: JobRef[J],
+    until: Callable[[J], bool],
+    *,
+    timeout: float | None = None,
+    poll: PollSchedule | None = None,
+    on_update: OnUpdate[J] | None = None,
+    stall_timeout: float | None = None,
+) -> J:
+    """Poll ``ref`` until ``until(job)`` holds and return that job, terminal or not (a phase
+    reached, a progress figure passed).
+
+    A job that turns terminal without meeting ``until`` raises
+    :class:`~async_jobs.ConditionNotMet` (``.job``): it will not change again. Past
+    ``timeout`` seconds raises :class:`~async_jobs.WaitTimeout` carrying ``.last``; with
+    ``stall_timeout``, :class:`~async_jobs.PollStalled` once no poll succeeded for that
+    long. ``on_update`` (sync or async) gets every observed change; ``poll`` is a
+    :class:`~async_jobs.PollPolicy` or a ``{JobState: PollPolicy}`` mapping. The last look
+    before the deadline happens just before it. Cancelling the caller stops polling at once.
+    """
+    return await _wait(
+        ref,
+        until,
+        timeout=timeout,
+        poll=poll,
+        on_update=on_update,
+        stall_timeout=stall_timeout,
+        goal="did not meet the condition",
+    )
+
+
+def _terminal(job: Job) -> bool:
+    return job.is_terminal
+
+
 async def wait_until_terminal(
     ref: JobRef[J],
     *,
     timeout: float | None = None,
-    poll: PollPolicy | None = None,
+    poll: PollSchedule | None = None,
     on_update: OnUpdate[J] | None = None,
     raise_on_failure: bool = False,
     stall_timeout: float | None = None,
+    cancel_on_timeout: bool = False,
 ) -> J:
-    """Poll ``ref`` until the job is terminal and return it.
+    """Poll ``ref`` until the job is terminal and return it (:func:`wait_until` with
+    "terminal" as the condition).
 
     A failed or canceled job is a result, unless ``raise_on_failure`` (then
     :class:`~async_jobs.JobFailed`). Past ``timeout`` seconds raises
     :class:`~async_jobs.WaitTimeout` carrying ``.last``; with ``stall_timeout``, raises
     :class:`~async_jobs.PollStalled` once no poll succeeded for that many seconds.
-    ``on_update`` (sync or async) gets every observed change. Cancelling the caller stops
-    polling at once.
+    ``on_update`` (sync or async) gets every observed change; ``poll`` is a
+    :class:`~async_jobs.PollPolicy` or a ``{JobState: PollPolicy}`` mapping. The last look
+    before the deadline happens just before it. Cancelling the caller stops polling at once.
+
+    With ``cancel_on_timeout``, a job the API can cancel (a Metafold workflow: see
+    :attr:`JobRef.can_cancel`) is canceled on the server when the wait times out or the
+    caller is cancelled, before the error propagates: shielded, for at most 5 seconds, a
+    failure to cancel logged; ``WaitTimeout.last`` is then the canceled job. Other jobs are
+    left running.
     """
-    if timeout is not None and (math.isnan(timeout) or timeout < 0):
-        raise ValueError("timeout must be >= 0 or None")
-    poller = Poller.waiting_on(ref, poll, stall_timeout)
-    with poller.reporting():
-        with anyio.move_on_after(timeout):
-            async with aclosing(_follow(poller, ref)) as updates:
-                async for job in updates:
-                    if on_update is not None:
-                        await _notify(on_update, job)
-        last = poller.last
-        if last is None or not last.is_terminal:
-            # _follow only ends after a terminal job, so the deadline is what stopped us.
-            state = last.job_state.value if last is not None else "never seen"
-            raise WaitTimeout(f"{ref.key} not terminal after {timeout}s (last: {state})", last=last)
-        if raise_on_failure and last.job_state in (JobState.FAILED, JobState.CANCELED):
-            raise JobFailed(last)
-        return last
+    last = await _wait(
+        ref,
+        _terminal,
+        timeout=timeout,
+        poll=poll,
+        on_update=on_update,
+        stall_timeout=stall_timeout,
+        cancel_on_timeout=cancel_on_timeout,
+    )
+    if raise_on_failure and last.job_state in (JobState.FAILED, JobState.CANCELED):
+        raise JobFailed(last)
+    return last
 
 
 async def wait_all(
     refs: Sequence[JobRef[J]],
     *,
     timeout: float | None = None,
-    poll: PollPolicy | None = None,
+    poll: PollSchedule | None = None,
     on_update: OnUpdate[J] | None = None,
     fail_fast: bool = False,
     max_concurrency: int = 8,

@@ -46,7 +46,7 @@ from ._errors import (
     NotFoundError,
     WaitTimeout,
 )
-from ._policy import Decision, PollPolicy, Stop
+from ._policy import Decision, PollPolicy, PollSchedule, Stop, check_schedule, policy_for
 from ._poll import MISSED_POLL_ERRORS, ActiveListing, J, JobRef, OnUpdate, Poller, outcome_of
 from ._ratelimit import REQUEST_LIMITS, RequestLimits
 from ._redact import get_logger
@@ -116,7 +116,7 @@ class Watcher:
     def __init__(
         self,
         *clients: ApiClient,
-        poll: PollPolicy | None = None,
+        poll: PollSchedule | None = None,
         max_concurrency: int = 16,
         rate_limit: float | None = None,
         on_update: OnUpdate[Any] | None = None,
@@ -132,7 +132,10 @@ class Watcher:
         if stall_timeout is not None and not stall_timeout > 0:
             raise ValueError("stall_timeout must be > 0 or None")
         self.clients: tuple[ApiClient, ...] = clients
-        self.poll: PollPolicy = poll or PollPolicy()
+        #: The schedule of every job: one PollPolicy, or one per JobState.
+        self.schedule: PollSchedule | None = check_schedule(poll)
+        #: The policy before a job's state is known (the first poll's spread, a group's pace).
+        self.poll: PollPolicy = policy_for(None, self.schedule)
         self.max_concurrency: int = max_concurrency
         self.rate_limit: float | None = rate_limit
         self.on_update: OnUpdate[Any] | None = on_update
@@ -357,7 +360,7 @@ class Watcher:
         if ref.listeners:
             listeners = tuple(dict.fromkeys((*self.listeners, *ref.listeners)))  # each once
         poller: Poller[Any] = Poller(
-            ref.key, self.poll, stall_timeout=self.stall_timeout, listeners=listeners
+            ref.key, self.schedule, stall_timeout=self.stall_timeout, listeners=listeners
         )
         entry = _Entry(ref, poller, group)
         self._entries[ref.key] = entry
@@ -505,7 +508,18 @@ class Watcher:
             else:
                 seen_change, _ = await self._observe(entry, job)
                 changed = changed or seen_change
+        if self.schedule is not None and not isinstance(self.schedule, PollPolicy):
+            group.poller.step.policy = self._group_policy(group)
         return group.poller.listed(changed)
+
+    def _group_policy(self, group: _Group) -> PollPolicy:
+        """A group's listing goes at the pace of its most urgent job: the policy with the
+        shortest initial interval among its jobs' states."""
+        policies = (
+            policy_for(entry.poller.last.job_state if entry.poller.last else None, self.schedule)
+            for entry in group.entries.values()
+        )
+        return min(policies, key=lambda policy: policy.initial, default=self.poll)
 
     async def _group_pause(self, group: _Group, delay: float) -> None:
         """Sleep ``delay``, cut to ``poll.initial`` once a new job joins the group."""

@@ -125,8 +125,10 @@ class StateChanged(Event, frozen=True, kw_only=True):
 
 class WaitDone(Event, frozen=True, kw_only=True):
     """A wait ended: ``outcome`` is ``succeeded``, ``failed`` or ``canceled`` (the job's
-    terminal state), ``timeout``, ``stalled``, ``error`` (a typed error ended it) or
-    ``interrupted`` (the caller cancelled); ``polls`` counts the successful looks."""
+    terminal state, also when it ended without meeting a :func:`~async_jobs.wait_until`
+    condition), ``met`` (a job not yet terminal met the condition), ``timeout``, ``stalled``,
+    ``error`` (a typed error ended it) or ``interrupted`` (the caller cancelled); ``polls``
+    counts the successful looks."""
 
     key: str
     outcome: str

@@ -28,7 +28,7 @@ from ._errors import WaitTimeout
 from ._http import Auth, ClientSession, ErrorDetails, QueryValue, StaticTokenAuth, api_path
 from ._oauth import DEFAULT_REFRESH_MARGIN, ClientCredentialsAuth
 from ._paging import Page, merge_streams
-from ._policy import PollPolicy
+from ._policy import PollSchedule
 from ._poll import JobRef, OnUpdate, wait_all, watch
 from .models.metafold import (
     JOB_QUERY_FIELDS,
@@ -569,7 +569,7 @@ async def wait_for_workflow_jobs(
     *,
     project_id: str | None = None,
     timeout: float | None = None,
-    poll: PollPolicy | None = None,
+    poll: PollSchedule | None = None,
     fail_fast: bool = False,
     on_update: OnUpdate[MetafoldJob] | None = None,
     max_concurrency: int = 8,

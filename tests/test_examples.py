@@ -97,6 +97,7 @@ async def test_durable_watches_serve_a_job_api_of_your_own(redis_client: Any) ->
             async with watches.run(client, handler=handler, poll=example.FAST) as worker:
                 await eventually(lambda: worker.in_flight == 2, timeout=30)
                 server.clock.advance(5)
-                await eventually(lambda: len(handled) == 2, timeout=30)
+                # The worker counts a job once its result is written, after the handler.
+                await eventually(lambda: worker.handled == 2, timeout=30)
     assert handled == {ids[0]: "succeeded", ids[1]: "failed"}
     assert await redis_client.xlen("async_jobs:results") == 2

@@ -25,7 +25,7 @@ Traces (tracer ``async_jobs``):
   inside a request handler's span nests under it; a Watcher's under the task calling
   ``add``), and ends when the wait ends. Attributes: ``async_jobs.job.key`` (``<kind>:<ids>``),
   ``async_jobs.job.kind``, ``async_jobs.wait.outcome`` (``succeeded``, ``failed``,
-  ``canceled``, ``timeout``, ``stalled``, ``error`` or ``interrupted``) and
+  ``canceled``, ``met``, ``timeout``, ``stalled``, ``error`` or ``interrupted``) and
   ``async_jobs.wait.polls`` (successful looks). Status ERROR for ``timeout``, ``stalled`` and
   ``error``; a job that failed or was canceled is a result of the wait, not an error of it, and
   ``interrupted`` (the caller cancelled) is not an error either. Each state change is a span

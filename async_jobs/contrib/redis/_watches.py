@@ -15,7 +15,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from ..._client import ApiClient
-from ..._policy import PollPolicy, RetryPolicy
+from ..._policy import PollSchedule, RetryPolicy
 from ..._poll import JobRef
 from ._records import WatchEntry, encode_context
 from ._replies import _is_nogroup, _str
@@ -183,7 +183,7 @@ class DurableWatches:
         handler: Handler,
         concurrency: int = 16,
         prefetch: int = 10_000,
-        poll: PollPolicy | None = None,
+        poll: PollSchedule | None = None,
         claim_idle: float = 60.0,
         keepalive: float | None = None,
         retry: RetryPolicy | None = None,

@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 
 from ..._client import ApiClient
 from ..._outage import Outage
-from ..._policy import PollPolicy, RetryPolicy
+from ..._policy import PollSchedule, RetryPolicy
 from ..._poll import JobRef
 from ..._redact import get_logger, register_secret, unregister_secret
 from ..._watcher import Watcher
@@ -49,7 +49,7 @@ class DurableWorker:
         *,
         concurrency: int,
         prefetch: int,
-        poll: PollPolicy | None,
+        poll: PollSchedule | None,
         claim_idle: float,
         keepalive: float | None,
         retry: RetryPolicy,
