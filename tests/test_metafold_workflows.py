@@ -209,6 +209,37 @@ async def test_workflow_refs_cancel_and_job_refs_cannot(
     assert [r.method for r in server.requests if r.path.endswith("/cancel")] == ["POST"]
 
 
+async def test_a_timed_out_wait_cancels_the_workflow_on_the_server(
+    server: FakeApiServer, mf: aj.MetafoldClient
+) -> None:
+    wf = await mf.create_workflow(CHAIN)
+    server.clock.advance(5.0)  # a runs, the others wait: the clock stands still from here
+    with pytest.raises(aj.WaitTimeout) as caught:
+        await aj.wait_until_terminal(mf.workflow(wf.id), timeout=0.2, cancel_on_timeout=True)
+    last = caught.value.last
+    assert isinstance(last, aj.MetafoldWorkflow) and last.state == "canceled"
+    assert server.metafold.cancel_calls == {wf.id: 1}
+    assert server.metafold.workflow_body(PROJECT, wf.id)["state"] == "canceled"
+    assert {server.metafold.state(PROJECT, job) for job in wf.jobs} == {"canceled"}
+
+
+async def test_a_cancelled_caller_leaves_the_workflow_canceled_on_the_server(
+    server: FakeApiServer, mf: aj.MetafoldClient
+) -> None:
+    wf = await mf.create_workflow(CHAIN)
+    path = f"/projects/{PROJECT}/workflows/{wf.id}"
+    ref = mf.workflow(wf.id)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: aj.wait_until_terminal(ref, cancel_on_timeout=True))
+        with anyio.fail_after(10):
+            while sum(r.path == path for r in server.requests) < 2:  # noqa: ASYNC110
+                await anyio.sleep(0.005)
+        tg.cancel_scope.cancel()
+    assert server.metafold.cancel_calls == {wf.id: 1}
+    assert server.metafold.workflow_body(PROJECT, wf.id)["state"] == "canceled"
+    assert {server.metafold.state(PROJECT, job) for job in wf.jobs} == {"canceled"}
+
+
 # -- the fake's wire --------------------------------------------------------------------------
 
 
