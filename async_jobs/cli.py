@@ -135,6 +135,15 @@ async def get_job(args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
+async def cancel_job(args: argparse.Namespace, out: Output) -> int:
+    """``... cancel [IDS] ID``: ask the API to cancel the job (a kind with a ``cancel``) and
+    show what it answers. One the API refuses (already finished, say) is an API error."""
+    ids: Ids = args.ids
+    async with open_client(args) as client:
+        out.job(args.kind, await client.ref(args.kind, *ids(client, args)).cancel())
+    return EXIT_OK
+
+
 async def wait_job(args: argparse.Namespace, out: Output) -> int:
     """``... wait [IDS] ID``: the job's progress until it ends (a phase-labelled bar for a
     conversion)."""
@@ -218,24 +227,53 @@ def _whole_list(method: Callable[..., Awaitable[list[Any]]]) -> Lister:
     return listing
 
 
+async def _wait_for_workflow(
+    mf: MetafoldClient, workflow_id: str, args: argparse.Namespace, out: Output
+) -> int:
+    """One bar per job of the workflow, then its jobs and itself as final records."""
+    with out.watching():
+        jobs = await wait_for_workflow_jobs(
+            mf,
+            workflow_id,
+            project_id=args.project,
+            timeout=args.timeout,
+            on_update=lambda job: out.update(METAFOLD_JOB, job),
+        )
+        for job in jobs:
+            out.final(METAFOLD_JOB, job)
+        workflow = await mf.get_workflow(workflow_id, project_id=args.project)
+        out.final(METAFOLD_WORKFLOW, workflow)
+    failed = any(job.job_state is not JobState.SUCCEEDED for job in jobs)
+    return EXIT_FAILED if failed else exit_code_for(workflow)
+
+
 async def metafold_workflow_wait(args: argparse.Namespace, out: Output) -> int:
     """``metafold workflows wait ID``: one bar per job of the workflow."""
     async with open_client(args) as client:
+        return await _wait_for_workflow(cast(MetafoldClient, client), args.id, args, out)
+
+
+async def metafold_workflow_create(args: argparse.Namespace, out: Output) -> int:
+    """``metafold workflows create FILE``: dispatch the YAML definition in FILE (with
+    ``--asset``/``--param`` values) and show the workflow; with ``--wait``, then wait as
+    ``metafold workflows wait`` does. Sent once unless the server surely did not act on it."""
+    try:
+        definition = await anyio.Path(args.file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ValueError(f"cannot read {args.file}: {reason}") from None
+    async with open_client(args) as client:
         mf = cast(MetafoldClient, client)
-        with out.watching():
-            jobs = await wait_for_workflow_jobs(
-                mf,
-                args.id,
-                project_id=args.project,
-                timeout=args.timeout,
-                on_update=lambda job: out.update(METAFOLD_JOB, job),
-            )
-            for job in jobs:
-                out.final(METAFOLD_JOB, job)
-            workflow = await mf.get_workflow(args.id, project_id=args.project)
-            out.final(METAFOLD_WORKFLOW, workflow)
-    failed = any(job.job_state is not JobState.SUCCEEDED for job in jobs)
-    return EXIT_FAILED if failed else exit_code_for(workflow)
+        workflow = await mf.create_workflow(
+            definition,
+            assets=dict(args.asset) if args.asset else None,
+            parameters=dict(args.param) if args.param else None,
+            project_id=args.project,
+        )
+        out.job(METAFOLD_WORKFLOW, workflow)
+        if not args.wait:
+            return EXIT_OK
+        return await _wait_for_workflow(mf, workflow.id, args, out)
 
 
 # -- demo and fake server ---------------------------------------------------------------------
@@ -282,6 +320,13 @@ def _seconds(text: str) -> float:
     if not value >= 0:
         raise argparse.ArgumentTypeError("must be >= 0 seconds")
     return value
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
 
 
 def _global_options() -> argparse.ArgumentParser:
@@ -436,6 +481,30 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--max-items", type=_positive_int)
         helps = (f"get one of a project's {resource}", f"wait for one of a project's {resource}")
         get_and_wait(mf_cmds, helps, _project_ids, ("id",), wait=wait, project=True)
+        if kind.cancel is not None:
+            p = leaf(mf_cmds, "cancel", cancel_job, f"cancel one of a project's {resource}")
+            p.set_defaults(ids=_project_ids)
+            p.add_argument("id")
+            p.add_argument("--project", default=argparse.SUPPRESS, help="project id")
+        if resource == "workflows":
+            p = leaf(
+                mf_cmds,
+                "create",
+                metafold_workflow_create,
+                "dispatch a workflow from a YAML definition file",
+            )
+            p.add_argument("file", help="the workflow definition (YAML)")
+            p.add_argument("--project", default=argparse.SUPPRESS, help="project id")
+            for option, what in (("--asset", "asset filename"), ("--param", "parameter")):
+                p.add_argument(
+                    option,
+                    action="append",
+                    type=_key_value,
+                    metavar="JOB.NAME=VALUE",
+                    help=f"a job's {what} (repeatable)",
+                )
+            p.add_argument("--wait", action="store_true", help="then wait for its jobs")
+            p.add_argument("--timeout", type=_seconds, help="seconds (default: no limit)")
     return parser
 
 

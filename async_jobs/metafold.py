@@ -13,7 +13,7 @@ quotes is quoted::
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from functools import partial
@@ -253,6 +253,12 @@ def _active_workflows(mf: MetafoldClient, project_id: str) -> AsyncIterator[Meta
     return mf._active(project_id, "workflows")
 
 
+async def _cancel_workflow(
+    mf: MetafoldClient, project_id: str, workflow_id: str
+) -> MetafoldWorkflow:
+    return await mf.cancel_workflow(workflow_id, project_id=project_id)
+
+
 #: A Metafold project job, listed per project.
 METAFOLD_JOB: JobKind[MetafoldJob] = JobKind(
     "metafold.job",
@@ -262,7 +268,7 @@ METAFOLD_JOB: JobKind[MetafoldJob] = JobKind(
     list_active=_active_jobs,
     label="mf job",
 )
-#: A Metafold workflow, listed per project.
+#: A Metafold workflow, listed per project; its refs can cancel it (``POST .../cancel``).
 METAFOLD_WORKFLOW: JobKind[MetafoldWorkflow] = JobKind(
     "metafold.workflow",
     MetafoldWorkflow,
@@ -270,6 +276,7 @@ METAFOLD_WORKFLOW: JobKind[MetafoldWorkflow] = JobKind(
     group="metafold.workflows",
     list_active=_active_workflows,
     label="mf workflow",
+    cancel=_cancel_workflow,
 )
 #: The Metafold API: jobs, workflows and Metafold's error bodies (no request-id header).
 METAFOLD_API = JobApi(
@@ -284,6 +291,15 @@ def _check_id(name: str, value: str) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"{name} must be a non-empty string, got {value!r}")
     return value
+
+
+def _string_map(name: str, mapping: Mapping[str, str]) -> dict[str, str]:
+    if not isinstance(mapping, Mapping):
+        raise TypeError(f"{name} must be a mapping of strings, got {type(mapping).__name__}")
+    for key, value in mapping.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError(f"{name} maps strings to strings, got {key!r}: {value!r}")
+    return dict(mapping)
 
 
 class MetafoldClient(ApiClient):
@@ -449,8 +465,61 @@ class MetafoldClient(ApiClient):
         self, workflow_id: str, *, project_id: str | None = None
     ) -> JobRef[MetafoldWorkflow]:
         """A JobRef on the workflow itself (its own state); see also
-        :func:`wait_for_workflow_jobs`."""
+        :func:`wait_for_workflow_jobs`. It can cancel the workflow (``await ref.cancel()``,
+        or ``wait_until_terminal(..., cancel_on_timeout=True)``); a :meth:`job` ref cannot,
+        as the API has no job cancel."""
         return self.ref(METAFOLD_WORKFLOW, self.resolve_project_id(project_id), workflow_id)
+
+    async def create_workflow(
+        self,
+        definition: str,
+        *,
+        assets: Mapping[str, str] | None = None,
+        parameters: Mapping[str, str] | None = None,
+        project_id: str | None = None,
+    ) -> MetafoldWorkflow:
+        """``POST /projects/{id}/workflows``: dispatch a workflow and return it as the server
+        answers (202: pending, with its jobs' ids and ``link``, its status URL); wait for it
+        with ``aj.wait_until_terminal(mf.workflow(wf.id))`` or :func:`wait_for_workflow_jobs`.
+
+        ``definition`` is the workflow's YAML (a top-level ``jobs:`` mapping of job name to
+        ``type``, ``needs``, ``assets``, ``parameters``); ``assets`` maps ``"job.input"`` to an
+        asset filename and ``parameters`` ``"job.param"`` to a string value. A definition the
+        server refuses is a :class:`~async_jobs.BadRequestError` with its reason.
+
+        The request is sent again only when the server surely did not act on it (the
+        connection was refused before anything was sent, or it answered 429, or 503 with
+        ``Retry-After``); after any other failure (a 500, a timeout, a dropped connection)
+        the workflow may or may not exist, so the error is raised: list the project's
+        workflows before dispatching again.
+        """
+        pid = self.resolve_project_id(project_id)
+        if not isinstance(definition, str):
+            raise TypeError(f"definition must be a YAML string, got {type(definition).__name__}")
+        body: dict[str, Any] = {"definition": definition}
+        for name, mapping in (("assets", assets), ("parameters", parameters)):
+            if mapping is not None:
+                body[name] = _string_map(name, mapping)
+        response = await self._http.request(
+            "POST", api_path("projects", pid, "workflows"), json=body
+        )
+        return self._http.decode(response, METAFOLD_WORKFLOW.decoder)
+
+    async def cancel_workflow(
+        self, workflow_id: str, *, project_id: str | None = None
+    ) -> MetafoldWorkflow:
+        """``POST /projects/{id}/workflows/{workflow_id}/cancel``: cancel a workflow that has
+        not finished (its unfinished jobs are canceled too) and return it. A workflow that
+        already finished answers 400 (:class:`~async_jobs.BadRequestError`).
+
+        Like every POST, it is sent again only when the server surely did not act on it
+        (connection refused before sending, 429, or 503 with ``Retry-After``).
+        """
+        pid = self.resolve_project_id(project_id)
+        workflow_id = _check_id("workflow_id", workflow_id)
+        path = api_path("projects", pid, "workflows", workflow_id, "cancel")
+        response = await self._http.request("POST", path)
+        return self._http.decode(response, METAFOLD_WORKFLOW.decoder)
 
 
 # -- workflows as a whole --------------------------------------------------------------------

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -462,3 +463,112 @@ async def test_logging_in_process_leaves_root_alone_and_cleans_up(
     assert not [r for r in caplog.records if r.name.startswith("async_jobs")]
     assert (root.level, list(root.handlers), root.filters[:]) == before
     assert (library.level, library.propagate, list(library.handlers)) == library_before
+
+
+# -- metafold workflows create / cancel (in process: the checked-out code, not the installed) --
+
+WORKFLOW_YAML = """---
+jobs:
+  sample:
+    type: implicit/from-mesh
+    needs: [preprocess]
+    assets: {mesh: preprocess}
+  preprocess:
+    type: mesh/preprocess
+"""
+
+
+async def _cli(*argv: str) -> int:
+    from async_jobs import cli
+
+    code: int = await anyio.to_thread.run_sync(cli.main, list(argv))
+    return code
+
+
+@pytest.fixture
+def metafold_env(server: FakeApiServer, monkeypatch: pytest.MonkeyPatch) -> FakeApiServer:
+    for name in TOKEN_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("METAFOLD_ACCESS_TOKEN", TOKEN)
+    monkeypatch.setenv("METAFOLD_BASE_URL", server.url)
+    monkeypatch.setenv("METAFOLD_PROJECT_ID", "p1")
+    server.metafold.add_project("p1")
+    return server
+
+
+@pytest.mark.anyio
+async def test_metafold_workflows_create_and_cancel(
+    metafold_env: FakeApiServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = metafold_env
+    server.clock.speed = 0  # the workflow stays pending: create, then cancel it
+    definition = tmp_path / "flow.yml"
+    definition.write_text(WORKFLOW_YAML)
+    args = ["--json", "--param", "sample.resolution=512", "--asset", "preprocess.mesh=a=b.stl"]
+    assert await _cli("metafold", "workflows", "create", str(definition), *args) == 0
+    (created,) = _lines(capsys.readouterr().out.encode())
+    assert created["event"] == "job" and created["kind"] == "metafold.workflow"
+    assert created["state"] == "pending" and created["status"] == "pending"
+    workflow_id = str(created["id"])
+    assert server.metafold.created_workflows == [workflow_id]
+    job = created["job"]
+    assert isinstance(job, dict) and job["definition"] == WORKFLOW_YAML
+    assert str(job["link"]).endswith(f"/workflows/{workflow_id}/status")
+    made = {j.name: j for j in server.metafold.projects["p1"].jobs.values()}
+    assert made["sample"].params == {"resolution": "512"}
+
+    assert await _cli("metafold", "workflows", "cancel", workflow_id, "--json") == 0
+    (canceled,) = _lines(capsys.readouterr().out.encode())
+    assert canceled["event"] == "job" and canceled["id"] == workflow_id
+    assert canceled["state"] == "canceled"
+    assert server.metafold.cancel_calls == {workflow_id: 1}
+    assert {server.metafold.state("p1", j.id) for j in made.values()} == {"canceled"}
+
+    # Canceling a finished workflow is the API's 400: the API-error exit code.
+    assert await _cli("metafold", "workflows", "cancel", workflow_id, "--project", "p1") == 4
+    out, err = capsys.readouterr()
+    assert out == "" and "HTTP 400" in err and "already finished" in err
+    assert server.metafold.cancel_calls == {workflow_id: 2}
+
+    # A definition the server refuses: its reason, exit 4; an unreadable file: usage, exit 2.
+    definition.write_text("jobs: {}\n")
+    assert await _cli("metafold", "workflows", "create", str(definition)) == 4
+    assert "it has no jobs" in capsys.readouterr().err
+    assert await _cli("metafold", "workflows", "create", str(tmp_path / "missing.yml")) == 2
+    assert "cannot read" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:
+        await _cli("metafold", "workflows", "create", str(definition), "--param", "no-equals")
+    assert usage.value.code == 2
+    assert server.metafold.created_workflows == [workflow_id]
+    assert TOKEN not in capsys.readouterr().err
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("failing", "expected"), [({}, 0), ({"sample": "no mesh"}, 1)])
+async def test_metafold_workflows_create_wait(
+    metafold_env: FakeApiServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    failing: dict[str, str],
+    expected: int,
+) -> None:
+    server = metafold_env
+    # Each job runs as soon as what it needs succeeded, in no time: the first poll sees it end.
+    server.metafold.workflow_job_timeline = [("pending", 0.0), ("started", 0.0), ("success", None)]
+    server.metafold.failing_jobs = failing
+    definition = tmp_path / "flow.yml"
+    definition.write_text(WORKFLOW_YAML)
+    command = ("metafold", "workflows", "create", str(definition), "--wait", "--json")
+    assert await _cli(*command, "--timeout", "30") == expected
+    out = capsys.readouterr().out
+    records: list[dict[str, Any]] = [json.loads(line) for line in out.splitlines()]
+    assert records[0]["event"] == "job" and records[0]["kind"] == "metafold.workflow"
+    finals = [
+        (r["kind"], r["job"].get("name"), r["state"]) for r in records if r["event"] == "final"
+    ]
+    outcome = "failed" if failing else "succeeded"
+    assert finals == [
+        ("metafold.job", "preprocess", "succeeded"),
+        ("metafold.job", "sample", outcome),
+        ("metafold.workflow", None, outcome),  # a workflow has no name
+    ]

@@ -145,3 +145,68 @@ def test_fake_bodies_have_exactly_the_sdks_fields() -> None:
     assert set(fake.metafold.job_body(PROJECT, job.id)) == job_fields
     workflow_fields = {f.name for f in attrs.fields(Workflow) if not f.name.startswith("_")}
     assert set(fake.metafold.workflow_body(PROJECT, wf.id)) <= workflow_fields
+
+
+SAMPLE_MESH = """---
+jobs:
+  preprocess-mesh:
+    type: mesh/preprocess
+  sample-mesh:
+    type: implicit/from-mesh
+    needs:
+    - preprocess-mesh
+    assets:
+      mesh: preprocess-mesh
+...
+"""
+
+
+async def test_sdk_runs_and_cancels_workflows_on_the_fake(server: FakeApiServer) -> None:
+    """``workflows.run`` posts the definition (202 + link) and polls the link while it answers
+    202, until the 201 with the finished workflow; ``workflows.cancel`` parses the canceled
+    one, and the 400 for a finished one is an error."""
+    from .conftest import eventually
+
+    server.clock.speed = 0  # the workflow runs only when the test moves the clock
+    server.metafold.add_project(PROJECT)
+    parameters = {"sample-mesh.resolution": "128"}
+    assets = {"preprocess-mesh.mesh": "part.stl"}
+    with sdk_client(server) as client:
+        pending = await in_thread(
+            lambda: client.workflows.run_async(SAMPLE_MESH, parameters, assets)
+        )
+        assert pending.state == "pending" and pending.definition == SAMPLE_MESH
+        assert pending.link == f"{server.url}/projects/{PROJECT}/workflows/{pending.id}/status"
+        assert len(pending.jobs) == 2 and pending.project_id == PROJECT
+
+        def status_polls() -> int:
+            return sum(r.path.endswith("/status") for r in server.requests)
+
+        async with anyio.create_task_group() as tg:
+            finished: list[Any] = []
+
+            async def run() -> None:
+                finished.append(
+                    await in_thread(lambda: client.workflows.run(SAMPLE_MESH, timeout=60))
+                )
+
+            tg.start_soon(run)
+            await eventually(lambda: status_polls() >= 1)  # answered 202: the SDK sleeps 1 s
+            server.clock.advance(1000.0)
+        (done,) = finished
+        assert status_polls() >= 2
+        assert done.state == "success" and done.finished is not None and done.link is not None
+        assert done.id in done.link and done.id != pending.id
+        sampled = await in_thread(lambda: done.get_parameter("sample-mesh.face_count"))
+        assert sampled == "1000"  # the SDK found the job by name among the workflow's jobs
+
+        assert server.metafold.state(PROJECT, pending.jobs[0]) == "success"
+        fresh = await in_thread(lambda: client.workflows.run_async(SAMPLE_MESH))
+        canceled = await in_thread(lambda: client.workflows.cancel(fresh.id))
+        assert canceled.id == fresh.id and canceled.state == "canceled"
+        assert {server.metafold.state(PROJECT, job) for job in fresh.jobs} == {"canceled"}
+        with pytest.raises(requests.HTTPError, match="already finished"):
+            await in_thread(lambda: client.workflows.cancel(fresh.id))
+        with pytest.raises(requests.HTTPError, match='Expected parameter "definition"'):
+            await in_thread(lambda: client.workflows.run_async(None))  # type: ignore[arg-type]
+    assert server.metafold.cancel_calls == {fresh.id: 2}

@@ -4,7 +4,9 @@ plus the OAuth2 token endpoint that client credentials are exchanged at.
 Jobs walk a timeline (``pending`` -> ``started`` -> ``success``/``failure``/``canceled`` by
 default) on the server's clock. A job with ``needs`` stays in its first state until every job
 it needs has succeeded, and is canceled as soon as one of them fails or is canceled, as a
-workflow engine does. A workflow's state follows its jobs. Responses carry exactly the fields
+workflow engine does. A workflow's state follows its jobs (``canceled`` once canceled);
+workflows can also be posted as YAML definitions, polled at their ``/status`` link and
+canceled, as the API documents. Responses carry exactly the fields
 the official ``metafold`` SDK reads (its models reject unknown keys), datetimes in RFC 1123 as
 the live API sends them (or ISO 8601 as its docs show, with ``datetime_format="iso8601"``).
 """
@@ -12,11 +14,13 @@ the live API sends them (or ISO 8601 as its docs show, with ``datetime_format="i
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from email.utils import format_datetime
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -29,6 +33,7 @@ from ..models.metafold import (
     WORKFLOW_SORT_FIELDS,
 )
 from ._clock import FakeClock
+from ._metafold_definition import DefinitionError, MissingPyYAML
 from ._metafold_lifecycle import (
     DEFAULT_JOB_TIMELINE,
     FakeMetafoldJob,
@@ -99,6 +104,11 @@ class FakeMetafold(MetafoldLifecycle, FakeApi):
     of the tokens the token endpoint issues) and ``audience`` (the one accepted, matched
     exactly as Auth0 does; by default the server's own URL with a trailing slash, which is
     what the official SDK sends).
+
+    Workflows posted to ``POST /projects/{p}/workflows`` (YAML definitions, read with PyYAML:
+    the ``testing`` extra) run their jobs in ``needs`` order: ``workflow_job_timeline`` (or
+    ``workflow_job_timelines[name]``) is how each walks, ``failing_jobs`` (name -> error)
+    which fail; ``created_workflows`` and ``cancel_calls`` record what reached the server.
     """
 
     name = "metafold"
@@ -116,6 +126,10 @@ class FakeMetafold(MetafoldLifecycle, FakeApi):
         self.legacy_fields = True
         #: Raw (still percent-encoded) path and query of every Metafold request served.
         self.raw_paths: list[str] = []
+        #: Ids of the workflows created through ``POST /projects/{p}/workflows``, in order.
+        self.created_workflows: list[str] = []
+        #: Workflow id -> how many ``POST .../cancel`` requests reached it (refused ones too).
+        self.cancel_calls: Counter[str] = Counter()
 
     def attach(self, server: FakeServer) -> None:
         """Adopt the server's clock, and have the server host the token endpoint too."""
@@ -235,32 +249,17 @@ class FakeMetafold(MetafoldLifecycle, FakeApi):
         self, project_id: str, workflow_id: str, memo: dict[str, Steps] | None = None
     ) -> dict[str, Any]:
         """The workflow as ``GET /projects/{id}/workflows/{workflow_id}`` returns it; its
-        state follows its jobs."""
-        project = self.projects[project_id]
-        workflow = project.workflows[workflow_id]
+        state follows its jobs (see ``workflow_moment``)."""
+        workflow = self.projects[project_id].workflows[workflow_id]
         now = self.clock.now()
-        memo = {} if memo is None else memo
-        seen = [self._seen(project, job_id, now, memo) for job_id in workflow.jobs]
-        states = [_state(one.state) for one in seen]
-        started_at = [one.started for one in seen if one.started is not None]
-        if seen and all(state.is_terminal for state in states):
-            if JobState.FAILED in states:
-                state = "failure"
-            elif JobState.CANCELED in states:
-                state = "canceled"
-            else:
-                state = "success"
-            finished: float | None = max(one.finished or now for one in seen)
-        else:
-            state = "started" if any(s is not JobState.PENDING for s in states) else "pending"
-            finished = None
+        seen = self.workflow_moment(project_id, workflow_id, now, {} if memo is None else memo)
         return {
             "id": workflow.id,
             "jobs": list(workflow.jobs),
-            "state": state,
+            "state": seen.state,
             "created": metafold_time(workflow.created_at, self.datetime_format),
-            "started": self._time(min(started_at)) if started_at else None,
-            "finished": self._time(finished),
+            "started": self._time(seen.started),
+            "finished": self._time(seen.finished),
             "definition": workflow.definition,
             "project_id": workflow.project_id,
         }
@@ -328,32 +327,19 @@ class FakeMetafold(MetafoldLifecycle, FakeApi):
             return project
         memo: dict[str, Steps] = {}
         pid = request.match_info["project_id"]
+        now = self.clock.now()
         rows: list[Row] = []
         for workflow in project.workflows.values():
             body = self.workflow_body(pid, workflow.id, memo)
+            seen = self.workflow_moment(pid, workflow.id, now, memo)
             keys: dict[str, float | str | None] = {
                 "id": workflow.id,
                 "created": workflow.created,
-                "started": self._seconds(pid, workflow.id, "started", memo),
-                "finished": self._seconds(pid, workflow.id, "finished", memo)
-                if body["finished"]
-                else None,
+                "started": seen.started,
+                "finished": seen.finished,
             }
             rows.append((workflow.id, body, keys))
         return self._listing(request, rows, WORKFLOW_SORT_FIELDS, WORKFLOW_QUERY_FIELDS)
-
-    def _seconds(
-        self, project_id: str, workflow_id: str, which: str, memo: dict[str, Steps]
-    ) -> float | None:
-        project = self.projects[project_id]
-        now = self.clock.now()
-        seen = [self._seen(project, j, now, memo) for j in project.workflows[workflow_id].jobs]
-        values: list[float] = [
-            getattr(one, which) for one in seen if getattr(one, which) is not None
-        ]
-        if not values:
-            return None
-        return min(values) if which == "started" else max(values)
 
     async def handle_get_workflow(self, request: web.Request) -> web.Response:
         """``GET /projects/{projectId}/workflows/{workflowId}``."""
@@ -365,6 +351,91 @@ class FakeMetafold(MetafoldLifecycle, FakeApi):
             return metafold_error(404, "Resource does not exist", style=self.error_style)
         return web.json_response(self.workflow_body(request.match_info["project_id"], workflow_id))
 
+    def _workflow(self, request: web.Request) -> tuple[str, str] | web.Response:
+        """(project id, workflow id) of a request on one workflow, or its 404."""
+        project = self._project(request)
+        if isinstance(project, web.Response):
+            return project
+        workflow_id = request.match_info["id"]
+        if workflow_id not in project.workflows:
+            return metafold_error(404, "Resource does not exist", style=self.error_style)
+        return request.match_info["project_id"], workflow_id
+
+    @staticmethod
+    def _link(request: web.Request, project_id: str, workflow_id: str) -> str:
+        """The absolute URL of a workflow's status, as the server is addressed."""
+        path = f"/projects/{quote(project_id, safe='')}/workflows/{workflow_id}/status"
+        return f"{request.url.origin()}{path}"
+
+    async def handle_create_workflow(self, request: web.Request) -> web.Response:
+        """``POST /projects/{projectId}/workflows``: a JSON body with ``definition`` (YAML,
+        required), ``assets`` and ``parameters``; 202 with the pending workflow and its
+        ``link``, or 400 for a body or definition the server refuses."""
+        project = self._project(request)
+        if isinstance(project, web.Response):
+            return project
+        pid = request.match_info["project_id"]
+        try:
+            payload = await request.json()
+        except ValueError:
+            return self._bad_request("Request body must be JSON")
+        if not isinstance(payload, dict):
+            return self._bad_request("Request body must be a JSON object")
+        definition = payload.get("definition")
+        if not isinstance(definition, str) or not definition.strip():
+            return self._bad_request('Expected parameter "definition"', field="definition")
+        maps: dict[str, Mapping[str, str] | None] = {}
+        for name in ("assets", "parameters"):
+            value = payload.get(name)
+            if value is not None and not (
+                isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+            ):
+                return self._bad_request(
+                    f'Parameter "{name}" must map "job.name" keys to strings', field=name
+                )
+            maps[name] = value
+        try:
+            workflow = self.create_workflow(
+                pid, definition, assets=maps["assets"], parameters=maps["parameters"]
+            )
+        except DefinitionError as exc:
+            return self._bad_request(str(exc), field="definition")
+        except MissingPyYAML as exc:
+            return metafold_error(500, str(exc), style=self.error_style)
+        self.created_workflows.append(workflow.id)
+        body = self.workflow_body(pid, workflow.id)
+        body["link"] = self._link(request, pid, workflow.id)
+        return web.json_response(body, status=202)
+
+    async def handle_workflow_status(self, request: web.Request) -> web.Response:
+        """``GET /projects/{projectId}/workflows/{workflowId}/status``: 202 with ``{"state":
+        ...}`` while the workflow runs, 201 with the whole workflow and its ``link`` once it
+        finished."""
+        found = self._workflow(request)
+        if isinstance(found, web.Response):
+            return found
+        body = self.workflow_body(*found)
+        if not _state(body["state"]).is_terminal:
+            return web.json_response({"state": body["state"]}, status=202)
+        body["link"] = self._link(request, *found)
+        return web.json_response(body, status=201)
+
+    async def handle_cancel_workflow(self, request: web.Request) -> web.Response:
+        """``POST /projects/{projectId}/workflows/{workflowId}/cancel``: an unfinished
+        workflow and its unfinished jobs become canceled (200, the workflow); a finished
+        one answers 400."""
+        found = self._workflow(request)
+        if isinstance(found, web.Response):
+            return found
+        self.cancel_calls[found[1]] += 1
+        if not self.cancel_workflow(*found):
+            state = self.workflow_body(*found)["state"]
+            return self._bad_request(f"Workflow has already finished ({state})")
+        return web.json_response(self.workflow_body(*found))
+
+    def _bad_request(self, description: str, *, field: str | None = None) -> web.Response:
+        return metafold_error(400, description, style=self.error_style, field=field)
+
     def add_routes(self, app: web.Application) -> None:
         """Register the Metafold routes on ``app`` (the token endpoint is a plugin of its own,
         :attr:`oauth`)."""
@@ -372,3 +443,10 @@ class FakeMetafold(MetafoldLifecycle, FakeApi):
         app.router.add_get("/projects/{project_id}/jobs/{id}", self.handle_get_job)
         app.router.add_get("/projects/{project_id}/workflows", self.handle_list_workflows)
         app.router.add_get("/projects/{project_id}/workflows/{id}", self.handle_get_workflow)
+        app.router.add_post("/projects/{project_id}/workflows", self.handle_create_workflow)
+        app.router.add_get(
+            "/projects/{project_id}/workflows/{id}/status", self.handle_workflow_status
+        )
+        app.router.add_post(
+            "/projects/{project_id}/workflows/{id}/cancel", self.handle_cancel_workflow
+        )

@@ -17,6 +17,7 @@ from ..models.metafold import METAFOLD_STATES
 from ._clock import FakeClock
 from ._helpers import CreationTimes, walk
 from ._helpers import Timeline as Walk
+from ._metafold_definition import DefinitionError, parse_definition
 
 __all__ = [
     "DEFAULT_JOB_TIMELINE",
@@ -68,7 +69,8 @@ class FakeMetafoldJob:
 
 @dataclass
 class FakeMetafoldWorkflow:
-    """A workflow: its jobs (ids, in definition order) and its YAML definition."""
+    """A workflow: its jobs (ids, in definition order), its YAML definition and when it was
+    canceled (fake seconds; None: it was not)."""
 
     id: str
     project_id: str
@@ -76,6 +78,7 @@ class FakeMetafoldWorkflow:
     created_at: datetime
     jobs: list[str]
     definition: str
+    canceled: float | None = None
 
 
 @dataclass
@@ -100,6 +103,15 @@ class MetafoldLifecycle:
     def __init__(self) -> None:
         self.projects: dict[str, _Project] = {}
         self._creations = CreationTimes()
+        #: How each job of a workflow created through the API (:meth:`create_workflow`) walks:
+        #: its first state until every job it needs succeeded, then the rest.
+        self.workflow_job_timeline: Timeline = DEFAULT_JOB_TIMELINE
+        #: Timelines of such jobs by job name, instead of :attr:`workflow_job_timeline`.
+        self.workflow_job_timelines: dict[str, Timeline] = {}
+        #: Job names that fail in every workflow created through the API, with their error:
+        #: the job ends in ``failure`` instead of its timeline's final state (or once its
+        #: last step is over, if that one has a duration).
+        self.failing_jobs: dict[str, str] = {}
 
     # -- scripting --------------------------------------------------------------------------
 
@@ -157,10 +169,13 @@ class MetafoldLifecycle:
         jobs: Sequence[Mapping[str, Any]],
         *,
         id: str | None = None,
+        definition: str | None = None,
     ) -> FakeMetafoldWorkflow:
         """Create a workflow and its jobs. Each job is a mapping of :meth:`add_job` keywords
         (``name``, ``type``, ``timeline``, ``error``, ``params``) whose ``needs`` are the
-        *names* of other jobs of the workflow, as in a workflow definition."""
+        *names* of other jobs of the workflow, as in a workflow definition. ``definition``
+        is the YAML it reports (default: one written from ``jobs``). ValueError for a
+        duplicate name, a need naming no job of the workflow, or a cycle."""
         workflow_id = id or uuid.uuid4().hex
         names = [str(spec.get("name") or f"job-{index}") for index, spec in enumerate(jobs)]
         if len(set(names)) != len(names):
@@ -199,10 +214,46 @@ class MetafoldLifecycle:
             created=at,
             created_at=at_wall,
             jobs=[ids[name] for name in names],
-            definition=_definition(names, jobs),
+            definition=_definition(names, jobs) if definition is None else definition,
         )
         self.projects[project_id].workflows[workflow_id] = workflow
         return workflow
+
+    def create_workflow(
+        self,
+        project_id: str,
+        definition: str,
+        *,
+        assets: Mapping[str, str] | None = None,
+        parameters: Mapping[str, str] | None = None,
+    ) -> FakeMetafoldWorkflow:
+        """Dispatch a workflow from its YAML ``definition``, as ``POST
+        /projects/{p}/workflows`` does: one job per definition job (its ``needs`` the ids of
+        the jobs it names), walking :attr:`workflow_job_timeline` (or its entry in
+        :attr:`workflow_job_timelines`) once what it needs succeeded, failing if it is one
+        of :attr:`failing_jobs`. Raises ``DefinitionError`` (a ValueError) for a definition
+        the server refuses."""
+        specs: list[dict[str, Any]] = []
+        for job in parse_definition(definition, assets, parameters):
+            timeline = list(self.workflow_job_timelines.get(job.name, self.workflow_job_timeline))
+            error = self.failing_jobs.get(job.name)
+            if error is not None:  # fail instead of ending as scripted (or after the last step)
+                ended = timeline[-1][1] is None
+                timeline = [*(timeline[:-1] if ended else timeline), ("failure", None)]
+            specs.append(
+                {
+                    "name": job.name,
+                    "type": job.type,
+                    "needs": job.needs,
+                    "timeline": timeline,
+                    "error": error,
+                    "params": job.parameters,
+                }
+            )
+        try:
+            return self.add_workflow(project_id, specs, definition=definition)
+        except ValueError as exc:
+            raise DefinitionError(f"Invalid workflow definition: {exc}") from None
 
     def set_state(
         self, project_id: str, job_id: str, state: str, *, error: str | None = None
@@ -211,18 +262,51 @@ class MetafoldLifecycle:
         job = self.projects[project_id].jobs[job_id]
         job.overrides.append((self.clock.now(), state, error))
 
-    def cancel_workflow(self, project_id: str, workflow_id: str) -> None:
-        """Cancel every job of the workflow that has not ended yet."""
+    def cancel_workflow(self, project_id: str, workflow_id: str) -> bool:
+        """Cancel the workflow now if it has not finished: it and every job of it that has not
+        ended become ``canceled``. False (and nothing changes) if it had finished."""
         project = self.projects[project_id]
-        for job_id in project.workflows[workflow_id].jobs:
+        workflow = project.workflows[workflow_id]
+        now = self.clock.now()
+        if self.workflow_moment(project_id, workflow_id, now, {}).finished is not None:
+            return False
+        for job_id in workflow.jobs:
             if not _state(self.state(project_id, job_id)).is_terminal:
                 self.set_state(project_id, job_id, "canceled")
+        workflow.canceled = now
+        return True
 
     def state(self, project_id: str, job_id: str) -> str:
         """A job's state right now (the server's truth)."""
         return self._seen(self.projects[project_id], job_id, self.clock.now(), {}).state
 
     # -- lifecycle --------------------------------------------------------------------------
+
+    def workflow_moment(
+        self, project_id: str, workflow_id: str, now: float, memo: dict[str, Steps]
+    ) -> _Seen:
+        """The workflow at fake time ``now``, as its jobs make it: ``pending`` until one of
+        them leaves its first state, then ``started``; once all ended, ``failure`` if one
+        failed, else ``canceled`` if one was, else ``success``; ``canceled`` from the moment
+        it was canceled. Started and finished are its first job's start and last job's end."""
+        project = self.projects[project_id]
+        workflow = project.workflows[workflow_id]
+        seen = [self._seen(project, job_id, now, memo) for job_id in workflow.jobs]
+        states = [_state(one.state) for one in seen]
+        started_at = [one.started for one in seen if one.started is not None]
+        started = min(started_at) if started_at else None
+        if workflow.canceled is not None and workflow.canceled <= now:
+            return _Seen("canceled", started, workflow.canceled, None)
+        if seen and all(state.is_terminal for state in states):
+            if JobState.FAILED in states:
+                state = "failure"
+            elif JobState.CANCELED in states:
+                state = "canceled"
+            else:
+                state = "success"
+            return _Seen(state, started, max(one.finished or now for one in seen), None)
+        state = "started" if any(s is not JobState.PENDING for s in states) else "pending"
+        return _Seen(state, started, None, None)
 
     def _steps(self, project: _Project, job_id: str, memo: dict[str, Steps]) -> Steps:
         """When the job enters each state: (fake time, state), resolved against its needs."""
