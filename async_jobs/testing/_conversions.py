@@ -434,6 +434,13 @@ class FakeConversions:
 
     async def handle_get(self, request: web.Request) -> web.Response:
         """``GET /org/datasets/{id}/conversions/{conversion_id}``."""
+        conversion = self._conversion(request)
+        if isinstance(conversion, web.Response):
+            return conversion
+        return web.json_response(self.detail(conversion))
+
+    def _conversion(self, request: web.Request) -> FakeConversion | web.Response:
+        """The conversion of the request's path, or the 400/404 to answer instead."""
         dataset_id = check_uuid(self.options, "id", request.match_info["id"])
         if isinstance(dataset_id, web.Response):
             return dataset_id
@@ -444,7 +451,7 @@ class FakeConversions:
         conversion = self.datasets.get(dataset_id, {}).get(conversion_id)
         if conversion is None:
             return zoo_error(404, "dataset conversion not found", "not_found")
-        return web.json_response(self.detail(conversion))
+        return conversion
 
     def _dataset(self, request: web.Request) -> str | web.Response:
         """The dataset of the request's path, or the 400/404 to answer instead."""
@@ -464,16 +471,13 @@ class FakeConversions:
 
     async def handle_retrigger(self, request: web.Request) -> web.Response:
         """``POST /org/datasets/{id}/conversions/{conversion_id}/retrigger``: 204."""
-        dataset_id = self._dataset(request)
+        dataset_id = self._dataset(request)  # an unknown dataset is "dataset not found"
         if isinstance(dataset_id, web.Response):
             return dataset_id
-        raw_id = request.match_info["conversion_id"]
-        conversion_id = check_uuid(self.options, "conversion_id", raw_id)
-        if isinstance(conversion_id, web.Response):
-            return conversion_id
-        if conversion_id not in self.datasets[dataset_id]:
-            return zoo_error(404, "dataset conversion not found", "not_found")
-        self.retrigger(conversion_id)
+        conversion = self._conversion(request)
+        if isinstance(conversion, web.Response):
+            return conversion
+        self.retrigger(conversion.id)
         return web.Response(status=204)
 
     async def handle_retrigger_dataset(self, request: web.Request) -> web.Response:

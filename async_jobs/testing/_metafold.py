@@ -343,13 +343,10 @@ class FakeMetafold(MetafoldLifecycle, FakeApi):
 
     async def handle_get_workflow(self, request: web.Request) -> web.Response:
         """``GET /projects/{projectId}/workflows/{workflowId}``."""
-        project = self._project(request)
-        if isinstance(project, web.Response):
-            return project
-        workflow_id = request.match_info["id"]
-        if workflow_id not in project.workflows:
-            return metafold_error(404, "Resource does not exist", style=self.error_style)
-        return web.json_response(self.workflow_body(request.match_info["project_id"], workflow_id))
+        found = self._workflow(request)
+        if isinstance(found, web.Response):
+            return found
+        return web.json_response(self.workflow_body(*found))
 
     def _workflow(self, request: web.Request) -> tuple[str, str] | web.Response:
         """(project id, workflow id) of a request on one workflow, or its 404."""
