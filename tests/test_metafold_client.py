@@ -468,11 +468,16 @@ def five_jobs(slow: float = 0.06) -> list[dict[str, Any]]:
 async def test_workflow_jobs_in_dependency_order_with_one_failure(
     server: FakeApiServer, mf: aj.MetafoldClient
 ) -> None:
+    server.clock.set_speed(0)  # stopped until "pre" was seen pending, however busy the machine
     wf = server.metafold.add_workflow(PROJECT, five_jobs())
     updates: list[tuple[str | None, str]] = []
-    jobs = await aj.wait_for_workflow_jobs(
-        mf, wf.id, timeout=5, on_update=lambda job: updates.append((job.name, job.state))
-    )
+
+    def record(job: aj.MetafoldJob) -> None:
+        updates.append((job.name, job.state))
+        if (job.name, job.state) == ("pre", "pending"):
+            server.clock.set_speed(1.0)
+
+    jobs = await aj.wait_for_workflow_jobs(mf, wf.id, timeout=5, on_update=record)
     # Listed as last, down, sample, other, pre: each job comes after the jobs it needs.
     assert [j.name for j in jobs] == ["pre", "sample", "other", "down", "last"]
     states = {j.name: j.state for j in jobs}

@@ -27,6 +27,15 @@ class FakeClock:
         """Fake seconds elapsed since the clock started."""
         return (time.monotonic() - self._started) * self.speed + self._offset
 
+    def set_speed(self, speed: float) -> None:
+        """Run at ``speed`` from now on (0 stops the clock), without a jump in :meth:`now`."""
+        if speed < 0:
+            raise ValueError("speed must be >= 0")
+        now = self.now()
+        self._started = time.monotonic()
+        self._offset = now
+        self.speed = speed
+
     def advance(self, seconds: float) -> None:
         """Jump ahead by ``seconds`` of fake time."""
         if seconds < 0:
