@@ -51,6 +51,7 @@ QUICK_ZOO = "Quick start: Zoo async operations"
 QUICK_CONVERSIONS = "Quick start: Zoo dataset conversions"
 QUICK_METAFOLD = "Quick start: Metafold jobs and workflows"
 WATCHER = "Watching many jobs"
+SMARTER = "Smarter waits"
 EMBEDDING = "Embedding in an app that already owns a ClientSession"
 FAKE = "Testing your own code: FakeApiServer"
 DURABLE = "Running on many instances"
@@ -64,6 +65,7 @@ COVERED = {
     (QUICK_CONVERSIONS, 2),
     (QUICK_METAFOLD, 1),
     (WATCHER, 1),
+    (SMARTER, 1),
     (EMBEDDING, 1),
     (EMBEDDING, 2),
     (FAKE, 1),
@@ -319,6 +321,33 @@ async def test_whole_dataset_and_retriggers(
         "JobState.SUCCEEDED None",
     ]
     assert broken.retriggers == 1
+
+
+async def test_smarter_waits(env: FakeApiServer, capsys: pytest.CaptureFixture[str]) -> None:
+    walk = [("queued", 3600), ("salon", 3600), ("completed", None)]
+    env.conversions.add_conversion(DATASET_ID, walk, id=CONVERSION_ID)
+    env.metafold.add_project(PROJECT)
+    env.metafold.workflow_job_timeline = [("pending", 3600), ("started", None)]
+    path = f"/org/datasets/{DATASET_ID}/conversions/{CONVERSION_ID}"
+
+    async def clock() -> None:
+        # Salon once wait_until had its first look, completed once the second wait had its.
+        await eventually(lambda: requests_to(env, path) >= 1, timeout=HANG_GUARD)
+        env.clock.advance(3600)
+        await eventually(lambda: requests_to(env, path) >= 3, timeout=HANG_GUARD)
+        env.clock.advance(3600)
+
+    with anyio.fail_after(HANG_GUARD):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(clock)
+            await run(block(SMARTER))
+    assert capsys.readouterr().out.splitlines() == [
+        "reached salon",
+        "success",
+        "gave up: canceled",
+    ]
+    (workflow_id,) = env.metafold.cancel_calls
+    assert env.metafold.cancel_calls == {workflow_id: 1}
 
 
 async def test_quick_start_metafold(env: FakeApiServer, capsys: pytest.CaptureFixture[str]) -> None:
