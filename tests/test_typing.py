@@ -175,8 +175,18 @@ async def dataset_conversions(dataset_id: str, conversion_id: str) -> None:
         async for job in aj.watch(ref, stall_timeout=30):
             assert_type(job, aj.DatasetConversion)
             print(job.status, job.progress)
-        final = await aj.wait_until_terminal(ref, timeout=1800, on_update=report)
+        salon = await aj.wait_until(ref, lambda conv: conv.phase == "salon", timeout=600)
+        assert_type(salon, aj.DatasetConversion)
+        schedule = {aj.JobState.PENDING: aj.PollPolicy(initial=30.0)}
+        final = await aj.wait_until_terminal(ref, timeout=1800, on_update=report, poll=schedule)
         assert_type(final, aj.DatasetConversion)
+        try:
+            await aj.wait_until(ref, lambda conv: conv.progress == 1.0)
+        except aj.ConditionNotMet as missed:
+            print(missed.job)
+        whole = await aj.wait_until_terminal(zoo.dataset(dataset_id), timeout=3600)
+        assert_type(whole, aj.DatasetStats)
+        print(whole.by_status, whole.progress)
         if final.job_state is aj.JobState.SUCCEEDED:
             full = await zoo.get_dataset_conversion(dataset_id, final.id)
             print(full.salon_kcl_output, full.salon_kcl_snapshot_images[0].data[:8])
@@ -202,6 +212,10 @@ async def metafold_jobs() -> None:
         print(one.job_state, one.error, one.outputs)
         wf = await aj.wait_until_terminal(mf.workflow("workflow-id"), timeout=3600)
         assert_type(wf, aj.MetafoldWorkflow)
+        started = await mf.create_workflow("jobs: {}", parameters={"a.b": "1"})
+        assert_type(started, aj.MetafoldWorkflow)
+        await aj.wait_until_terminal(mf.workflow(started.id), timeout=60, cancel_on_timeout=True)
+        assert_type(await mf.cancel_workflow(started.id), aj.MetafoldWorkflow)
         for step in await aj.wait_for_workflow_jobs(mf, wf.id, timeout=3600, fail_fast=False):
             print(step.name, step.state, step.needs)
 

@@ -67,6 +67,7 @@ cheap; it never raises (a failure is logged once on ``async_jobs.otel`` and coun
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -77,10 +78,10 @@ from urllib.parse import urlsplit
 try:
     from opentelemetry import metrics, trace
     from opentelemetry.trace import SpanKind, Status, StatusCode
-except ImportError as exc:  # pragma: no cover - the message is the point
+except ImportError as missing:  # pragma: no cover - the message is the point
     raise ImportError(
         "async_jobs.contrib.otel needs opentelemetry-api: pip install 'async-jobs[otel]'"
-    ) from exc
+    ) from missing
 
 from .. import events
 from .._redact import get_logger
@@ -88,7 +89,7 @@ from .._version import __version__
 
 __all__ = ["Instrumentation", "instrument"]
 
-logger = get_logger("async_jobs.otel")
+logger: logging.Logger = get_logger("async_jobs.otel")
 
 #: The wait outcomes that end a wait span with status ERROR.
 ERROR_OUTCOMES = frozenset({"timeout", "stalled", "error"})
@@ -157,7 +158,9 @@ class Instrumentation:
         tracer_provider: trace.TracerProvider | None = None,
         meter_provider: metrics.MeterProvider | None = None,
     ) -> None:
-        self.tracer = trace.get_tracer("async_jobs", __version__, tracer_provider=tracer_provider)
+        self.tracer: trace.Tracer = trace.get_tracer(
+            "async_jobs", __version__, tracer_provider=tracer_provider
+        )
         meter = metrics.get_meter("async_jobs", __version__, meter_provider=meter_provider)
         self._requests = meter.create_counter(
             "async_jobs.requests", unit="{request}", description="HTTP attempts sent"
@@ -181,7 +184,7 @@ class Instrumentation:
             meter, "async_jobs.wait.duration", "Duration of ended waits.", _WAIT_BUCKETS
         )
         #: Listener calls that failed (each is swallowed: a listener never raises).
-        self.failures = 0
+        self.failures: int = 0
         self._open: dict[int, _Wait] = {}
         self._lock = threading.Lock()
         self._handlers: dict[type[events.Event], Callable[[Any], None]] = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from ._conversions import FakeConversions
 from ._metafold import FakeMetafold
+from ._plugin import FakeApi
 from ._server import FakeServer
 from ._zoo import FakeZoo
 
@@ -36,4 +37,4 @@ class FakeApiServer(FakeServer):
         self.zoo = self.add_api(FakeZoo())
         self.conversions = self.zoo.conversions
         self.metafold = self.add_api(FakeMetafold())
-        self.fallback = self.zoo
+        self.fallback: FakeApi = self.zoo

@@ -18,7 +18,7 @@ class FakeClock:
     def __init__(self, speed: float = 1.0, *, epoch: datetime | None = None) -> None:
         if speed < 0:
             raise ValueError("speed must be >= 0")
-        self.speed = speed
+        self.speed: float = speed
         self.epoch: datetime = epoch or datetime.now(timezone.utc)
         self._started = time.monotonic()
         self._offset = 0.0

@@ -112,13 +112,13 @@ class FakeMetafold(MetafoldLifecycle, FakeApi):
     """
 
     name = "metafold"
-    prefixes = (_PREFIX,)
+    prefixes: tuple[str, ...] = (_PREFIX,)
 
     def __init__(self, clock: FakeClock | None = None) -> None:
         FakeApi.__init__(self, clock)
         MetafoldLifecycle.__init__(self)
         #: The token endpoint client credentials are exchanged at.
-        self.oauth = FakeTokenEndpoint(
+        self.oauth: FakeTokenEndpoint = FakeTokenEndpoint(
             self.clock, token_prefix="mf-", scope="projects:read assets:read jobs:read"
         )
         self.error_style: ErrorStyle = "current"

@@ -42,7 +42,7 @@ class FakeTokenEndpoint(FakeApi):
     ) -> None:
         super().__init__(clock)
         self.path = path
-        self.prefixes = (path,)
+        self.prefixes: tuple[str, ...] = (path,)
         self.token_prefix = token_prefix
         self.scope = scope
         self.clients: dict[str, str] = {}

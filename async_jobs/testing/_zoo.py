@@ -135,7 +135,7 @@ class FakeZoo(FakeApi):
     how strictly. Every response carries an ``X-Api-Call-Id``, as the real API's do."""
 
     name = "zoo"
-    prefixes = ("/async", "/org")
+    prefixes: tuple[str, ...] = ("/async", "/org")
 
     def __init__(self, clock: FakeClock | None = None, options: ZooOptions | None = None) -> None:
         super().__init__(clock)
