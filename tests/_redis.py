@@ -116,7 +116,7 @@ def clients(server: FakeApiServer, **options: Any) -> tuple[aj.ZooClient, aj.Met
 
 
 async def until(
-    check: Callable[[], Awaitable[bool]], timeout: float, *, every: float = 0.1
+    check: Callable[[], Awaitable[bool]], timeout: float, *, every: float = 0.02
 ) -> None:
     """Wait until ``await check()`` holds; Redis errors meanwhile (a restart) count as no."""
     redis_module()
