@@ -264,7 +264,7 @@ async def test_live_worker_keeps_its_long_running_entries(
     server: FakeApiServer, redis_client: Any
 ) -> None:
     """Worker ``a`` holds 5 watches whose handlers run until the test lets them go; worker
-    ``b`` takes over whatever is idle for 2 s. A canary entry, read by a consumer that then
+    ``b`` takes over whatever is idle for 1 s. A canary entry, read by a consumer that then
     dies *after* ``a`` read its 5, is taken over by ``b``: that takeover pass ran when ``a``'s
     entries, had nothing refreshed them, were idle longer still and would have gone too
     (the same pass scans every entry in id order). So ``b`` takes the canary and nothing
@@ -288,7 +288,7 @@ async def test_live_worker_keeps_its_long_running_entries(
         await a.submit(zoo.async_operation(canary.id))
         await redis_client.xreadgroup("async_jobs", "ghost", {"async_jobs:watches": ">"})
         assert (await a.status()).in_flight == {"a": 5, "ghost": 1}
-        async with b.run(zoo, handler=handler, poll=POLL, claim_idle=2.0) as second:
+        async with b.run(zoo, handler=handler, poll=POLL, claim_idle=1.0) as second:
             await until(lambda: _count(second.handled, 1), 30)
             assert (second.claimed, first.lost) == (1, 0)
             release.set()
