@@ -281,6 +281,12 @@ def _checker_env() -> dict[str, str]:
     return env
 
 
+def _lower_priority() -> None:
+    """In the checker's process before it runs: below the tests' priority, so that running
+    in the background it takes only CPU time the tests leave idle."""
+    os.nice(10)
+
+
 def _start(args: list[str], cwd: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
         args,
@@ -290,6 +296,7 @@ def _start(args: list[str], cwd: Path) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=_lower_priority if hasattr(os, "nice") else None,
     )
 
 
