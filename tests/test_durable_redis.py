@@ -92,7 +92,7 @@ async def test_submit_is_idempotent_per_job(server: FakeApiServer, redis_client:
 async def test_worker_handles_jobs_and_records_results(
     server: FakeApiServer, redis_client: Any
 ) -> None:
-    script = script_jobs(server, 60, lead=0.1, window=0.8)
+    script = script_jobs(server, 60, lead=0.05, window=0.4)
     dw = durable(redis_client, results_maxlen=1000)
     seen: Counter[str] = Counter()
     contexts: dict[str, Any] = {}
