@@ -220,12 +220,14 @@ async def test_removing_queued_jobs_loses_no_worker(server: FakeApiServer) -> No
 async def test_a_waiting_watcher_sleeps_instead_of_spinning(server: FakeApiServer) -> None:
     op = server.zoo.add_operation(timeline=[("in_progress", None)])
     path = f"{LISTING}/{op.id}"
-    slow = aj.PollPolicy(initial=0.9, multiplier=1.0, maximum=0.9, jitter=0.0)
+    # Polls 0.01 s apart (the first one spread over that), then 1 s.
+    slow = aj.PollPolicy(initial=0.01, multiplier=100.0, maximum=1.0, jitter=0.0)
     async with _zoo(server) as zoo, aj.Watcher(zoo, poll=slow, coalesce=False) as watcher:
         watcher.add(zoo.async_operation(op.id))
-        await eventually(lambda: bool(arrivals(server, path)), timeout=SOON)
-        # The next poll is 0.9 s away: waiting for it costs this process (nearly) no CPU time,
-        # however busy the machine is. A loop that spun until then would burn it all.
+        await eventually(lambda: len(arrivals(server, path)) >= 2, timeout=SOON)
+        # Poll 2 saw no change: the next poll is 1 s away. Waiting for it costs this process
+        # (nearly) no CPU time, however busy the machine is. A loop that spun until then
+        # would burn it all.
         cpu = time.process_time()
         await anyio.sleep(0.45)
         used = time.process_time() - cpu
