@@ -220,7 +220,7 @@ async def test_worker_killed_with_sigkill_is_taken_over(
         jobs=1500,
         workers=3,
         trouble=kill_one,
-        worker_args=("--prefetch", "600", "--claim-idle", "1.0"),
+        worker_args=("--prefetch", "600", "--claim-idle", "0.6"),
     )
     report(f"SIGKILL of a worker holding {len(left)} unfinished watches", figures)
     # No job lost, every state right (run_fleet), and each watch w0 died with was handled
