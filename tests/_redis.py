@@ -60,10 +60,18 @@ class Script:
 
 
 def script_jobs(
-    server: FakeApiServer, count: int, *, seed: int = 7, lead: float = 0.3, window: float = 3.0
+    server: FakeApiServer,
+    count: int,
+    *,
+    seed: int = 7,
+    lead: float = 0.3,
+    window: float = 3.0,
+    hold: float = 0.0,
 ) -> Script:
     """``count`` jobs, a third each of Zoo operations, conversions (2 datasets) and Metafold
-    jobs (2 projects), terminal at random within ``[lead, lead + window]`` seconds."""
+    jobs (2 projects), terminal at random within ``[lead, lead + window]`` seconds. With a
+    ``hold``, every job stays queued ``hold`` seconds first: a test moves the fake's clock
+    on by ``hold`` to start the lifecycles when it is ready (after submitting, say)."""
     rng = random.Random(seed)
     jobs: list[tuple[str, tuple[str, ...]]] = []
     truth: dict[str, str] = {}
@@ -73,7 +81,7 @@ def script_jobs(
     def split() -> tuple[float, float]:
         end = lead + rng.uniform(0, window)
         pending = rng.uniform(0, end)
-        return pending, end - pending
+        return hold + pending, end - pending
 
     for index in range(count):
         pending, running = split()
@@ -116,7 +124,7 @@ def clients(server: FakeApiServer, **options: Any) -> tuple[aj.ZooClient, aj.Met
 
 
 async def until(
-    check: Callable[[], Awaitable[bool]], timeout: float, *, every: float = 0.1
+    check: Callable[[], Awaitable[bool]], timeout: float, *, every: float = 0.02
 ) -> None:
     """Wait until ``await check()`` holds; Redis errors meanwhile (a restart) count as no."""
     redis_module()

@@ -118,6 +118,9 @@ def redis_server() -> Iterator[RedisServer]:
         server.start()
         yield server
     finally:
+        # SIGKILL: its data is thrown away anyway, and a graceful stop waits up to 0.1 s for
+        # the server's next cron tick.
+        server.stop(kill=True)
         server.close()
 
 
@@ -133,6 +136,28 @@ async def redis_client(redis_server: RedisServer) -> AsyncIterator[Any]:
         yield client
     finally:
         await client.aclose()
+
+
+def _modules_with(session: pytest.Session, name: str) -> list[Callable[[], None]]:
+    """``name`` of each test module of the run's items that defines it."""
+    modules = {item.module for item in session.items if isinstance(item, pytest.Function)}
+    found = (getattr(module, name, None) for module in modules)
+    return [hook for hook in found if callable(hook)]
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """A test module's ``start_in_background()`` (the type checkers of test_typing.py) runs
+    once the run knows it has tests there, so that slow subprocesses run while other tests
+    do; its ``stop_in_background()`` runs at the end of the session."""
+    if session.config.option.collectonly:
+        return
+    for start in _modules_with(session, "start_in_background"):
+        start()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    for stop in _modules_with(session, "stop_in_background"):
+        stop()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

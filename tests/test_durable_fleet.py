@@ -1,6 +1,7 @@
 """A fleet of durable workers (real processes, ``tests/redis_worker.py``) sharing watches on a
 real redis-server, with jobs on FakeApiServer (in this process) that finish at random within
-a few seconds: sharing 1,500 jobs, a worker killed with SIGKILL, Redis restarted mid-run.
+a second of being submitted: sharing 1,500 jobs, a worker killed with SIGKILL, Redis restarted
+mid-run.
 
 Delivery is at least once: every job must be handled, with the final state the server
 reports; duplicates are allowed, counted and printed in the run's summary."""
@@ -27,6 +28,8 @@ from .conftest import TOKEN
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parent.parent
+#: Fake seconds every job stays queued: the clock is moved on by this once all are submitted.
+HOLD = 3600.0
 
 
 class WorkerProcess:
@@ -35,6 +38,7 @@ class WorkerProcess:
     def __init__(self, name: str, redis: RedisServer, api: str, tmp: Path, *args: str) -> None:
         self.name = name
         self.out = tmp / f"{name}.out"
+        self.terminated = False
         self.err = tmp / f"{name}.err"
         env = {**os.environ, "ZOO_API_TOKEN": TOKEN, "METAFOLD_ACCESS_TOKEN": TOKEN}
         command = [sys.executable, "-m", "tests.redis_worker", "--redis-port", str(redis.port)]
@@ -47,10 +51,15 @@ class WorkerProcess:
             raise AssertionError(f"{self.name} exited early:\n{self.err.read_text()[-3000:]}")
         return '"ready"' in self.out.read_text()
 
+    def terminate(self) -> None:
+        """SIGTERM (once: a second one, once it stopped listening, would kill it)."""
+        if self.proc.poll() is None and not self.terminated:
+            self.proc.send_signal(signal.SIGTERM)
+            self.terminated = True
+
     def stop(self) -> dict[str, Any]:
         """SIGTERM; its final counters."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+        self.terminate()
         try:
             self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -78,7 +87,10 @@ class Fleet:
         return all(worker.ready() for worker in self.workers)
 
     def stop(self) -> list[dict[str, Any]]:
-        return [w.stop() for w in self.workers if w.proc.returncode is None]
+        running = [w for w in self.workers if w.proc.returncode is None]
+        for worker in running:  # all at once: each takes a moment to hand over and close
+            worker.terminate()
+        return [w.stop() for w in running]
 
     def close(self) -> None:
         for worker in self.workers:
@@ -107,13 +119,14 @@ async def run_fleet(
     fleet = Fleet(redis_server, server.url, tmp_path, workers, *worker_args)
     try:
         await fleet.ready()
-        script = script_jobs(server, jobs, lead=0.3, window=1.5)  # lifecycles start now
+        script = script_jobs(server, jobs, lead=0.1, window=0.8, hold=HOLD)
         dw = DurableWatches(redis)
         zoo, mf = clients(server)
         async with zoo, mf:
             started = time.monotonic()
             await dw.submit_many((ref, {"id": ref.ids[-1]}) for ref in script.refs(zoo, mf))
             submitted = time.monotonic() - started
+            server.clock.advance(HOLD)  # the lifecycles start now, all submitted
             if trouble is not None:
                 await trouble(fleet, dw)
 
@@ -207,7 +220,7 @@ async def test_worker_killed_with_sigkill_is_taken_over(
         jobs=1500,
         workers=3,
         trouble=kill_one,
-        worker_args=("--prefetch", "600", "--claim-idle", "1.5"),
+        worker_args=("--prefetch", "600", "--claim-idle", "0.6"),
     )
     report(f"SIGKILL of a worker holding {len(left)} unfinished watches", figures)
     # No job lost, every state right (run_fleet), and each watch w0 died with was handled
@@ -231,11 +244,11 @@ async def test_redis_restart_mid_run(
             return int(await redis_client.hlen("t:count")) >= 200
 
         await until(some_handled, 30, every=0.05)
-        await anyio.to_thread.run_sync(partial(redis_server.restart, down_for=1.0))
+        await anyio.to_thread.run_sync(partial(redis_server.restart, down_for=0.5))
 
     figures = await run_fleet(
         server, redis_server, redis_client, tmp_path, jobs=1500, workers=3, trouble=restart
     )
-    report("Redis restarted (1 s down, AOF)", figures)
+    report("Redis restarted (0.5 s down, AOF)", figures)
     assert sum(w["handled"] for w in figures["workers"]) >= 1500
     assert await redis_client.xlen("async_jobs:results") >= 1500  # results kept across it

@@ -168,13 +168,17 @@ async def test_entries_whose_read_reply_was_lost_are_read_again(
     # Without retries only the read loop's own re-read can find them in time (the
     # keepalive is slower than the test's bound); with retries only the keepalive can.
     keepalive = 0.2 if client_retries else NEVER - 1
+    # A read waits this long for new entries (1 s by default): the re-read after the
+    # keepalive's look comes sooner, and a read loop that did not wait at all still makes
+    # several times more reads than the bound below (Redis ends a 1 ms BLOCK after ~0.1 s).
+    block = 0.5
     submitter = durable(redis_client)
     async with zoo, RedisProxy(redis_server) as proxy:
         options = {} if client_retries else no_retries()
         redis = redis_module().Redis(host=proxy.host, port=proxy.port, socket_timeout=10, **options)
         dw = durable(redis)
         options = {"handler": handler, "poll": POLL, "claim_idle": NEVER, "keepalive": keepalive}
-        async with dw.run(zoo, **options) as worker:
+        async with dw.run(zoo, block=block, **options) as worker:
             # A watch held all along: the re-read returns it first, then the lost ones.
             await submitter.submit(zoo.async_operation(first.id))
             await until(partial(reached, lambda: worker.in_flight, 1), 30)
@@ -183,13 +187,13 @@ async def test_entries_whose_read_reply_was_lost_are_read_again(
             await until(partial(reached, lambda: worker.handled, 3), 30)
             server.clock.advance(600)
             await until(partial(reached, lambda: worker.handled, 4), 30)
-            # Back to waiting on new entries: one read per ``block`` (1 s) at most.
+            # Back to waiting on new entries: one read per ``block`` at most.
             await redis_client.config_resetstat()
             started = time.monotonic()
             await anyio.sleep(0.5)
             stats = await redis_client.info("commandstats")
             reads = int(stats.get("cmdstat_xreadgroup", {}).get("calls", 0))
-            assert reads <= time.monotonic() - started + 2
+            assert reads <= (time.monotonic() - started) / block + 2
         await redis.aclose()
     assert proxy.dropped == 1
     assert dict(handled) == {op.id: 1 for op in [first, *ops]}
@@ -483,7 +487,10 @@ async def test_a_deleted_entry_left_pending_is_acknowledged(
             summary = await redis_client.xpending("async_jobs:watches", "async_jobs")
             return bool(summary["pending"] == 0)
 
-        async with dw.run(zoo, handler=handler, poll=POLL, claim_idle=0.2) as worker:
+        # The keepalive sees it pending but not held; the next read (block: 0.1 s away at
+        # most) reads it again and acknowledges it.
+        options = {"handler": handler, "poll": POLL, "claim_idle": 0.2, "block": 0.1}
+        async with dw.run(zoo, **options) as worker:
             await until(acknowledged, 30)
     assert handled == [] and worker.handled + worker.dead_lettered == 0
 

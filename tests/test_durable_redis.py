@@ -92,7 +92,7 @@ async def test_submit_is_idempotent_per_job(server: FakeApiServer, redis_client:
 async def test_worker_handles_jobs_and_records_results(
     server: FakeApiServer, redis_client: Any
 ) -> None:
-    script = script_jobs(server, 60, lead=0.1, window=0.8)
+    script = script_jobs(server, 60, lead=0.05, window=0.4)
     dw = durable(redis_client, results_maxlen=1000)
     seen: Counter[str] = Counter()
     contexts: dict[str, Any] = {}
@@ -264,7 +264,7 @@ async def test_live_worker_keeps_its_long_running_entries(
     server: FakeApiServer, redis_client: Any
 ) -> None:
     """Worker ``a`` holds 5 watches whose handlers run until the test lets them go; worker
-    ``b`` takes over whatever is idle for 2 s. A canary entry, read by a consumer that then
+    ``b`` takes over whatever is idle for 1 s. A canary entry, read by a consumer that then
     dies *after* ``a`` read its 5, is taken over by ``b``: that takeover pass ran when ``a``'s
     entries, had nothing refreshed them, were idle longer still and would have gone too
     (the same pass scans every entry in id order). So ``b`` takes the canary and nothing
@@ -288,7 +288,7 @@ async def test_live_worker_keeps_its_long_running_entries(
         await a.submit(zoo.async_operation(canary.id))
         await redis_client.xreadgroup("async_jobs", "ghost", {"async_jobs:watches": ">"})
         assert (await a.status()).in_flight == {"a": 5, "ghost": 1}
-        async with b.run(zoo, handler=handler, poll=POLL, claim_idle=2.0) as second:
+        async with b.run(zoo, handler=handler, poll=POLL, claim_idle=1.0) as second:
             await until(lambda: _count(second.handled, 1), 30)
             assert (second.claimed, first.lost) == (1, 0)
             release.set()

@@ -117,8 +117,9 @@ async def test_429_retry_after_is_honoured(
     if form == "seconds":
         header, minimum = "0.3", 0.3
     else:
-        # HTTP dates have whole seconds: ask for the next-but-one second.
-        when = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=2)
+        # HTTP dates have whole seconds: ask for a whole second at least 0.5 s away.
+        now = datetime.now(timezone.utc)
+        when = now.replace(microsecond=0) + timedelta(seconds=1 if now.microsecond < 500_000 else 2)
         header = format_datetime(when, usegmt=True)
         minimum = (when - datetime.now(timezone.utc)).total_seconds() - 0.05
     server.inject("status", status=429, retry_after=header, route=ROUTE)

@@ -88,7 +88,7 @@ async def test_timeout_carries_last_job(server: FakeApiServer, zoo: aj.ZooClient
         server.inject("hold", times=None, route=route)  # every later poll hangs
 
     with pytest.raises(aj.WaitTimeout) as info:
-        await aj.wait_until_terminal(zoo.async_operation(fake.id), timeout=1.0, on_update=stall)
+        await aj.wait_until_terminal(zoo.async_operation(fake.id), timeout=0.5, on_update=stall)
     assert isinstance(info.value, TimeoutError)
     assert info.value.last is not None
     assert info.value.last.status == "in_progress"

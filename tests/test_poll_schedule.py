@@ -73,7 +73,7 @@ async def test_retry_after_longer_than_the_schedule_delays_the_next_poll(
     fake = server.zoo.add_operation(timeline=[("completed", None)])
     path = f"/async/operations/{fake.id}"
     steady = aj.PollPolicy(initial=0.002, multiplier=1.0, maximum=1.0, jitter=0.0)
-    server.inject("status", status=429, retry_after="0.3", times=2, route=path)
+    server.inject("status", status=429, retry_after="0.15", times=2, route=path)
     async with single_try(server) as zoo:
         final = await aj.wait_until_terminal(
             zoo.async_operation(fake.id), timeout=SOON, poll=steady
@@ -81,7 +81,7 @@ async def test_retry_after_longer_than_the_schedule_delays_the_next_poll(
     assert final.status == "completed"
     times = arrivals(server, path)
     assert len(times) == 3
-    at_least(gaps(times), [0.3, 0.3])
+    at_least(gaps(times), [0.15, 0.15])
 
 
 async def test_retry_after_shorter_than_the_schedule_brings_the_next_poll_forward(

@@ -118,7 +118,7 @@ async def test_the_timeout_lists_the_last_job_seen_per_ref(
 
     refs = [zoo.async_operation(op.id) for op in (stuck, done, never)]
     with pytest.raises(aj.WaitTimeout) as info:
-        await wait_all(refs, timeout=1.0, poll=FAST_POLL, on_update=stall)
+        await wait_all(refs, timeout=0.5, poll=FAST_POLL, on_update=stall)
     last = info.value.last
     assert [job.status if job else None for job in last] == ["in_progress", "completed", None]
     assert "2 of 3 jobs" in str(info.value)

@@ -4,16 +4,20 @@
 lists exactly the values of its runtime tuple.
 
 The type checkers run as subprocesses on the package in this checkout (never on another
-installed copy); pyright comes from the ``test`` extra (``pyright[nodejs]``: the wheel bundles
-pyright and its Node.js), so a missing pyright fails these tests, it never skips them.
+installed copy), all three at once, started as soon as collection is done so that they run
+while the rest of the suite does; pyright comes from the ``test`` extra (``pyright[nodejs]``:
+the wheel bundles pyright and its Node.js), so a missing pyright fails these tests, it never
+skips them.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -277,6 +281,12 @@ def _checker_env() -> dict[str, str]:
     return env
 
 
+def _lower_priority() -> None:
+    """In the checker's process before it runs: below the tests' priority, so that running
+    in the background it takes only CPU time the tests leave idle."""
+    os.nice(10)
+
+
 def _start(args: list[str], cwd: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
         args,
@@ -286,6 +296,7 @@ def _start(args: list[str], cwd: Path) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=_lower_priority if hasattr(os, "nice") else None,
     )
 
 
@@ -299,62 +310,94 @@ def _finish(name: str, proc: subprocess.Popen[str]) -> tuple[int, str]:
     return proc.returncode, output
 
 
-def test_user_script_type_checks_strictly(tmp_path: Path) -> None:
-    script = tmp_path / "user_script.py"
-    script.write_text(textwrap.dedent(USER_SCRIPT).lstrip())
-    (tmp_path / "pyrightconfig.json").write_text(
-        json.dumps(
-            {
-                "include": [script.name],
-                "typeCheckingMode": "strict",
-                "extraPaths": [str(ROOT)],
-                "reportMissingModuleSource": "none",
-            }
+class TypeChecks:
+    """The three checker runs, started together in a directory of their own: ``mypy
+    --strict`` and strict pyright on :data:`USER_SCRIPT`, and ``pyright --verifytypes`` on
+    the package. They are independent and mostly wait on one core each."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="async-jobs-typing-"))
+        self.script = self.root / "script" / "user_script.py"
+        self.script.parent.mkdir()
+        self.script.write_text(textwrap.dedent(USER_SCRIPT).lstrip())
+        (self.script.parent / "pyrightconfig.json").write_text(
+            json.dumps(
+                {
+                    "include": [self.script.name],
+                    "typeCheckingMode": "strict",
+                    "extraPaths": [str(ROOT)],
+                    "reportMissingModuleSource": "none",
+                }
+            )
         )
-    )
-    # Both at once: they are independent, and each is mostly waiting on one core.
-    mypy = _start(
-        [
-            sys.executable,
-            "-m",
-            "mypy",
-            "--strict",
-            "--follow-imports=silent",  # the user's script is under test, not the library
-            "--cache-dir",
-            str(tmp_path / ".mypy_cache"),
-            script.name,
-        ],
-        tmp_path,
-    )
-    pyright = _start(
-        [sys.executable, "-m", "pyright", "--pythonpath", sys.executable, "-p", str(tmp_path)],
-        tmp_path,
-    )
-    mypy_rc, mypy_out = _finish("mypy", mypy)
-    pyright_rc, pyright_out = _finish("pyright", pyright)
+        verify = self.root / "verify"
+        verify.mkdir()
+        here = self.script.parent
+        mypy = [sys.executable, "-m", "mypy", "--strict"]
+        mypy += ["--follow-imports=silent"]  # the user's script is under test, not the library
+        mypy += ["--cache-dir", str(here / ".mypy_cache"), self.script.name]
+        pyright = [sys.executable, "-m", "pyright", "--pythonpath", sys.executable]
+        verifytypes = [*pyright, "--verifytypes", "async_jobs", "--ignoreexternal"]
+        self.procs = {
+            "mypy": _start(mypy, here),
+            "pyright": _start([*pyright, "-p", str(here)], here),
+            "pyright --verifytypes": _start([*verifytypes, "--outputjson"], verify),
+        }
+        self.results: dict[str, tuple[int, str]] = {}
+
+    def result(self, name: str) -> tuple[int, str]:
+        """The exit code and output of checker ``name`` (waiting for it to end)."""
+        if name not in self.results:
+            self.results[name] = _finish(name, self.procs[name])
+        return self.results[name]
+
+    def close(self) -> None:
+        """Stop any checker still running and remove the directory."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+_checks: TypeChecks | None = None
+
+
+def start_in_background() -> None:
+    """Start the checkers as soon as the run knows it has tests here (``conftest.py`` calls
+    this once collection is done): they run while the rest of the suite does."""
+    global _checks
+    if _checks is None:
+        _checks = TypeChecks()
+
+
+def stop_in_background() -> None:
+    """Stop them (end of the run, whether or not a test here ran)."""
+    global _checks
+    checks, _checks = _checks, None
+    if checks is not None:
+        checks.close()
+
+
+@pytest.fixture(scope="session")
+def type_checks() -> TypeChecks:
+    start_in_background()  # normally started already, at the end of collection
+    assert _checks is not None
+    return _checks
+
+
+def test_user_script_type_checks_strictly(type_checks: TypeChecks) -> None:
+    mypy_rc, mypy_out = type_checks.result("mypy")
+    pyright_rc, pyright_out = type_checks.result("pyright")
     report = f"--- mypy --strict (exit {mypy_rc}):\n{mypy_out}\n--- pyright strict (exit "
-    report += f"{pyright_rc}):\n{pyright_out}\n--- the script:\n{script.read_text()}"
+    report += f"{pyright_rc}):\n{pyright_out}\n--- the script:\n{type_checks.script.read_text()}"
     assert mypy_rc == 0 and "Success: no issues found" in mypy_out, report
     assert pyright_rc == 0 and "0 errors" in pyright_out, report
 
 
-def test_verifytypes_completeness(tmp_path: Path) -> None:
+def test_verifytypes_completeness(type_checks: TypeChecks) -> None:
     """What ``pyright --verifytypes`` says about the public API, from a user's side."""
-    proc = _start(
-        [
-            sys.executable,
-            "-m",
-            "pyright",
-            "--pythonpath",
-            sys.executable,
-            "--verifytypes",
-            "async_jobs",
-            "--ignoreexternal",
-            "--outputjson",
-        ],
-        tmp_path,
-    )
-    _, output = _finish("pyright --verifytypes", proc)
+    _, output = type_checks.result("pyright --verifytypes")
     try:
         completeness = json.loads(output)["typeCompleteness"]
     except (ValueError, KeyError):

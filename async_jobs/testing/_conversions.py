@@ -416,9 +416,16 @@ class FakeConversions:
         digest = hashlib.sha256(
             "\0".join((query.get("filter", ""), search, phase or "")).encode()
         ).hexdigest()[:8]
+        now = self.clock.now()
+        # Only the conversions that can match get a body (building one is the costly part);
+        # what is sent is checked on the body itself, as it always was.
         chosen = [
             body
-            for body in (self.summary(c) for c in conversions.values())
+            for body in (
+                self.summary(c)
+                for c in conversions.values()
+                if _may_match(c.at(now), status_filter, phase)
+            )
             if (status_filter is None or body["status"] == status_filter)
             and (phase is None or body["phase"] == phase)
             and (search in body["id"].lower() or search in body["file_path"].lower())
@@ -506,3 +513,8 @@ class FakeConversions:
         )
         app.router.add_get("/org/datasets/{id}/stats", self.handle_stats)
         app.router.add_post("/org/datasets/{id}/retrigger", self.handle_retrigger_dataset)
+
+
+def _may_match(now: tuple[str, str], status: str | None, phase: str | None) -> bool:
+    """Whether a conversion in (status, phase) ``now`` can pass a listing's filters."""
+    return (status is None or now[0] == status) and (phase is None or now[1] == phase)

@@ -41,6 +41,7 @@ from ._metafold_lifecycle import (
     MetafoldLifecycle,
     Steps,
     _Project,
+    _Seen,
 )
 from ._metafold_query import QueryError, Row, parse_query, select
 from ._oauth import TOKEN_PATH, FakeTokenEndpoint
@@ -213,8 +214,11 @@ class FakeMetafold(MetafoldLifecycle, FakeApi):
     ) -> dict[str, Any]:
         """The job as ``GET /projects/{id}/jobs/{job_id}`` returns it."""
         project = self.projects[project_id]
-        job = project.jobs[job_id]
         seen = self._seen(project, job_id, self.clock.now(), {} if memo is None else memo)
+        return self._job_body(project.jobs[job_id], seen)
+
+    def _job_body(self, job: FakeMetafoldJob, seen: _Seen) -> dict[str, Any]:
+        """:meth:`job_body` of ``job`` as ``seen`` (where its lifecycle stands)."""
         succeeded = _state(seen.state) is JobState.SUCCEEDED
         output_assets = (
             {"volume": self._asset(job, "volume", seen.finished)}
@@ -294,12 +298,14 @@ class FakeMetafold(MetafoldLifecycle, FakeApi):
         if isinstance(project, web.Response):
             return project
         memo: dict[str, Steps] = {}
-        pid = request.match_info["project_id"]
         now = self.clock.now()
         rows: list[Row] = []
+        seen_now: dict[str, tuple[FakeMetafoldJob, _Seen]] = {}
         for job in project.jobs.values():
-            body = self.job_body(pid, job.id, memo)
             seen = self._seen(project, job.id, now, memo)
+            seen_now[job.id] = (job, seen)
+            # What ``q`` can search (JOB_QUERY_FIELDS); the full body only for what is sent.
+            searched = {"id": job.id, "name": job.name, "type": job.type, "state": seen.state}
             keys: dict[str, float | str | None] = {
                 "id": job.id,
                 "name": job.name,
@@ -307,8 +313,12 @@ class FakeMetafold(MetafoldLifecycle, FakeApi):
                 "started": seen.started,
                 "finished": seen.finished,
             }
-            rows.append((job.id, body, keys))
-        return self._listing(request, rows, JOB_SORT_FIELDS, JOB_QUERY_FIELDS)
+            rows.append((job.id, searched, keys))
+        try:
+            chosen = select(rows, request.query, JOB_SORT_FIELDS, JOB_QUERY_FIELDS)
+        except QueryError as exc:
+            return metafold_error(400, str(exc), style=self.error_style, field=exc.parameter)
+        return web.json_response([self._job_body(*seen_now[row[0]]) for row in chosen])
 
     async def handle_get_job(self, request: web.Request) -> web.Response:
         """``GET /projects/{projectId}/jobs/{jobId}``."""
