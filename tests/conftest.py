@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import async_jobs as aj
-from async_jobs.testing import FakeApiServer, RedisServer, RedisServerNotFound
+from async_jobs.testing import FakeApiServer, RedisCluster, RedisServer, RedisServerNotFound
 
 pytest_plugins = ["pytester", "tests._no_skips"]
 
@@ -131,6 +131,44 @@ async def redis_client(redis_server: RedisServer) -> AsyncIterator[Any]:
 
     client = redis_module().Redis(
         host=redis_server.host, port=redis_server.port, socket_timeout=10, socket_connect_timeout=2
+    )
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def _redis_cluster_session() -> Iterator[RedisCluster]:
+    """One 3-master Redis Cluster for the run: forming one takes ``redis-cli`` about 3 s."""
+    from ._redis import unavailable
+
+    try:
+        cluster = RedisCluster(masters=3)
+    except RedisServerNotFound as exc:
+        unavailable(str(exc))
+    with cluster:
+        yield cluster
+
+
+@pytest.fixture
+def redis_cluster(_redis_cluster_session: RedisCluster) -> RedisCluster:
+    """A 3-master Redis Cluster of real redis-servers (AOF on, fsync always) with no keys, every
+    node up and ``cluster_state:ok``. Shared by the run's tests (each starts on an empty one);
+    missing redis-server or redis-cli: the test fails in CI (CI=true), is skipped elsewhere."""
+    cluster = _redis_cluster_session
+    cluster.start()  # brings back a node a test left stopped; waits until the cluster is ok
+    cluster.flush()
+    return cluster
+
+
+@pytest.fixture
+async def redis_cluster_client(redis_cluster: RedisCluster) -> AsyncIterator[Any]:
+    """A ``redis.asyncio.RedisCluster`` on :func:`redis_cluster`, closed after."""
+    from ._redis import redis_module
+
+    client = redis_module().RedisCluster(
+        startup_nodes=redis_cluster.startup_nodes, socket_timeout=10, socket_connect_timeout=2
     )
     try:
         yield client
