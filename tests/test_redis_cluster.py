@@ -69,6 +69,11 @@ async def test_keys_land_on_every_master(
             assert held == {key for key, owner in owners.items() if owner == index}
     assert await redis_cluster_client.mget_nonatomic(keys) == [k.upper().encode() for k in keys]
 
+    redis_cluster.flush()  # what the fixture does before each test: every master empty
+    for index in range(3):
+        async with node_client(redis_cluster, index) as node:
+            assert await node.dbsize() == 0
+
 
 async def test_a_transaction_stays_in_one_slot(
     redis_cluster: RedisCluster, redis_cluster_client: Any
@@ -117,9 +122,14 @@ async def test_a_killed_master_comes_back_with_its_slots_and_keys(
 
     redis_cluster.restart(index, kill=True)  # SIGKILL: only the AOF saves its keys
 
+    # restart() returned: the cluster is ok on every node, the restarted master serves at once.
+    for other in range(3):
+        async with node_client(redis_cluster, other) as node:
+            assert b"cluster_state:ok" in await node.execute_command("CLUSTER", "INFO")
     assert redis_cluster.master_of("key-0") == index  # its slots, from its nodes.conf
     async with node_client(redis_cluster, index) as node:  # its keys, from its AOF
         assert sorted(key.decode() for key in await node.keys("*")) == sorted(on_it)
+        assert await node.get(on_it[0]) == on_it[0].upper().encode()  # no CLUSTERDOWN
     # The cluster client's connection to it broke: it reconnects and reads and writes.
     assert await client.mget_nonatomic(keys) == [key.upper().encode() for key in keys]
     await client.set("key-0", "again")
