@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -138,17 +139,45 @@ async def redis_client(redis_server: RedisServer) -> AsyncIterator[Any]:
         await client.aclose()
 
 
-@pytest.fixture(scope="session")
-def _redis_cluster_session() -> Iterator[RedisCluster]:
-    """One 3-master Redis Cluster for the run: forming one takes ``redis-cli`` about 3 s."""
-    from ._redis import unavailable
+#: The run's Redis Cluster and its forming, started in the background at collection.
+_CLUSTER: list[tuple[RedisCluster, Future[None]]] = []
 
+
+def _form_redis_cluster(session: pytest.Session) -> None:
+    """Form the cluster in a thread while other tests run (``redis-cli --cluster create``
+    sleeps about 2 s), if a collected test uses it. The binaries are found here, before any
+    test changes PATH; a missing one is left for the fixture to report."""
+    if not any("redis_cluster" in getattr(item, "fixturenames", ()) for item in session.items):
+        return
     try:
         cluster = RedisCluster(masters=3)
-    except RedisServerNotFound as exc:
-        unavailable(str(exc))
-    with cluster:
+    except RedisServerNotFound:
+        return
+    pool = ThreadPoolExecutor(1, thread_name_prefix="redis-cluster")
+    _CLUSTER.append((cluster, pool.submit(cluster.start)))
+    pool.shutdown(wait=False)  # the thread ends once the cluster is formed
+
+
+@pytest.fixture(scope="session")
+def _redis_cluster_session() -> Iterator[RedisCluster]:
+    """The run's one 3-master Redis Cluster (formed in the background, see above)."""
+    from ._redis import unavailable
+
+    if _CLUSTER:
+        cluster, forming = _CLUSTER[0]
+    else:
+        try:
+            cluster = RedisCluster(masters=3)
+        except RedisServerNotFound as exc:
+            unavailable(str(exc))
+        forming = Future()
+        forming.set_result(None)
+        cluster.start()
+    try:
+        forming.result()
         yield cluster
+    finally:
+        cluster.close()
 
 
 @pytest.fixture
@@ -191,11 +220,15 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         return
     for start in _modules_with(session, "start_in_background"):
         start()
+    _form_redis_cluster(session)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     for stop in _modules_with(session, "stop_in_background"):
         stop()
+    for cluster, forming in _CLUSTER:  # formed for tests that did not run (-x, say)
+        forming.exception()
+        cluster.close()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
