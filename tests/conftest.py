@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
 import async_jobs as aj
-from async_jobs.testing import FakeApiServer, RedisServer, RedisServerNotFound
+from async_jobs.testing import FakeApiServer, RedisCluster, RedisServer, RedisServerNotFound
 
 pytest_plugins = ["pytester", "tests._no_skips"]
 
@@ -138,6 +139,72 @@ async def redis_client(redis_server: RedisServer) -> AsyncIterator[Any]:
         await client.aclose()
 
 
+#: The run's Redis Cluster and its forming, started in the background at collection.
+_CLUSTER: list[tuple[RedisCluster, Future[None]]] = []
+
+
+def _form_redis_cluster(session: pytest.Session) -> None:
+    """Form the cluster in a thread while other tests run (``redis-cli --cluster create``
+    sleeps about 2 s), if a collected test uses it. The binaries are found here, before any
+    test changes PATH; a missing one is left for the fixture to report."""
+    if not any("redis_cluster" in getattr(item, "fixturenames", ()) for item in session.items):
+        return
+    try:
+        cluster = RedisCluster(masters=3)
+    except RedisServerNotFound:
+        return
+    pool = ThreadPoolExecutor(1, thread_name_prefix="redis-cluster")
+    _CLUSTER.append((cluster, pool.submit(cluster.start)))
+    pool.shutdown(wait=False)  # the thread ends once the cluster is formed
+
+
+@pytest.fixture(scope="session")
+def _redis_cluster_session() -> Iterator[RedisCluster]:
+    """The run's one 3-master Redis Cluster (formed in the background, see above)."""
+    from ._redis import unavailable
+
+    if _CLUSTER:
+        cluster, forming = _CLUSTER[0]
+    else:
+        try:
+            cluster = RedisCluster(masters=3)
+        except RedisServerNotFound as exc:
+            unavailable(str(exc))
+        forming = Future()
+        forming.set_result(None)
+        cluster.start()
+    try:
+        forming.result()
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def redis_cluster(_redis_cluster_session: RedisCluster) -> RedisCluster:
+    """A 3-master Redis Cluster of real redis-servers (AOF on, fsync always) with no keys, every
+    node up and ``cluster_state:ok``. Shared by the run's tests (each starts on an empty one);
+    missing redis-server or redis-cli: the test fails in CI (CI=true), is skipped elsewhere."""
+    cluster = _redis_cluster_session
+    cluster.start()  # brings back a node a test left stopped; waits until the cluster is ok
+    cluster.flush()
+    return cluster
+
+
+@pytest.fixture
+async def redis_cluster_client(redis_cluster: RedisCluster) -> AsyncIterator[Any]:
+    """A ``redis.asyncio.RedisCluster`` on :func:`redis_cluster`, closed after."""
+    from ._redis import redis_module
+
+    client = redis_module().RedisCluster(
+        startup_nodes=redis_cluster.startup_nodes, socket_timeout=10, socket_connect_timeout=2
+    )
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
 def _modules_with(session: pytest.Session, name: str) -> list[Callable[[], None]]:
     """``name`` of each test module of the run's items that defines it."""
     modules = {item.module for item in session.items if isinstance(item, pytest.Function)}
@@ -153,11 +220,15 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         return
     for start in _modules_with(session, "start_in_background"):
         start()
+    _form_redis_cluster(session)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     for stop in _modules_with(session, "stop_in_background"):
         stop()
+    for cluster, forming in _CLUSTER:  # formed for tests that did not run (-x, say)
+        forming.exception()
+        cluster.close()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

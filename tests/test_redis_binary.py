@@ -36,3 +36,18 @@ def test_redis_server_on_path_wins(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", str(tmp_path))
     assert find_redis_server() == str(fake)
+
+
+def test_a_given_directory_and_config_lines(tmp_path: Path) -> None:
+    folder = tmp_path / "node"
+    server = RedisServer(directory=folder, config=["maxmemory-policy allkeys-lru"])
+    try:
+        server.start()
+        assert b"allkeys-lru" in _command(server, "CONFIG", "GET", "maxmemory-policy")
+        assert _command(server, "SET", "k", "v") == b"+OK\r\n"
+        server.restart(kill=True)  # the AOF in the given directory brings the key back
+        assert _command(server, "GET", "k") == b"$1\r\nv\r\n"
+    finally:
+        server.close()
+    assert not server.running
+    assert (folder / "redis.conf").exists()  # a given directory is the caller's: kept

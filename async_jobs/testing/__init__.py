@@ -1,7 +1,8 @@
 """Test helpers: :class:`FakeApiServer`, a real HTTP server on loopback that speaks the
 supported APIs with scripted job lifecycles and injectable faults; :class:`FakeServer` and
 :class:`FakeApi` to host fakes of your own APIs, built from :class:`Timeline`,
-:func:`cursor_page`, :class:`CreationTimes` and :func:`json_response`."""
+:func:`cursor_page`, :class:`CreationTimes` and :func:`json_response`; :class:`RedisServer` and
+:class:`RedisCluster`, real ``redis-server`` processes for the Redis tests."""
 
 from ._apis import FakeApiServer
 from ._clock import FakeClock
@@ -19,6 +20,7 @@ from ._helpers import (
 from ._metafold import FakeMetafold, FakeMetafoldJob, FakeMetafoldWorkflow
 from ._oauth import FakeTokenEndpoint
 from ._plugin import FakeApi
+from ._redis_cluster import RedisCluster
 from ._redis_server import RedisServer, RedisServerNotFound
 from ._server import FakeServer, RecordedRequest
 from ._zoo import FakeOperation, FakeZoo, ZooOptions
@@ -43,6 +45,7 @@ __all__ = [
     "InvalidCursor",
     "Moment",
     "RecordedRequest",
+    "RedisCluster",
     "RedisServer",
     "RedisServerNotFound",
     "Timeline",

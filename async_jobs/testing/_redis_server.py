@@ -13,6 +13,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -54,6 +55,8 @@ class RedisServer:
     command line). :meth:`stop` shuts down gracefully (the AOF is flushed) or, with
     ``kill=True``, with SIGKILL; :meth:`start` again serves the same data on the same port.
     ``appendfsync="always"`` makes every acknowledged write durable across a restart.
+    ``directory`` (default: a new temporary one, deleted by :meth:`close`; a given one is
+    kept) holds its config, log and AOF; ``config`` adds lines to its config file.
     """
 
     def __init__(
@@ -64,6 +67,8 @@ class RedisServer:
         appendfsync: str = "always",
         executable: str | None = None,
         start_timeout: float = 10.0,
+        directory: Path | None = None,
+        config: Sequence[str] = (),
     ) -> None:
         found = executable or find_redis_server()
         if found is None:
@@ -77,7 +82,10 @@ class RedisServer:
         self.password = password
         self.appendfsync = appendfsync
         self.start_timeout = start_timeout
-        self.dir: Path = Path(tempfile.mkdtemp(prefix="async-jobs-redis-"))
+        self.extra_config: tuple[str, ...] = tuple(config)
+        self._own_dir = directory is None
+        self.dir: Path = directory or Path(tempfile.mkdtemp(prefix="async-jobs-redis-"))
+        self.dir.mkdir(parents=True, exist_ok=True)
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -102,6 +110,7 @@ class RedisServer:
             'save ""',
             "appendonly yes",
             f"appendfsync {self.appendfsync}",
+            *self.extra_config,
         ]
         if self.password is not None:
             lines.append(f'requirepass "{self.password}"')
@@ -160,11 +169,12 @@ class RedisServer:
         self.start()
 
     def close(self) -> None:
-        """Stop the server (SIGKILL if it lingers) and delete its directory."""
+        """Stop the server (SIGKILL if it lingers) and delete its directory (unless given)."""
         try:
             self.stop()
         finally:
-            shutil.rmtree(self.dir, ignore_errors=True)
+            if self._own_dir:
+                shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> RedisServer:
         self.start()
