@@ -43,13 +43,13 @@ class DurableStatus:
     #: Consumer name -> entries it holds (read, not yet acknowledged); a dead consumer's
     #: entries stay here until another worker takes them over.
     in_flight: dict[str, int] = field(default_factory=dict)
+    #: Consumers in the group (``XINFO CONSUMERS``): live workers, and dead ones until a
+    #: live worker removed them (once their entries were taken over).
+    consumers: int = 0
     #: Records in the dead-letter stream.
     dead_lettered: int = 0
     #: Records in the (trimmed) results stream.
     results: int = 0
-    #: Consumers in the group (``XINFO CONSUMERS``): live workers, and dead ones until a
-    #: live worker removed them (once their entries were taken over).
-    consumers: int = 0
 
 
 class DurableWatches:

@@ -208,19 +208,25 @@ class DurableWorker:
                 await backoff.trouble(exc)
 
     async def _claim_loop(self) -> None:
-        """Every ``keepalive`` seconds: show this consumer alive (:meth:`Consumer.touch`),
-        take over entries idle for ``claim_idle`` (a dead worker's) with ``XAUTOCLAIM``, then
-        remove the consumers left with nothing (:meth:`_remove_dead`)."""
+        """Every ``keepalive`` seconds, take over entries idle for ``claim_idle`` (a dead
+        worker's) with ``XAUTOCLAIM``; every ``claim_idle / 2`` seconds, also show this
+        consumer alive first (:meth:`Consumer.touch`) and remove the consumers left with
+        nothing after (:meth:`_remove_dead`)."""
         backoff = _Backoff(self.watches, "claiming abandoned watches", self._health)
         idle_ms = max(int(self.claim_idle * 1000), 1)
         first = True
+        touched = -math.inf
         while True:
             if not first:  # at start at once: a restarted fleet resumes without waiting
                 await anyio.sleep(self.keepalive)
             first = False
             start = NO_MORE
             try:
-                await self._consumer.touch()
+                now = anyio.current_time()
+                tidy = now >= touched + self.claim_idle / 2
+                if tidy:
+                    await self._consumer.touch()
+                    touched = now
                 while (room := self._held.room_left()) > 0:
                     start, claimed = await self._consumer.autoclaim(start, min(room, 100), idle_ms)
                     fresh = sum(1 for entry_id, _ in claimed if entry_id not in self._held)
@@ -230,7 +236,8 @@ class DurableWorker:
                     await self._accept(claimed)
                     if start == NO_MORE:
                         break
-                await self._remove_dead()
+                if tidy:
+                    await self._remove_dead()
                 backoff.ok()
             except Exception as exc:
                 await backoff.trouble(exc)
@@ -239,13 +246,13 @@ class DurableWorker:
         """Remove from the group the other consumers that hold no entry and were idle for
         longer than ``claim_idle + keepalive``: dead workers whose work was taken over. A
         live worker without work is never one of them: its claim loop touches its consumer
-        every ``keepalive`` seconds (its blocking reads that time out do not reset its idle
+        every ``claim_idle / 2`` seconds (its blocking reads that time out do not reset its idle
         time); one removed all the same (a worker stalled that long, which lost its entries
         to the others already) is created again by its next read or touch."""
         idle_ms = int((self.claim_idle + self.keepalive) * 1000)
         for name in await self._consumer.remove_dead(idle_ms):
             self.consumers_removed += 1
-            logger.info("removed consumer %s: idle, holding no watch", name)
+            logger.info("removed consumer %s from the group (idle, holding no watch)", name)
 
     async def _keepalive_loop(self) -> None:
         """Reset the idle time of the entries this worker still owns, so no live worker's
