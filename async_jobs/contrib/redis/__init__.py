@@ -58,8 +58,8 @@ removed all the same would be created again by its next read. An entry delivered
 ``max_deliveries`` times (``XPENDING``'s times-delivered: each read and each ``XAUTOCLAIM``
 counts) is dead-lettered when read or taken over, with the number of deliveries as its error:
 a handler that crashes its process, or a worker killed each time it holds it, ends there
-instead of crashing the fleet forever. An entry found taken over is dropped by its former holder; one found
-delivered to this worker but never received (a reply lost with its connection, the command
+instead of crashing the fleet forever. An entry found taken over is dropped by its former
+holder; one found delivered to this worker but never received (a reply lost with its connection, the command
 retried by the client) is read again. A worker that stops cleanly marks the entries it still
 holds as idle (``XCLAIM ... IDLE``), so the others take them over at their next pass. Lost
 Redis connections (a restart, a failover) are retried with backoff in every loop; nothing is
