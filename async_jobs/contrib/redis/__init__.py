@@ -45,25 +45,24 @@ API; the results stream also carries the ref's ``key``, unique across APIs).
 
 A live worker keeps its entries from being taken over: every ``keepalive`` seconds it claims
 the entries it still owns again (``XCLAIM ... JUSTID``, in a script that checks the owner
-first), which resets their idle time; only
-entries idle for ``claim_idle`` seconds, those of a dead or stalled worker, are taken over
-with ``XAUTOCLAIM``. After a takeover pass (every ``claim_idle / 2`` seconds) a worker
-removes from the group (``XGROUP DELCONSUMER``) the other consumers that hold no pending entry
-and were idle longer than ``claim_idle + keepalive``: dead workers whose entries were taken
-over (checked and removed in one script, so no consumer loses an entry given to it meanwhile;
-one INFO line each). A live worker without work resets its idle time at the same pace
-(``XREADGROUP`` of its own pending entries after the last possible id: it reads nothing, but
-a blocking read that times out does not count as activity), so it is never removed; one
-removed all the same would be created again by its next read. An entry delivered more than
-``max_deliveries`` times (``XPENDING``'s times-delivered: each read and each ``XAUTOCLAIM``
-counts) is dead-lettered when read or taken over, with the number of deliveries as its error:
-a handler that crashes its process, or a worker killed each time it holds it, ends there
-instead of crashing the fleet forever. An entry found taken over is dropped by its former
-holder; one found delivered to this worker but never received (a reply lost with its connection, the command
-retried by the client) is read again. A worker that stops cleanly marks the entries it still
-holds as idle (``XCLAIM ... IDLE``), so the others take them over at their next pass. Lost
-Redis connections (a restart, a failover) are retried with backoff in every loop; nothing is
-acked before the handler succeeded.
+first), which resets their idle time; only entries idle for ``claim_idle`` seconds, those of a
+dead or stalled worker, are taken over with ``XAUTOCLAIM``. After a takeover pass (every
+``claim_idle / 2`` seconds) a worker removes from the group (``XGROUP DELCONSUMER``) the other
+consumers that hold no pending entry and were idle longer than ``claim_idle + keepalive``: dead
+workers whose entries were taken over (checked and removed in one script, so no consumer loses
+an entry given to it meanwhile; one INFO line each). A live worker without work resets its idle
+time at the same pace (``XREADGROUP`` of its own pending entries after the last possible id: it
+reads nothing, but a blocking read that times out does not count as activity), so it is never
+removed; one removed all the same would be created again by its next read. An entry delivered
+more than ``max_deliveries`` times (``XPENDING``'s times-delivered: each read and each
+``XAUTOCLAIM`` counts) is dead-lettered when read or taken over, with the number of deliveries
+as its error: a handler that crashes its process, or a worker killed each time it holds it,
+ends there instead of crashing the fleet forever. An entry found taken over is dropped by its
+former holder; one found delivered to this worker but never received (a reply lost with its
+connection, the command retried by the client) is read again. A worker that stops cleanly marks
+the entries it still holds as idle (``XCLAIM ... IDLE``), so the others take them over at their
+next pass. Lost Redis connections (a restart, a failover) are retried with backoff in every
+loop; nothing is acked before the handler succeeded.
 
 The package's modules, along its seams: ``_records`` (the stream records as msgspec Structs),
 ``_replies`` (Redis replies as plain Python), ``_watches`` (:class:`DurableWatches`: submit,
