@@ -3,7 +3,9 @@
 ``python -m tests.redis_worker --redis-port P --api URL --consumer NAME [options]``; API tokens
 come from ZOO_API_TOKEN / METAFOLD_ACCESS_TOKEN. The handler records, in the same Redis, how
 often each job was handled (hash ``t:count``), its final state (``t:state``) and any context
-that did not match its job (``t:bad_context``). Prints ``{"ready": consumer}`` once running;
+that did not match its job (``t:bad_context``). A job whose context has ``"crash": true``
+kills its worker (SIGKILL, after counting the call in ``t:crashes``), as a handler that
+crashes its process would. Prints ``{"ready": consumer}`` once running;
 on SIGTERM stops and prints its counters as one JSON line.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 from typing import Any
 
@@ -34,6 +37,9 @@ async def main(args: argparse.Namespace) -> None:
     dw = DurableWatches(redis, consumer=args.consumer)
 
     async def handler(job: Any, context: dict[str, Any]) -> None:
+        if context.get("crash"):
+            await redis.hincrby("t:crashes", job.id, 1)
+            os.kill(os.getpid(), signal.SIGKILL)
         if args.delay:
             await anyio.sleep(args.delay)
         async with redis.pipeline(transaction=False) as pipe:
@@ -56,6 +62,8 @@ async def main(args: argparse.Namespace) -> None:
                 prefetch=args.prefetch,
                 poll=POLL,
                 claim_idle=args.claim_idle,
+                keepalive=args.keepalive,
+                max_deliveries=args.max_deliveries,
                 retry=HANDLER_RETRY,
             ) as worker:
                 print(json.dumps({"ready": worker.consumer}), flush=True)
@@ -80,4 +88,6 @@ if __name__ == "__main__":
     parser.add_argument("--prefetch", type=int, default=1500)
     parser.add_argument("--claim-idle", type=float, default=2.0)
     parser.add_argument("--delay", type=float, default=0.002)
+    parser.add_argument("--keepalive", type=float, default=None)
+    parser.add_argument("--max-deliveries", type=int, default=10)
     anyio.run(main, parser.parse_args())

@@ -33,7 +33,8 @@ What lives in Redis (names are options of :class:`DurableWatches`):
   ``watch``, ``entry``, ``consumer``, ``handled_at``.
 - the dead-letter stream (``async_jobs:dead``): watches given up after ``retry.max_attempts``
   tries (a handler that keeps raising, a job whose GET ends its wait with 400/401/403/404 on
-  every try; an unreadable entry at once; a 429, 5xx or lost connection only costs a poll):
+  every try; an unreadable entry at once; a 429, 5xx or lost connection only costs a poll)
+  or delivered more than ``max_deliveries`` times without being settled:
   ``key``, ``token``, ``context``, ``error``, ``attempts``, ``watch``, ``entry``,
   ``consumer``, ``failed_at`` and ``job`` (the terminal job as JSON, or empty).
 
@@ -44,14 +45,24 @@ API; the results stream also carries the ref's ``key``, unique across APIs).
 
 A live worker keeps its entries from being taken over: every ``keepalive`` seconds it claims
 the entries it still owns again (``XCLAIM ... JUSTID``, in a script that checks the owner
-first), which resets their idle time; only
-entries idle for ``claim_idle`` seconds, those of a dead or stalled worker, are taken over
-with ``XAUTOCLAIM``. An entry found taken over is dropped by its former holder; one found
-delivered to this worker but never received (a reply lost with its connection, the command
-retried by the client) is read again. A worker that stops cleanly marks the entries it still
-holds as idle (``XCLAIM ... IDLE``), so the others take them over at their next pass. Lost
-Redis connections (a restart, a failover) are retried with backoff in every loop; nothing is
-acked before the handler succeeded.
+first), which resets their idle time; only entries idle for ``claim_idle`` seconds, those of a
+dead or stalled worker, are taken over with ``XAUTOCLAIM``. After a takeover pass (every
+``claim_idle / 2`` seconds) a worker removes from the group (``XGROUP DELCONSUMER``) the other
+consumers that hold no pending entry and were idle longer than ``claim_idle + keepalive``: dead
+workers whose entries were taken over (checked and removed in one script, so no consumer loses
+an entry given to it meanwhile; one INFO line each). A live worker without work resets its idle
+time at the same pace (``XREADGROUP`` of its own pending entries after the last possible id: it
+reads nothing, but a blocking read that times out does not count as activity), so it is never
+removed; one removed all the same would be created again by its next read. An entry delivered
+more than ``max_deliveries`` times (``XPENDING``'s times-delivered: each read and each
+``XAUTOCLAIM`` counts) is dead-lettered when read or taken over, with the number of deliveries
+as its error: a handler that crashes its process, or a worker killed each time it holds it,
+ends there instead of crashing the fleet forever. An entry found taken over is dropped by its
+former holder; one found delivered to this worker but never received (a reply lost with its
+connection, the command retried by the client) is read again. A worker that stops cleanly marks
+the entries it still holds as idle (``XCLAIM ... IDLE``), so the others take them over at their
+next pass. Lost Redis connections (a restart, a failover) are retried with backoff in every
+loop; nothing is acked before the handler succeeded.
 
 The package's modules, along its seams: ``_records`` (the stream records as msgspec Structs),
 ``_replies`` (Redis replies as plain Python), ``_watches`` (:class:`DurableWatches`: submit,

@@ -28,6 +28,27 @@ for i = 3, #ARGV do
   end
 end
 """
+#: Remove from the group (``XGROUP DELCONSUMER``) every consumer other than ARGV[2] that holds
+#: no pending entry and has been idle (``XINFO CONSUMERS``: since its last read or claim) for
+#: more than ARGV[3] ms; the names removed. One script, so that no consumer can be given an
+#: entry between the check and the removal (deleting a consumer drops its pending entries).
+REMOVE_DEAD_SCRIPT = """
+local removed = {}
+for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local info = {}
+  for i = 1, #consumer, 2 do info[consumer[i]] = consumer[i + 1] end
+  if info['name'] ~= ARGV[2] and tonumber(info['pending']) == 0
+      and tonumber(info['idle']) > tonumber(ARGV[3]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], info['name'])
+    removed[#removed + 1] = info['name']
+  end
+end
+return removed
+"""
+#: A stream id above any real one: ``XREADGROUP`` of this consumer's pending entries after it
+#: reads nothing, yet counts as this consumer's interaction (resets its ``XINFO CONSUMERS``
+#: idle time, which a blocking read that times out does not do).
+_TOP = "18446744073709551615-0"
 #: The cursor ``XAUTOCLAIM`` starts from and returns once it went through the pending list.
 NO_MORE = "0-0"
 _PAGE = 1000
@@ -41,6 +62,7 @@ class Consumer:
         self.redis = watches.redis
         self.name = watches.consumer
         self._refresh_own = watches.redis.register_script(REFRESH_OWN_SCRIPT)
+        self._remove_dead = watches.redis.register_script(REMOVE_DEAD_SCRIPT)
 
     async def read(self, cursor: str, count: int, block: float) -> list[Entry]:
         """``XREADGROUP``: new entries (cursor ``>``, waiting up to ``block`` seconds for
@@ -54,6 +76,13 @@ class Consumer:
         else:
             reply = await self.redis.xreadgroup(w.group, self.name, {w.stream: cursor}, count=count)
         return _entries(reply)
+
+    async def touch(self) -> None:
+        """Reset this consumer's idle time in the group (creating it if missing), without
+        reading or claiming anything: how a live worker with no work shows it is alive."""
+        w = self.watches
+        await w.ensure_group()
+        await self.redis.xreadgroup(w.group, self.name, {w.stream: _TOP}, count=1)
 
     async def autoclaim(self, start: str, count: int, idle_ms: int) -> tuple[str, list[Entry]]:
         """``XAUTOCLAIM`` entries idle for ``idle_ms``: the next cursor and the entries."""
@@ -103,6 +132,29 @@ class Consumer:
             if len(page) < _PAGE:
                 return ids
             start = "(" + _str(page[-1]["message_id"])
+
+    async def deliveries(self, entry_ids: Sequence[str]) -> dict[str, int]:
+        """How many times each entry was delivered (``XPENDING``'s times-delivered; an entry
+        no longer pending is left out)."""
+        if not entry_ids:
+            return {}
+        w = self.watches
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for entry_id in entry_ids:
+                pipe.xpending_range(w.stream, w.group, min=entry_id, max=entry_id, count=1)
+            pages = await pipe.execute()
+        return {
+            _str(item["message_id"]): int(item["times_delivered"])
+            for page in pages
+            for item in page
+        }
+
+    async def remove_dead(self, idle_ms: int) -> list[str]:
+        """Remove the other consumers that hold nothing and were idle for more than
+        ``idle_ms`` (:data:`REMOVE_DEAD_SCRIPT`); their names."""
+        w = self.watches
+        removed = await self._remove_dead(keys=[w.stream], args=[w.group, self.name, idle_ms])
+        return [_str(name) for name in removed or ()]
 
     async def refresh(self, entry_ids: Sequence[str]) -> None:
         """Reset the idle time of the entries still this consumer's (:data:`REFRESH_OWN_SCRIPT`)."""

@@ -43,6 +43,9 @@ class DurableStatus:
     #: Consumer name -> entries it holds (read, not yet acknowledged); a dead consumer's
     #: entries stay here until another worker takes them over.
     in_flight: dict[str, int] = field(default_factory=dict)
+    #: Consumers in the group (``XINFO CONSUMERS``): live workers, and dead ones until a
+    #: live worker removed them (once their entries were taken over).
+    consumers: int = 0
     #: Records in the dead-letter stream.
     dead_lettered: int = 0
     #: Records in the (trimmed) results stream.
@@ -189,6 +192,7 @@ class DurableWatches:
         retry: RetryPolicy | None = None,
         block: float = 1.0,
         rate_limit: float | None = None,
+        max_deliveries: int = 10,
     ) -> DurableWorker:
         """One worker of the fleet, an async context manager: while its block runs it reads
         watches, follows their jobs through one :class:`~async_jobs.Watcher` over ``clients``
@@ -201,8 +205,11 @@ class DurableWatches:
         ``retry``: tries and backoff of a failing handler (or of a watch whose GET answers
         400/401/403/404) before the watch goes to the dead-letter stream. ``block``: seconds one
         ``XREADGROUP`` waits for new entries (keep the connection's ``socket_timeout`` above
-        it). Leaving the block stops the worker and hands the watches it held over to the
-        others.
+        it). ``max_deliveries``: a watch delivered more than this many times without being
+        settled (read, or taken over from a worker that died holding it: a handler that
+        crashes its process, or a worker killed each time) goes to the dead-letter stream
+        instead of to its handler once more. Leaving the block stops the worker and hands the
+        watches it held over to the others.
         """
         return DurableWorker(
             self,
@@ -216,10 +223,12 @@ class DurableWatches:
             retry=retry or DEFAULT_RETRY,
             block=block,
             rate_limit=rate_limit,
+            max_deliveries=max_deliveries,
         )
 
     async def status(self) -> DurableStatus:
-        """Pending watches, entries in flight per consumer, dead-lettered and result counts."""
+        """Pending watches, entries in flight per consumer, dead-lettered and result counts,
+        consumers in the group."""
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.xlen(self.stream)
             pipe.xlen(self.dead_letter)
@@ -227,10 +236,11 @@ class DurableWatches:
             length, dead, results = await pipe.execute()
         try:
             summary = await self.redis.xpending(self.stream, self.group)
+            consumers = len(await self.redis.xinfo_consumers(self.stream, self.group))
         except redis_errors.ResponseError as exc:
             if not _is_nogroup(exc):
                 raise
-            summary = {}
+            summary, consumers = {}, 0
         in_flight = {
             _str(consumer["name"]): int(consumer["pending"])
             for consumer in summary.get("consumers") or ()
@@ -242,4 +252,5 @@ class DurableWatches:
             in_flight=in_flight,
             dead_lettered=int(dead),
             results=int(results),
+            consumers=consumers,
         )

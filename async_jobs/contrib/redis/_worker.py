@@ -37,7 +37,8 @@ class DurableWorker:
 
     Counters (this worker only): ``handled``, ``dead_lettered``, ``duplicates`` (entries
     dropped because another entry watches the same job), ``claimed`` (entries taken over from
-    other consumers), ``lost`` (entries another worker took over from this one), and
+    other consumers), ``lost`` (entries another worker took over from this one),
+    ``consumers_removed`` (dead consumers this worker removed from the group) and
     ``in_flight`` (watches held now).
     """
 
@@ -55,9 +56,12 @@ class DurableWorker:
         retry: RetryPolicy,
         block: float,
         rate_limit: float | None,
+        max_deliveries: int = 10,
     ) -> None:
         if concurrency < 1 or prefetch < 1:
             raise ValueError("concurrency and prefetch must be >= 1")
+        if max_deliveries < 1:
+            raise ValueError("max_deliveries must be >= 1")
         if not claim_idle > 0 or math.isinf(claim_idle):
             raise ValueError("claim_idle must be a positive number of seconds")
         keepalive = claim_idle / 4 if keepalive is None else keepalive
@@ -76,11 +80,13 @@ class DurableWorker:
         self.retry = retry
         self.block = block
         self.rate_limit = rate_limit
+        self.max_deliveries = max_deliveries
         self.handled: int = 0
         self.dead_lettered: int = 0
         self.duplicates: int = 0
         self.claimed: int = 0
         self.lost: int = 0
+        self.consumers_removed: int = 0
         self._held = Holding(prefetch)
         self._consumer = Consumer(watches)
         # One outage for all of this worker's loops: a WARNING when the first runs into it.
@@ -190,27 +196,37 @@ class DurableWorker:
             if self._reread:
                 self._reread, cursor = False, "0"
             count = min(100, self._held.room_left())
+            new = cursor == ">"
             try:
                 entries = await self._consumer.read(cursor, count, self.block)
-                if cursor != ">":
+                if not new:
                     cursor = entries[-1][0] if entries else ">"
-                await self._accept(entries)
+                await self._accept(entries, new=new)
                 backoff.ok()
             except Exception as exc:
                 cursor = "0"
                 await backoff.trouble(exc)
 
     async def _claim_loop(self) -> None:
-        """Take over entries idle for ``claim_idle`` (a dead worker's) with ``XAUTOCLAIM``."""
+        """Every ``keepalive`` seconds, take over entries idle for ``claim_idle`` (a dead
+        worker's) with ``XAUTOCLAIM``; every ``claim_idle / 2`` seconds, also show this
+        consumer alive first (:meth:`Consumer.touch`) and remove the consumers left with
+        nothing after (:meth:`_remove_dead`)."""
         backoff = _Backoff(self.watches, "claiming abandoned watches", self._health)
         idle_ms = max(int(self.claim_idle * 1000), 1)
         first = True
+        touched = -math.inf
         while True:
             if not first:  # at start at once: a restarted fleet resumes without waiting
                 await anyio.sleep(self.keepalive)
             first = False
             start = NO_MORE
             try:
+                now = anyio.current_time()
+                tidy = now >= touched + self.claim_idle / 2
+                if tidy:
+                    await self._consumer.touch()
+                    touched = now
                 while (room := self._held.room_left()) > 0:
                     start, claimed = await self._consumer.autoclaim(start, min(room, 100), idle_ms)
                     fresh = sum(1 for entry_id, _ in claimed if entry_id not in self._held)
@@ -220,9 +236,23 @@ class DurableWorker:
                     await self._accept(claimed)
                     if start == NO_MORE:
                         break
+                if tidy:
+                    await self._remove_dead()
                 backoff.ok()
             except Exception as exc:
                 await backoff.trouble(exc)
+
+    async def _remove_dead(self) -> None:
+        """Remove from the group the other consumers that hold no entry and were idle for
+        longer than ``claim_idle + keepalive``: dead workers whose work was taken over. A
+        live worker without work is never one of them: its claim loop touches its consumer
+        every ``claim_idle / 2`` seconds (its blocking reads that time out do not reset its idle
+        time); one removed all the same (a worker stalled that long, which lost its entries
+        to the others already) is created again by its next read or touch."""
+        idle_ms = int((self.claim_idle + self.keepalive) * 1000)
+        for name in await self._consumer.remove_dead(idle_ms):
+            self.consumers_removed += 1
+            logger.info("removed consumer %s from the group (idle, holding no watch)", name)
 
     async def _keepalive_loop(self) -> None:
         """Reset the idle time of the entries this worker still owns, so no live worker's
@@ -254,8 +284,10 @@ class DurableWorker:
 
     # -- holding ----------------------------------------------------------------------------
 
-    async def _accept(self, entries: Sequence[Entry]) -> None:
-        """Hold the entries that own their job; drop the rest (deleted or duplicates)."""
+    async def _accept(self, entries: Sequence[Entry], *, new: bool = False) -> None:
+        """Hold the entries that own their job; drop the rest (deleted or duplicates), and
+        dead-letter those delivered more than ``max_deliveries`` times. ``new``: entries read
+        for the first time (``XREADGROUP >``), delivered once."""
         drop: list[str] = []
         fresh: list[tuple[str, WatchEntry]] = []
         unreadable: list[tuple[_Held, str]] = []
@@ -271,6 +303,7 @@ class DurableWorker:
                 held = _Held(entry_id, WatchEntry.salvage(fields))
                 unreadable.append((held, "unreadable entry: no watch, key or token"))
         owners = await self._consumer.owners([entry.key for _, entry in fresh])
+        live: list[tuple[str, WatchEntry]] = []
         for (entry_id, entry), owner in zip(fresh, owners, strict=True):
             if entry_id in self._held:
                 continue
@@ -280,7 +313,21 @@ class DurableWorker:
                 drop.append(entry_id)
                 self.duplicates += owner is not None
                 continue
-            held = _Held(entry_id, entry)
+            live.append((entry_id, entry))
+        counts = {} if new else await self._consumer.deliveries([i for i, _ in live])
+        for entry_id, entry in live:
+            if entry_id in self._held:
+                continue
+            held = _Held(entry_id, entry, counts.get(entry_id, 1))
+            if held.deliveries > self.max_deliveries:
+                capped = (
+                    f"delivered {held.deliveries} times without being settled (max_deliveries="
+                    f"{self.max_deliveries}): a handler that crashes its process, or a worker "
+                    "killed each time"
+                )
+                logger.error("watch %s of %s %s; dead-lettered", entry_id, entry.key, capped)
+                unreadable.append((held, capped))
+                continue
             error = self._prepare(held)
             if error is not None:
                 unreadable.append((held, error))
