@@ -215,3 +215,45 @@ async def test_max_deliveries_must_be_positive(redis_client: Any, server: FakeAp
         with pytest.raises(ValueError, match="max_deliveries"):
             DurableWatches(redis_client).run(zoo, handler=_done, max_deliveries=0)
     await anyio.lowlevel.checkpoint()
+
+
+async def test_clean_stops_do_not_count_against_max_deliveries(
+    server: FakeApiServer, redis_server: RedisServer, redis_client: Any
+) -> None:
+    """A rolling deploy: four workers in turn hold a long watch and stop cleanly. With
+    ``max_deliveries=2`` the watch is still watched by the fourth, and handled once its job
+    ends: a hand-over costs nothing, only a crash does."""
+    from async_jobs.contrib.redis import DurableWatches
+
+    op = server.zoo.add_operation(timeline=[("in_progress", HOLD), ("completed", None)])
+    handled: list[str] = []
+
+    async def handler(job: Any, context: dict[str, Any]) -> None:
+        handled.append(job.status)
+
+    zoo, _ = clients(server)
+    options: dict[str, Any] = dict(
+        handler=handler, poll=POLL, claim_idle=CLAIM_IDLE, keepalive=KEEPALIVE, max_deliveries=2
+    )
+    async with zoo:
+        dw = DurableWatches(redis_client)
+        await dw.submit(zoo.async_operation(op.id))
+        for turn in range(4):
+            async with DurableWatches(redis_client, consumer=f"w{turn}").run(
+                zoo, **options
+            ) as worker:
+                await until(lambda w=worker: _holds(w), 10)
+                if turn == 3:
+                    server.clock.advance(HOLD)
+                    await until(lambda: _true(bool(handled)), 10)
+        status = await dw.status()
+    assert handled == ["completed"]
+    assert status.dead_lettered == 0
+
+
+async def _holds(worker: Any) -> bool:
+    return bool(worker.in_flight)
+
+
+async def _true(value: bool) -> bool:
+    return value

@@ -55,8 +55,8 @@ time at the same pace (``XREADGROUP`` of its own pending entries after the last 
 reads nothing, but a blocking read that times out does not count as activity), so it is never
 removed; one removed all the same would be created again by its next read. An entry delivered
 more than ``max_deliveries`` times (``XPENDING``'s times-delivered: each read and each
-``XAUTOCLAIM`` counts) is dead-lettered when read or taken over, with the number of deliveries
-as its error: a handler that crashes its process, or a worker killed each time it holds it,
+``XAUTOCLAIM`` counts, but a clean stop's hand-over takes one off, so a rolling deploy costs
+nothing) is dead-lettered when read or taken over, with the number of deliveries as its error: a handler that crashes its process, or a worker killed each time it holds it,
 ends there instead of crashing the fleet forever. An entry found taken over is dropped by its
 former holder; one found delivered to this worker but never received (a reply lost with its
 connection, the command retried by the client) is read again. A worker that stops cleanly marks

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from redis import exceptions as redis_errors
 
@@ -45,6 +45,22 @@ for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
 end
 return removed
 """
+#: Mark ARGV[4..] idle for ARGV[3] ms (``XCLAIM ... IDLE ... JUSTID``) for this consumer
+#: (ARGV[2]) if it still holds them, and take one off each one's delivery count: the worker
+#: that takes a handed-over entry over adds it back, so a clean stop (a rolling deploy) costs
+#: a watch nothing against ``max_deliveries``; only a crash does.
+HAND_OVER_SCRIPT = """
+for i = 4, #ARGV do
+  local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  local entry = pending[1]
+  if entry and entry[2] == ARGV[2] then
+    local count = math.max(tonumber(entry[4]) - 1, 0)
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'IDLE', ARGV[3],
+      'RETRYCOUNT', count, 'JUSTID')
+  end
+end
+return 0
+"""
 #: A stream id above any real one: ``XREADGROUP`` of this consumer's pending entries after it
 #: reads nothing, yet counts as this consumer's interaction (resets its ``XINFO CONSUMERS``
 #: idle time, which a blocking read that times out does not do).
@@ -63,6 +79,7 @@ class Consumer:
         self.name = watches.consumer
         self._refresh_own = watches.redis.register_script(REFRESH_OWN_SCRIPT)
         self._remove_dead = watches.redis.register_script(REMOVE_DEAD_SCRIPT)
+        self._hand_over = watches.redis.register_script(HAND_OVER_SCRIPT)
 
     async def read(self, cursor: str, count: int, block: float) -> list[Entry]:
         """``XREADGROUP``: new entries (cursor ``>``, waiting up to ``block`` seconds for
@@ -165,19 +182,14 @@ class Consumer:
             )
 
     async def hand_over(self, entry_ids: Sequence[str], idle_ms: int) -> None:
-        """Mark entries as idle for ``idle_ms`` already (``XCLAIM ... IDLE``), so the other
-        workers take them over at their next pass (best effort: otherwise they wait)."""
+        """Mark entries as idle for ``idle_ms`` already, so the other workers take them over
+        at their next pass, without counting the takeover as a delivery
+        (:data:`HAND_OVER_SCRIPT`; best effort: otherwise they wait)."""
+        w = self.watches
         try:
             for start in range(0, len(entry_ids), _PAGE):
-                await self.redis.xclaim(
-                    self.watches.stream,
-                    self.watches.group,
-                    self.name,
-                    min_idle_time=0,
-                    message_ids=list[Any](entry_ids[start : start + _PAGE]),
-                    idle=idle_ms,
-                    justid=True,
-                )
+                page = entry_ids[start : start + _PAGE]
+                await self._hand_over(keys=[w.stream], args=[w.group, self.name, idle_ms, *page])
         except redis_errors.RedisError as exc:
             logger.debug("could not hand over %d watches: %s", len(entry_ids), exc)
 
