@@ -56,8 +56,9 @@ reads nothing, but a blocking read that times out does not count as activity), s
 removed; one removed all the same would be created again by its next read. An entry delivered
 more than ``max_deliveries`` times (``XPENDING``'s times-delivered: each read and each
 ``XAUTOCLAIM`` counts, but a clean stop's hand-over takes one off, so a rolling deploy costs
-nothing) is dead-lettered when read or taken over, with the number of deliveries as its error: a handler that crashes its process, or a worker killed each time it holds it,
-ends there instead of crashing the fleet forever. An entry found taken over is dropped by its
+nothing) is dead-lettered when read or taken over, with the number of deliveries as its
+error: a handler that crashes its process, or a worker killed each time it holds it, ends
+there instead of crashing the fleet forever. An entry found taken over is dropped by its
 former holder; one found delivered to this worker but never received (a reply lost with its
 connection, the command retried by the client) is read again. A worker that stops cleanly marks
 the entries it still holds as idle (``XCLAIM ... IDLE``), so the others take them over at their
