@@ -15,6 +15,7 @@ the record a second time (through the bars). The root logger is never touched; t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -305,6 +306,45 @@ async def fake_server(args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK  # pragma: no cover - only interruption ends the server
 
 
+async def durable_status(args: argparse.Namespace, out: Output) -> int:
+    """``durable status``: what the durable watches in Redis hold
+    (:meth:`~async_jobs.contrib.redis.DurableWatches.status`)."""
+    try:
+        from redis import asyncio as aioredis
+        from redis.exceptions import RedisError
+
+        from .contrib.redis import DurableWatches
+    except ImportError:
+        out.error("durable status needs the redis extra: pip install 'async-jobs[redis]'")
+        return EXIT_USAGE
+    url = args.redis_url or os.environ.get("REDIS_URL") or "redis://localhost:6379/0"
+    client = aioredis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10)
+    try:
+        watches = DurableWatches(
+            client,
+            stream=args.stream,
+            group=args.group,
+            results=args.results,
+            dead_letter=args.dead_letter,
+        )
+        status = await watches.status()
+    except RedisError as exc:
+        # redis-py names the host and port, never the URL's password.
+        out.error(f"cannot read the durable watches: {type(exc).__name__}: {exc}")
+        return EXIT_API
+    finally:
+        await client.aclose()
+    fields = dataclasses.asdict(status)
+    lines = [
+        f"{status.pending} pending ({status.undelivered} not read by any worker), "
+        f"{status.dead_lettered} dead-lettered, {status.results} results, "
+        f"{status.consumers} consumers in the group",
+        *(f"  {name}: {held} in flight" for name, held in sorted(status.in_flight.items())),
+    ]
+    out.result("durable_status", "\n".join(lines), **fields)
+    return EXIT_OK
+
+
 # -- parser -----------------------------------------------------------------------------------
 
 
@@ -401,6 +441,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = leaf(commands, "demo", demo, "run a demo against the embedded fake server (no token)")
     p.add_argument("--speed", type=float, default=1.0, help="scale the fake's timelines")
+
+    durable = commands.add_parser(
+        "durable", help="durable watches in Redis (the redis extra)", parents=[common]
+    )
+    durable_cmds = durable.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = leaf(durable_cmds, "status", durable_status, "what the durable watches in Redis hold")
+    p.add_argument(
+        "--redis-url",
+        default=None,
+        help="redis://... (default: $REDIS_URL, then redis://localhost:6379/0)",
+    )
+    p.add_argument("--stream", default="async_jobs:watches", help="the watches stream")
+    p.add_argument("--group", default="async_jobs", help="the workers' consumer group")
+    p.add_argument("--results", default="async_jobs:results", help="the results stream")
+    p.add_argument("--dead-letter", default="async_jobs:dead", help="the dead-letter stream")
 
     p = leaf(commands, "fake-server", fake_server, "run the fake API server until interrupted")
     p.add_argument("--host", default="127.0.0.1")
