@@ -17,22 +17,11 @@ from ._records import WatchEntry
 class _Held:
     """One watch this worker holds."""
 
-    __slots__ = (
-        "context",
-        "deliveries",
-        "entry",
-        "entry_id",
-        "future",
-        "ref",
-        "settling",
-        "step",
-    )
+    __slots__ = ("context", "entry", "entry_id", "future", "ref", "settling", "step")
 
-    def __init__(self, entry_id: str, entry: WatchEntry, deliveries: int = 1) -> None:
+    def __init__(self, entry_id: str, entry: WatchEntry) -> None:
         self.entry_id = entry_id
         self.entry = entry
-        #: Times the entry was delivered (read or taken over) when this worker received it.
-        self.deliveries = deliveries
         self.context: dict[str, Any] = {}
         self.ref: JobRef[Any] | None = None
         self.future: Any = None

@@ -318,10 +318,11 @@ class DurableWorker:
         for entry_id, entry in live:
             if entry_id in self._held:
                 continue
-            held = _Held(entry_id, entry, counts.get(entry_id, 1))
-            if held.deliveries > self.max_deliveries:
+            held = _Held(entry_id, entry)
+            deliveries = counts.get(entry_id, 1)
+            if deliveries > self.max_deliveries:
                 capped = (
-                    f"delivered {held.deliveries} times without being settled (max_deliveries="
+                    f"delivered {deliveries} times without being settled (max_deliveries="
                     f"{self.max_deliveries}): a handler that crashes its process, or a worker "
                     "killed each time"
                 )
