@@ -18,7 +18,7 @@ import pytest
 import async_jobs as aj
 from async_jobs.testing import FakeApiServer
 
-from .conftest import FAST_POLL, FAST_RETRY, TOKEN
+from .conftest import FAST_POLL, FAST_RETRY, TOKEN, eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -218,6 +218,11 @@ async def test_a_timed_out_wait_cancels_the_workflow_on_the_server(
         await aj.wait_until_terminal(mf.workflow(wf.id), timeout=0.2, cancel_on_timeout=True)
     last = caught.value.last
     assert isinstance(last, aj.MetafoldWorkflow) and last.state == "canceled"
+    _canceled_once_on_the_server(server, wf)
+
+
+def _canceled_once_on_the_server(server: FakeApiServer, wf: aj.MetafoldWorkflow) -> None:
+    """One cancel reached the server, and the workflow and all its jobs are canceled there."""
     assert server.metafold.cancel_calls == {wf.id: 1}
     assert server.metafold.workflow_body(PROJECT, wf.id)["state"] == "canceled"
     assert {server.metafold.state(PROJECT, job) for job in wf.jobs} == {"canceled"}
@@ -231,13 +236,9 @@ async def test_a_cancelled_caller_leaves_the_workflow_canceled_on_the_server(
     ref = mf.workflow(wf.id)
     async with anyio.create_task_group() as tg:
         tg.start_soon(lambda: aj.wait_until_terminal(ref, cancel_on_timeout=True))
-        with anyio.fail_after(10):
-            while sum(r.path == path for r in server.requests) < 2:  # noqa: ASYNC110
-                await anyio.sleep(0.005)
+        await eventually(lambda: sum(r.path == path for r in server.requests) >= 2, timeout=10)
         tg.cancel_scope.cancel()
-    assert server.metafold.cancel_calls == {wf.id: 1}
-    assert server.metafold.workflow_body(PROJECT, wf.id)["state"] == "canceled"
-    assert {server.metafold.state(PROJECT, job) for job in wf.jobs} == {"canceled"}
+    _canceled_once_on_the_server(server, wf)
 
 
 # -- the fake's wire --------------------------------------------------------------------------
