@@ -59,6 +59,7 @@ __all__ = [
     "Job",
     "JobRef",
     "Poller",
+    "check_timeout",
     "continued",
     "outcome_of",
     "wait_all",
@@ -411,6 +412,12 @@ class Poller(Generic[J]):
             events.emit(done, self.listeners)
 
 
+def check_timeout(timeout: float | None) -> None:
+    """ValueError unless ``timeout`` is None or a number of seconds >= 0 (NaN is not)."""
+    if timeout is not None and not timeout >= 0:
+        raise ValueError("timeout must be >= 0 or None")
+
+
 def continued(previous: J | None, job: J) -> J:
     """``job`` as a wait reports it after ``previous``: a model that can carry history (a
     conversion in an unknown phase keeps its last known progress) gets it."""
@@ -522,8 +529,7 @@ async def _wait(
     goal: str = "not terminal",
 ) -> J:
     """The one wait loop: the first observed job for which ``until(job)`` holds."""
-    if timeout is not None and (math.isnan(timeout) or timeout < 0):
-        raise ValueError("timeout must be >= 0 or None")
+    check_timeout(timeout)
     poller = Poller.waiting_on(ref, poll, stall_timeout)
     with poller.reporting():
         try:
@@ -644,8 +650,7 @@ async def wait_all(
     :class:`~async_jobs.WaitTimeout` whose ``.last`` lists the last job seen per ref (None if
     never seen). No task outlives the call.
     """
-    if timeout is not None and (math.isnan(timeout) or timeout < 0):
-        raise ValueError("timeout must be >= 0 or None")
+    check_timeout(timeout)
     if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int):
         raise ValueError(f"max_concurrency must be an int >= 1, got {max_concurrency!r}")
     if max_concurrency < 1:

@@ -29,7 +29,7 @@ from ._http import Auth, ClientSession, ErrorDetails, QueryValue, StaticTokenAut
 from ._oauth import DEFAULT_REFRESH_MARGIN, ClientCredentialsAuth
 from ._paging import Page, merge_streams
 from ._policy import PollSchedule
-from ._poll import JobRef, OnUpdate, wait_all, watch
+from ._poll import JobRef, OnUpdate, check_timeout, wait_all, watch
 from .models.metafold import (
     JOB_QUERY_FIELDS,
     JOB_SORT_FIELDS,
@@ -588,8 +588,7 @@ async def wait_for_workflow_jobs(
     """
     pid = mf.resolve_project_id(project_id)
     ref = mf.workflow(workflow_id, project_id=pid)
-    if timeout is not None and not timeout >= 0:
-        raise ValueError("timeout must be >= 0 or None")
+    check_timeout(timeout)
     deadline = None if timeout is None else anyio.current_time() + timeout
     workflow: MetafoldWorkflow | None = None
     with anyio.move_on_after(timeout):
