@@ -257,3 +257,17 @@ class RedisProxy:
                 tg.start_soon(up)
                 tg.start_soon(down)
                 await anyio.sleep_forever()
+
+
+#: The stream of the one partition of ``DurableWatches(redis, partitions=1)`` (the unit tests'
+#: watches), and the pattern of its jobs' watch strings.
+WATCHES = "{async_jobs:watches:0}"
+JOBS = "{async_jobs:watches:*}:job:*"
+
+
+def durable(redis: Any, **options: Any) -> Any:
+    """``DurableWatches(redis, partitions=1, **options)``: one stream (:data:`WATCHES`), for
+    the tests that look at it."""
+    from async_jobs.contrib.redis import DurableWatches
+
+    return DurableWatches(redis, **{"partitions": 1, **options})

@@ -16,12 +16,12 @@ import pytest
 import async_jobs as aj
 from async_jobs.testing import FakeApiServer, RedisServer
 
-from ._redis import clients, until
+from ._redis import JOBS, WATCHES, clients, until
 from .test_durable_fleet import WorkerProcess
 
 pytestmark = pytest.mark.anyio
 
-STREAM, GROUP = "async_jobs:watches", "async_jobs"
+STREAM, GROUP = WATCHES, "async_jobs"
 POLL = aj.PollPolicy(initial=0.05, multiplier=1.5, maximum=0.2, jitter=0.2)
 #: Small enough that a takeover, and the removal of a dead consumer after it, take a second.
 CLAIM_IDLE, KEEPALIVE = 0.4, 0.1
@@ -60,7 +60,7 @@ async def test_a_killed_workers_consumer_is_removed_once_taken_over_and_live_one
     async def handler(job: Any, context: dict[str, Any]) -> None:
         handled.append(job.id)
 
-    dw = DurableWatches(redis_client)
+    dw = DurableWatches(redis_client, partitions=1)
     zoo, _ = clients(server)
     doomed = WorkerProcess(
         "w0", redis_server, server.url, tmp_path, "--claim-idle", str(CLAIM_IDLE)
@@ -85,8 +85,10 @@ async def test_a_killed_workers_consumer_is_removed_once_taken_over_and_live_one
                 "block": 0.2,
                 "prefetch": len(ops) // 4,
             }
-            survivor = DurableWatches(redis_client, consumer="survivor").run(zoo, **options)
-            idler = DurableWatches(redis_client, consumer="idler").run(zoo, **options)
+            survivor = DurableWatches(redis_client, partitions=1, consumer="survivor").run(
+                zoo, **options
+            )
+            idler = DurableWatches(redis_client, partitions=1, consumer="idler").run(zoo, **options)
             async with survivor, idler:
                 await until(lambda: _claimed(survivor, idler, len(ops) // 2), 30)
                 # A dead consumer still holding entries stays (removing it would drop them),
@@ -130,7 +132,7 @@ async def test_a_watch_whose_handler_kills_its_worker_is_dead_lettered_after_max
     max_deliveries = 3
     poison = server.zoo.add_operation(timeline=[("completed", None)])
     fine = server.zoo.add_operation(timeline=[("completed", None)])
-    dw = DurableWatches(redis_client)
+    dw = DurableWatches(redis_client, partitions=1)
     zoo, _ = clients(server)
     async with zoo:
         await dw.submit(zoo.async_operation(poison.id), {"id": poison.id, "crash": True})
@@ -177,7 +179,7 @@ async def test_a_watch_whose_handler_kills_its_worker_is_dead_lettered_after_max
     assert await redis_client.hget("t:count", fine.id) == b"1"
     status = await dw.status()
     assert (status.pending, status.dead_lettered) == (0, 1)
-    assert await redis_client.keys("async_jobs:watches:job:*") == []
+    assert await redis_client.keys(JOBS) == []
 
 
 async def ghost_removed(redis: Any, ghost: str) -> None:
@@ -213,7 +215,7 @@ async def test_max_deliveries_must_be_positive(redis_client: Any, server: FakeAp
     zoo, _ = clients(server)
     async with zoo:
         with pytest.raises(ValueError, match="max_deliveries"):
-            DurableWatches(redis_client).run(zoo, handler=_done, max_deliveries=0)
+            DurableWatches(redis_client, partitions=1).run(zoo, handler=_done, max_deliveries=0)
     await anyio.lowlevel.checkpoint()
 
 
@@ -236,10 +238,10 @@ async def test_clean_stops_do_not_count_against_max_deliveries(
         handler=handler, poll=POLL, claim_idle=CLAIM_IDLE, keepalive=KEEPALIVE, max_deliveries=2
     )
     async with zoo:
-        dw = DurableWatches(redis_client)
+        dw = DurableWatches(redis_client, partitions=1)
         await dw.submit(zoo.async_operation(op.id))
         for turn in range(4):
-            async with DurableWatches(redis_client, consumer=f"w{turn}").run(
+            async with DurableWatches(redis_client, partitions=1, consumer=f"w{turn}").run(
                 zoo, **options
             ) as worker:
                 await until(lambda w=worker: _holds(w), 10)

@@ -17,20 +17,20 @@ import pytest
 import async_jobs as aj
 from async_jobs.testing import FakeApiServer, RedisServer
 
-from ._redis import RedisProxy, clients, redis_module, restart_empty, sent, until
+from ._redis import JOBS, WATCHES, RedisProxy, clients, redis_module, restart_empty, sent, until
 
 pytestmark = pytest.mark.anyio
 
 POLL = aj.PollPolicy(initial=0.05, multiplier=1.5, maximum=0.2, jitter=0.2)
 #: Long enough that no test here can pass through a takeover or a keepalive by accident.
 NEVER = 60.0
-STREAM, GROUP = "async_jobs:watches", "async_jobs"
+STREAM, GROUP = WATCHES, "async_jobs"
 
 
 def durable(redis: Any, **options: Any) -> Any:
     from async_jobs.contrib.redis import DurableWatches
 
-    return DurableWatches(redis, **options)
+    return DurableWatches(redis, **{"partitions": 1, **options})
 
 
 async def records(redis: Any, stream: str = "async_jobs:results") -> list[dict[str, str]]:
@@ -74,7 +74,7 @@ async def test_settling_an_old_watch_leaves_the_newer_watch_of_its_job(
     zoo, _ = clients(server)
     async with zoo, dw.run(zoo, handler=handler, poll=POLL, prefetch=1, claim_idle=NEVER) as w:
         ref = zoo.async_operation(op.id)
-        key = dw.job_key(ref.key)
+        key = dw.job_key(ref)
         first = await dw.submit(ref, {"n": 1})
         await until(partial(reached, lambda: len(handler.contexts), 1), 30)
         # While its handler runs, the first watch ends elsewhere (as when a worker that took
@@ -90,7 +90,7 @@ async def test_settling_an_old_watch_leaves_the_newer_watch_of_its_job(
         await until(partial(reached, lambda: w.handled, 2), 30)
     assert handler.contexts == [{"n": 1}, {"n": 2}]
     assert [r["watch"] for r in await records(redis_client)] == [first, second]
-    assert await redis_client.keys("async_jobs:watches:job:*") == []
+    assert await redis_client.keys(JOBS) == []
     assert (await dw.status()).pending == 0
 
 
@@ -105,7 +105,7 @@ async def test_a_write_between_watch_and_exec_makes_the_settle_look_again(
         redis = redis_module().Redis(host=proxy.host, port=proxy.port, socket_timeout=10)
         dw = durable(redis)
         ref = zoo.async_operation(op.id)
-        key = dw.job_key(ref.key)
+        key = dw.job_key(ref)
         first = await dw.submit(ref, {"n": 1})
         second = ""
         settling: list[bytes] = []
@@ -141,7 +141,7 @@ async def test_a_write_between_watch_and_exec_makes_the_settle_look_again(
         await redis.aclose()
     assert handler.contexts == [{"n": 1}, {"n": 2}]
     assert [r["watch"] for r in await records(redis_client)] == [first, second]
-    assert await redis_client.keys("async_jobs:watches:job:*") == []
+    assert await redis_client.keys(JOBS) == []
     assert (await other.status()).pending == 0
 
 
@@ -162,7 +162,7 @@ async def test_entries_whose_read_reply_was_lost_are_read_again(
 
     async def drop_first_delivery(commands: bytes, reply: bytes) -> bool:
         delivery = sent(commands, "XREADGROUP") and b"$1\r\n>\r\n" in commands
-        return not (delivery and b"async_jobs:watches" in reply and proxy.dropped == 0)
+        return not (delivery and WATCHES.encode() in reply and proxy.dropped == 0)
 
     zoo, _ = clients(server)
     # Without retries only the read loop's own re-read can find them in time (the
@@ -226,7 +226,7 @@ async def test_a_worker_recreates_a_lost_group_and_goes_on(
         await other.submit(zoo.async_operation(ops[0].id))
         await until(partial(reached, lambda: worker.handled, 1), 30)
         if loss == "stream deleted":
-            await redis_client.delete("async_jobs:watches")  # the group goes with it
+            await redis_client.delete(WATCHES)  # the group goes with it
         else:
             await anyio.to_thread.run_sync(restart_empty, redis_server)
         # ``other`` believes the group exists: unless the worker made it again first, its
@@ -234,7 +234,7 @@ async def test_a_worker_recreates_a_lost_group_and_goes_on(
         await other.submit(zoo.async_operation(ops[1].id))
         await until(partial(reached, lambda: worker.handled, 2), 30)
     assert handled == [op.id for op in ops]
-    groups = await redis_client.xinfo_groups("async_jobs:watches")
+    groups = await redis_client.xinfo_groups(WATCHES)
     assert [g["name"] for g in groups] == [b"async_jobs"]
     status = await dw.status()
     assert (status.pending, status.in_flight) == (0, {})
@@ -282,7 +282,7 @@ async def test_a_submit_that_loses_the_race_for_its_job(
     b = durable(redis_client)
     await b.ensure_group()
     ref = zoo.async_operation(op.id)
-    key = b.job_key(ref.key)
+    key = b.job_key(ref)
     won: list[str] = []
 
     async def race(commands: bytes, reply: bytes) -> bool:
@@ -291,15 +291,15 @@ async def test_a_submit_that_loses_the_race_for_its_job(
         elif len(won) == 1 and sent(commands, "EXEC") and sent(commands, "SET", key):
             won.append("lost")
             # A worker reads every entry before A deletes its loser.
-            await redis_client.xreadgroup("async_jobs", "w", {"async_jobs:watches": ">"})
+            await redis_client.xreadgroup("async_jobs", "w", {WATCHES: ">"})
             if winner == "ended meanwhile":  # as the worker that held B's watch settles it
                 (entry,) = [
                     e
-                    for e, f in await redis_client.xrange("async_jobs:watches")
+                    for e, f in await redis_client.xrange(WATCHES)
                     if f[b"watch"] == won[0].encode()
                 ]
-                await redis_client.xack("async_jobs:watches", "async_jobs", entry)
-                await redis_client.xdel("async_jobs:watches", entry)
+                await redis_client.xack(WATCHES, "async_jobs", entry)
+                await redis_client.xdel(WATCHES, entry)
                 await redis_client.delete(key)
         return True
 
@@ -310,11 +310,11 @@ async def test_a_submit_that_loses_the_race_for_its_job(
             mine, watch = await durable(redis).submit_many([zoo.async_operation(free.id), ref])
         await redis.aclose()
     assert won[1] == "lost"
-    entries = await redis_client.xrange("async_jobs:watches")
+    entries = await redis_client.xrange(WATCHES)
     by_key = {f[b"key"].decode(): f[b"watch"].decode() for _, f in entries}
     assert len(entries) == 2 and by_key == {f"zoo.async_operation:{free.id}": mine, ref.key: watch}
     assert await redis_client.get(key) == watch.encode()
-    pending = await redis_client.xpending_range("async_jobs:watches", "async_jobs", "-", "+", 10)
+    pending = await redis_client.xpending_range(WATCHES, "async_jobs", "-", "+", 10)
     held = {p["message_id"] for p in pending}
     if winner == "lives on":
         assert watch == won[0]
@@ -342,9 +342,9 @@ async def test_a_submit_cut_off_between_set_and_xadd_makes_one_watch(
             watch = await dw.submit(ref)
         await redis.aclose()
     assert proxy.dropped == 1
-    entries = await redis_client.xrange("async_jobs:watches")
+    entries = await redis_client.xrange(WATCHES)
     assert [f[b"watch"].decode() for _, f in entries] == [watch]
-    assert await redis_client.get(dw.job_key(ref.key)) == watch.encode()
+    assert await redis_client.get(dw.job_key(ref)) == watch.encode()
 
 
 async def test_an_idle_worker_waits_on_redis_instead_of_polling_it(
@@ -396,8 +396,8 @@ async def test_an_entry_taken_over_is_dropped_by_its_former_holder(
         await a.submit(zoo.async_operation(op.id))
         await until(partial(reached, lambda: first.in_flight, 1), 30)
         # b took it over (as after a stall of a longer than claim_idle).
-        ((entry, _),) = await redis_client.xrange("async_jobs:watches")
-        await redis_client.xclaim("async_jobs:watches", "async_jobs", "b", 0, [entry], justid=True)
+        ((entry, _),) = await redis_client.xrange(WATCHES)
+        await redis_client.xclaim(WATCHES, "async_jobs", "b", 0, [entry], justid=True)
         await until(partial(reached, lambda: first.lost, 1), 30)
         assert first.in_flight == 0
         server.clock.advance(600)
@@ -457,7 +457,7 @@ async def test_a_worker_with_one_free_slot_takes_over(
     zoo, _ = clients(server)
     async with zoo:
         await dw.submit(zoo.async_operation(op.id))
-        await redis_client.xreadgroup("async_jobs", "ghost", {"async_jobs:watches": ">"})
+        await redis_client.xreadgroup("async_jobs", "ghost", {WATCHES: ">"})
         async with dw.run(zoo, handler=handler, poll=POLL, prefetch=1, claim_idle=0.3) as w:
             await until(partial(reached, lambda: w.handled, 1), 30)
     assert handled == [op.id] and w.claimed == 1
@@ -479,12 +479,12 @@ async def test_a_deleted_entry_left_pending_is_acknowledged(
     zoo, _ = clients(server)
     async with zoo:
         await dw.submit_many([zoo.async_operation(op.id)])
-        await redis_client.xreadgroup("async_jobs", "ghost", {"async_jobs:watches": ">"})
-        ((entry, _),) = await redis_client.xrange("async_jobs:watches")
-        await redis_client.xdel("async_jobs:watches", entry)
+        await redis_client.xreadgroup("async_jobs", "ghost", {WATCHES: ">"})
+        ((entry, _),) = await redis_client.xrange(WATCHES)
+        await redis_client.xdel(WATCHES, entry)
 
         async def acknowledged() -> bool:
-            summary = await redis_client.xpending("async_jobs:watches", "async_jobs")
+            summary = await redis_client.xpending(WATCHES, "async_jobs")
             return bool(summary["pending"] == 0)
 
         # The keepalive sees it pending but not held; the next read (block: 0.1 s away at
@@ -527,7 +527,7 @@ async def test_a_settle_whose_connection_drops_is_retried(
     assert proxy.dropped == 1 and handled == [op.id]
     assert "redis trouble while acknowledging handled watches" in caplog.text
     assert [r["id"] for r in await records(redis_client)] == [op.id]
-    assert await redis_client.keys("async_jobs:watches:job:*") == []
+    assert await redis_client.keys(JOBS) == []
     assert (await durable(redis_client).status()).pending == 0
 
 

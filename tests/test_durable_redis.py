@@ -19,7 +19,7 @@ import pytest
 import async_jobs as aj
 from async_jobs.testing import FakeApiServer, RedisServer
 
-from ._redis import clients, redis_module, script_jobs, until
+from ._redis import JOBS, WATCHES, clients, redis_module, script_jobs, until
 from .conftest import TOKEN
 
 pytestmark = pytest.mark.anyio
@@ -31,7 +31,7 @@ QUICK_RETRY = aj.RetryPolicy(max_attempts=3, initial=0.01, multiplier=2.0, maxim
 def durable(redis: Any, **options: Any) -> Any:
     from async_jobs.contrib.redis import DurableWatches
 
-    return DurableWatches(redis, **options)
+    return DurableWatches(redis, **{"partitions": 1, **options})
 
 
 async def results(redis: Any, stream: str = "async_jobs:results") -> list[dict[str, str]]:
@@ -68,12 +68,12 @@ async def test_submit_is_idempotent_per_job(server: FakeApiServer, redis_client:
             [zoo.async_operation(op.id), (zoo.async_operation(other.id), None)]
         )
         assert many == [first, ids[0]]
-        assert await redis_client.xlen("async_jobs:watches") == 2
+        assert await redis_client.xlen(WATCHES) == 2
         # One entry written per watch, none added and taken back.
-        info = await redis_client.xinfo_stream("async_jobs:watches")
+        info = await redis_client.xinfo_stream(WATCHES)
         assert info["last-generated-id"] == info["last-entry"][0]
-        assert sorted(await redis_client.keys("async_jobs:watches:job:*")) == sorted(
-            dw.job_key(f"zoo.async_operation:{one.id}").encode() for one in (op, other)
+        assert sorted(await redis_client.keys(JOBS)) == sorted(
+            dw.job_key(zoo.async_operation(one.id)).encode() for one in (op, other)
         )
         status = await dw.status()
         assert (status.pending, status.undelivered) == (2, 2)
@@ -82,7 +82,7 @@ async def test_submit_is_idempotent_per_job(server: FakeApiServer, redis_client:
         with pytest.raises(TypeError, match="JSON"):
             await dw.submit(zoo.async_operation(op.id), {"when": object()})
     # The token in the entry names the job and never a credential.
-    (_, fields), _ = await redis_client.xrange("async_jobs:watches")
+    (_, fields), _ = await redis_client.xrange(WATCHES)
     assert TOKEN not in repr(fields)
     assert (
         aj.JobRef.from_token(fields[b"token"].decode(), zoo).key == f"zoo.async_operation:{op.id}"
@@ -115,11 +115,11 @@ async def test_worker_handles_jobs_and_records_results(
     assert {r["id"]: r["state"] for r in records} == script.truth
     assert all(msgspec.json.decode(r["job"])["id"] == r["id"] for r in records)
     assert status.pending == 0 and status.results == 60
-    assert await redis_client.keys("async_jobs:watches:job:*") == []
-    assert await redis_client.xlen("async_jobs:watches") == 0
+    assert await redis_client.keys(JOBS) == []
+    assert await redis_client.xlen(WATCHES) == 0
     # The worker left the group's consumer list on exit (it held nothing).
     assert (await dw.status()).in_flight == {}
-    assert await redis_client.xinfo_consumers("async_jobs:watches", "async_jobs") == []
+    assert await redis_client.xinfo_consumers(WATCHES, "async_jobs") == []
 
 
 async def _count(value: int, target: int) -> bool:
@@ -157,7 +157,7 @@ async def test_failing_handler_is_retried_then_dead_lettered(
 
     async def handler(job: Any, context: dict[str, Any]) -> None:
         calls[job.id] += 1
-        summary = await redis_client.xpending("async_jobs:watches", "async_jobs")
+        summary = await redis_client.xpending(WATCHES, "async_jobs")
         unacked_while_failing.append(summary["pending"])
         if job.id == broken.id:
             raise RuntimeError(f"boom {calls[job.id]}")
@@ -183,7 +183,7 @@ async def test_failing_handler_is_retried_then_dead_lettered(
     assert msgspec.json.decode(dead["job"])["status"] == "failed"
     status = await dw.status()
     assert (status.pending, status.dead_lettered) == (0, 1)
-    assert await redis_client.keys("async_jobs:watches:job:*") == []
+    assert await redis_client.keys(JOBS) == []
 
 
 async def test_job_that_cannot_be_fetched_is_dead_lettered(
@@ -215,7 +215,7 @@ async def test_unreadable_entries_are_dead_lettered(
     op = server.zoo.add_operation(timeline=[("completed", None)])
     handled: list[str] = []
     async with zoo, mf:
-        await redis_client.xadd("async_jobs:watches", {"key": "x", "context": "{}"})
+        await redis_client.xadd(WATCHES, {"key": "x", "context": "{}"})
         await dw.submit(mf.job(project_job.id, project_id="p"))  # no Metafold client below
         await dw.submit(zoo.async_operation(op.id))  # in the same batch, after them
 
@@ -250,7 +250,7 @@ async def test_abandoned_entries_are_taken_over(server: FakeApiServer, redis_cli
         await dw.submit_many(script.refs(zoo, mf))
         # A consumer that reads everything and dies without acking anything.
         await dw.ensure_group()
-        await redis_client.xreadgroup("async_jobs", "ghost", {"async_jobs:watches": ">"})
+        await redis_client.xreadgroup("async_jobs", "ghost", {WATCHES: ">"})
         assert (await dw.status()).in_flight == {"ghost": 90}
         options = {"handler": handler, "poll": POLL, "claim_idle": 0.5}
         async with dw.run(zoo, mf, **options) as worker:
@@ -286,7 +286,7 @@ async def test_live_worker_keeps_its_long_running_entries(
         await a.submit_many(zoo.async_operation(op.id) for op in ops)
         await until(lambda: _count(first.in_flight, 5), 30)
         await a.submit(zoo.async_operation(canary.id))
-        await redis_client.xreadgroup("async_jobs", "ghost", {"async_jobs:watches": ">"})
+        await redis_client.xreadgroup("async_jobs", "ghost", {WATCHES: ">"})
         assert (await a.status()).in_flight == {"a": 5, "ghost": 1}
         async with b.run(zoo, handler=handler, poll=POLL, claim_idle=1.0) as second:
             await until(lambda: _count(second.handled, 1), 30)
@@ -315,14 +315,14 @@ async def test_duplicate_entry_for_a_watched_job_is_dropped(
             done = server.zoo.add_operation(timeline=[("completed", None)])
             gone = zoo.async_operation(done.id)
             await redis_client.xadd(
-                "async_jobs:watches",
+                WATCHES,
                 {"v": "1", "watch": "ended", "key": gone.key, "token": gone.to_token()},
             )
         ref = zoo.async_operation(op.id)
         await dw.submit(ref)
         # The loser of a race between two submits, not deleted yet by its submitter.
         await redis_client.xadd(
-            "async_jobs:watches",
+            WATCHES,
             {"v": "1", "watch": "other", "key": ref.key, "token": ref.to_token()},
         )
         # No keepalive pass in the test's time: the first read must do it all.
@@ -331,7 +331,7 @@ async def test_duplicate_entry_for_a_watched_job_is_dropped(
             await until(lambda: _count(worker.handled + worker.duplicates, 2), 30)
         assert (worker.handled, worker.duplicates) == (1, 1)
     assert handled == [op.id]
-    assert await redis_client.xlen("async_jobs:watches") == 0
+    assert await redis_client.xlen(WATCHES) == 0
     assert (await dw.status()).in_flight == {}  # dropped entries are acknowledged too
 
 
@@ -440,7 +440,7 @@ async def test_a_stopping_worker_hands_its_watches_over_at_once(
                     scope.cancel()
                     await anyio.sleep_forever()
         assert (await a.status()).in_flight == {"a": 20}
-        consumers = await redis_client.xinfo_consumers("async_jobs:watches", "async_jobs")
+        consumers = await redis_client.xinfo_consumers(WATCHES, "async_jobs")
         assert [c["name"] for c in consumers] == [b"a"]  # it still holds entries: kept
         async with b.run(zoo, keepalive=59, **options) as second:
             await until(lambda: _count(second.in_flight, 20), 30)

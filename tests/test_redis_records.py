@@ -187,7 +187,7 @@ async def test_worker_dead_letters_malformed_entries_once_and_handles_odd_ones(
 ) -> None:
     from async_jobs.contrib.redis import DurableWatches
 
-    dw = DurableWatches(redis_client)
+    dw = DurableWatches(redis_client, partitions=1)
     zoo, _ = clients(server)
     ops = [server.zoo.add_operation(timeline=[("completed", None)]) for _ in range(3)]
     refs = [zoo.async_operation(op.id) for op in ops]

@@ -54,7 +54,7 @@ class _Backoff:
         if isinstance(exc, FATAL_ERRORS):
             raise exc
         if _is_nogroup(exc):
-            self.watches._group_ready = False  # the group is gone (data lost): make it again
+            self.watches.forget_groups()  # the groups are gone (data lost): make them again
         elif not isinstance(exc, RECOVERABLE_ERRORS):
             raise exc
         now = anyio.current_time()

@@ -33,6 +33,7 @@ end
 #: more than ARGV[3] ms; the names removed. One script, so that no consumer can be given an
 #: entry between the check and the removal (deleting a consumer drops its pending entries).
 REMOVE_DEAD_SCRIPT = """
+redis.replicate_commands()
 local removed = {}
 for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
   local info = {}
@@ -71,10 +72,12 @@ _PAGE = 1000
 
 
 class Consumer:
-    """``watches.consumer`` in ``watches.group`` on ``watches.stream``."""
+    """``watches.consumer`` in ``watches.group`` on the stream of one partition."""
 
-    def __init__(self, watches: DurableWatches) -> None:
+    def __init__(self, watches: DurableWatches, partition: int) -> None:
         self.watches = watches
+        self.partition = partition
+        self.stream = watches.keys.stream_of(partition)
         self.redis = watches.redis
         self.name = watches.consumer
         self._refresh_own = watches.redis.register_script(REFRESH_OWN_SCRIPT)
@@ -85,28 +88,30 @@ class Consumer:
         """``XREADGROUP``: new entries (cursor ``>``, waiting up to ``block`` seconds for
         some), or this consumer's own pending entries after ``cursor``."""
         w = self.watches
-        await w.ensure_group()
+        await w.ensure_group(self.partition)
         if cursor == ">":
             reply = await self.redis.xreadgroup(
-                w.group, self.name, {w.stream: ">"}, count=count, block=max(int(block * 1000), 1)
+                w.group, self.name, {self.stream: ">"}, count=count, block=max(int(block * 1000), 1)
             )
         else:
-            reply = await self.redis.xreadgroup(w.group, self.name, {w.stream: cursor}, count=count)
+            reply = await self.redis.xreadgroup(
+                w.group, self.name, {self.stream: cursor}, count=count
+            )
         return _entries(reply)
 
     async def touch(self) -> None:
         """Reset this consumer's idle time in the group (creating it if missing), without
         reading or claiming anything: how a live worker with no work shows it is alive."""
         w = self.watches
-        await w.ensure_group()
-        await self.redis.xreadgroup(w.group, self.name, {w.stream: _TOP}, count=1)
+        await w.ensure_group(self.partition)
+        await self.redis.xreadgroup(w.group, self.name, {self.stream: _TOP}, count=1)
 
     async def autoclaim(self, start: str, count: int, idle_ms: int) -> tuple[str, list[Entry]]:
         """``XAUTOCLAIM`` entries idle for ``idle_ms``: the next cursor and the entries."""
         w = self.watches
-        await w.ensure_group()
+        await w.ensure_group(self.partition)
         reply = await self.redis.xautoclaim(
-            w.stream, w.group, self.name, min_idle_time=idle_ms, start_id=start, count=count
+            self.stream, w.group, self.name, min_idle_time=idle_ms, start_id=start, count=count
         )
         # Redis 6.2 claims an entry deleted while pending as a nil, without its id: it is
         # this consumer's now, and the next re-read of its own pending entries (the keepalive
@@ -118,15 +123,16 @@ class Consumer:
         """Acknowledge and delete entries there is nothing to do for."""
         w = self.watches
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.xack(w.stream, w.group, *entry_ids)
-            pipe.xdel(w.stream, *entry_ids)
+            pipe.xack(self.stream, w.group, *entry_ids)
+            pipe.xdel(self.stream, *entry_ids)
             await pipe.execute()
 
     async def owners(self, keys: Sequence[str]) -> list[str | None]:
         """The current watch id of each job (by ref key), None for a job not watched."""
         if not keys:
             return []
-        values = await self.redis.mget([self.watches.job_key(key) for key in keys])
+        job_keys = [self.watches.keys.job_key(self.partition, key) for key in keys]
+        values = await self.redis.mget(job_keys)
         return [None if value is None else _str(value) for value in values]
 
     async def own_pending(self) -> dict[str, int]:
@@ -136,7 +142,7 @@ class Consumer:
         start = "-"
         while True:
             page = await self.redis.xpending_range(
-                self.watches.stream,
+                self.stream,
                 self.watches.group,
                 min=start,
                 max="+",
@@ -158,7 +164,7 @@ class Consumer:
         w = self.watches
         async with self.redis.pipeline(transaction=False) as pipe:
             for entry_id in entry_ids:
-                pipe.xpending_range(w.stream, w.group, min=entry_id, max=entry_id, count=1)
+                pipe.xpending_range(self.stream, w.group, min=entry_id, max=entry_id, count=1)
             pages = await pipe.execute()
         return {
             _str(item["message_id"]): int(item["times_delivered"])
@@ -170,14 +176,14 @@ class Consumer:
         """Remove the other consumers that hold nothing and were idle for more than
         ``idle_ms`` (:data:`REMOVE_DEAD_SCRIPT`); their names."""
         w = self.watches
-        removed = await self._remove_dead(keys=[w.stream], args=[w.group, self.name, idle_ms])
+        removed = await self._remove_dead(keys=[self.stream], args=[w.group, self.name, idle_ms])
         return [_str(name) for name in removed or ()]
 
     async def refresh(self, entry_ids: Sequence[str]) -> None:
         """Reset the idle time of the entries still this consumer's (:data:`REFRESH_OWN_SCRIPT`)."""
         for start in range(0, len(entry_ids), _PAGE):
             await self._refresh_own(
-                keys=[self.watches.stream],
+                keys=[self.stream],
                 args=[self.watches.group, self.name, *entry_ids[start : start + _PAGE]],
             )
 
@@ -189,7 +195,7 @@ class Consumer:
         try:
             for start in range(0, len(entry_ids), _PAGE):
                 page = entry_ids[start : start + _PAGE]
-                await self._hand_over(keys=[w.stream], args=[w.group, self.name, idle_ms, *page])
+                await self._hand_over(keys=[self.stream], args=[w.group, self.name, idle_ms, *page])
         except redis_errors.RedisError as exc:
             logger.debug("could not hand over %d watches: %s", len(entry_ids), exc)
 
@@ -197,7 +203,7 @@ class Consumer:
         """Leave the group's consumer list if this consumer holds nothing (best effort)."""
         try:
             mine = await self.redis.xpending_range(
-                self.watches.stream,
+                self.stream,
                 self.watches.group,
                 min="-",
                 max="+",
@@ -205,8 +211,6 @@ class Consumer:
                 consumername=self.name,
             )
             if not mine:
-                await self.redis.xgroup_delconsumer(
-                    self.watches.stream, self.watches.group, self.name
-                )
+                await self.redis.xgroup_delconsumer(self.stream, self.watches.group, self.name)
         except redis_errors.RedisError as exc:
             logger.debug("could not remove consumer %s: %s", self.name, exc)

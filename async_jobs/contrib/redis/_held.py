@@ -13,13 +13,17 @@ from ..._policy import Decision, Outcome, PollStep, RetryPolicy
 from ..._poll import JobRef
 from ._records import WatchEntry
 
+#: A held entry: its partition and its entry id.
+Ident = tuple[int, str]
+
 
 class _Held:
     """One watch this worker holds."""
 
-    __slots__ = ("context", "entry", "entry_id", "future", "ref", "settling", "step")
+    __slots__ = ("context", "entry", "entry_id", "future", "partition", "ref", "settling", "step")
 
-    def __init__(self, entry_id: str, entry: WatchEntry) -> None:
+    def __init__(self, partition: int, entry_id: str, entry: WatchEntry) -> None:
+        self.partition = partition
         self.entry_id = entry_id
         self.entry = entry
         self.context: dict[str, Any] = {}
@@ -27,6 +31,11 @@ class _Held:
         self.future: Any = None
         self.step: PollStep | None = None  # the failures of its watch and handler so far
         self.settling = False
+
+    @property
+    def ident(self) -> Ident:
+        """Its entry: the partition and the entry id (ids repeat across partitions)."""
+        return (self.partition, self.entry_id)
 
     @property
     def attempts(self) -> int:
@@ -41,44 +50,44 @@ class _Held:
 
 
 class Holding:
-    """The watches a worker holds, by entry id, at most ``prefetch`` of them."""
+    """The watches a worker holds, by :attr:`_Held.ident`, at most ``prefetch`` of them."""
 
     def __init__(self, prefetch: int) -> None:
         self.prefetch = prefetch
-        self._held: dict[str, _Held] = {}
+        self._held: dict[Ident, _Held] = {}
         self._room = anyio.Event()
 
     def __len__(self) -> int:
         return len(self._held)
 
-    def __contains__(self, entry_id: object) -> bool:
-        return entry_id in self._held
+    def __contains__(self, ident: object) -> bool:
+        return ident in self._held
 
     def __iter__(self) -> Iterator[_Held]:
         return iter(list(self._held.values()))
 
-    def snapshot(self) -> dict[str, _Held]:
-        """The watches held now, by entry id (a copy)."""
-        return dict(self._held)
+    def snapshot(self, partition: int) -> dict[str, _Held]:
+        """The watches of ``partition`` held now, by entry id (a copy)."""
+        return {i: held for (p, i), held in self._held.items() if p == partition}
 
     def holds(self, held: _Held) -> bool:
         """Whether ``held`` is still held (not released, not taken over meanwhile)."""
-        return self._held.get(held.entry_id) is held
+        return self._held.get(held.ident) is held
 
     def add(self, held: _Held) -> None:
         """Hold ``held``."""
-        self._held[held.entry_id] = held
+        self._held[held.ident] = held
 
     def release(self, held: _Held) -> None:
         """Stop holding ``held`` (if it still is), making room for another."""
         if self.holds(held):
-            del self._held[held.entry_id]
+            del self._held[held.ident]
             self._room.set()
 
-    def take_all(self) -> list[str]:
-        """Stop holding anything; the entry ids that were held."""
-        ids, self._held = list(self._held), {}
-        return ids
+    def take_all(self) -> list[_Held]:
+        """Stop holding anything; what was held."""
+        held, self._held = list(self._held.values()), {}
+        return held
 
     def room_left(self) -> int:
         """How many more watches may be held."""

@@ -124,8 +124,10 @@ class HandledRecord(_Record, frozen=True, kw_only=True):
     job: str
     context: str
     watch: str
-    #: The watches-stream entry id.
+    #: The entry id in its partition's stream.
     entry: str
+    #: The partition the watch was in.
+    partition: int = 0
     #: The worker (consumer) that handled it.
     consumer: str
     handled_at: float
@@ -144,7 +146,10 @@ class DeadRecord(_Record, frozen=True, kw_only=True):
     #: Failed attempts (of the watch or the handler).
     attempts: int
     watch: str
+    #: The entry id in its partition's stream.
     entry: str
+    #: The partition the watch was in.
+    partition: int = 0
     consumer: str
     failed_at: float
     #: The terminal job as JSON, or empty when the watch itself failed.

@@ -1,7 +1,7 @@
 """The end of a held watch: follow its job through the worker's Watcher, call the handler on
 the terminal job (retried on the watch's own poll step), then settle it (the result or
-dead-letter record, ``XACK``, ``XDEL`` and the end of the job's watch string in one ``MULTI``,
-batched with the other settles)."""
+dead-letter record, then ``XACK``, ``XDEL`` and the end of the job's watch string in one
+script per partition, batched with the other settles)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 from anyio.abc import TaskGroup
-from redis import exceptions as redis_errors
 
 from ..._outage import Outage
 from ..._policy import RetryPolicy, Stop
@@ -23,7 +22,6 @@ from ..._watcher import Watcher
 from ._backoff import _Backoff
 from ._held import Holding, _Held
 from ._records import MAX_ERROR_CHARS, DeadRecord, HandledRecord, _Record, job_json
-from ._replies import _str
 
 if TYPE_CHECKING:
     from ._watches import DurableWatches
@@ -33,8 +31,22 @@ logger: logging.Logger = get_logger("async_jobs.redis")
 #: ``handler(job, context)``: called once a watched job is terminal; must be idempotent.
 Handler = Callable[[Any, dict[str, Any]], Awaitable[object]]
 
-#: Most watches settled (recorded, acked, ended) in one MULTI.
+#: Most watches settled (recorded, acked, ended) in one batch.
 SETTLE_BATCH = 200
+#: Settle entries of one partition: KEYS[1] is its stream, KEYS[2..] the jobs' watch
+#: strings; ARGV[1] the group, then per entry its id and its watch id. Each entry is
+#: acknowledged and deleted, and its job's watch string deleted if it still names it.
+SETTLE_SCRIPT = """
+for i = 2, #KEYS do
+  local entry, watch = ARGV[2 * i - 2], ARGV[2 * i - 1]
+  if redis.call('GET', KEYS[i]) == watch then
+    redis.call('DEL', KEYS[i])
+  end
+  redis.call('XACK', KEYS[1], ARGV[1], entry)
+  redis.call('XDEL', KEYS[1], entry)
+end
+return 0
+"""
 
 
 class Counts(Protocol):
@@ -156,6 +168,7 @@ class Settler:
             context=held.entry.context,
             watch=held.entry.watch,
             entry=held.entry_id,
+            partition=held.partition,
             consumer=self.watches.consumer,
             handled_at=time.time(),
         )
@@ -172,6 +185,7 @@ class Settler:
             attempts=held.attempts,
             watch=held.entry.watch,
             entry=held.entry_id,
+            partition=held.partition,
             consumer=self.watches.consumer,
             failed_at=time.time(),
             job=job_json(job) if job is not None else "",
@@ -183,8 +197,8 @@ class Settler:
     # -- settling ---------------------------------------------------------------------------
 
     async def _settle(self, held: _Held, stream: str, maxlen: int, record: _Record) -> None:
-        """Append ``record`` to ``stream``, ack and delete the entry and end the job's watch,
-        all in one ``MULTI`` (batched with other settles); the entry is released after."""
+        """Append ``record`` to ``stream``, then ack and delete the entry and end the job's
+        watch (batched with other settles); the entry is released after."""
         held.settling = True
         item = _Settle(held, stream, maxlen, record)
         self._to_settle.append(item)
@@ -203,8 +217,6 @@ class Settler:
                 batch = self._to_settle[:SETTLE_BATCH]
                 try:
                     await self._settle_batch(batch)
-                except redis_errors.WatchError:
-                    continue  # a job's watch changed between WATCH and EXEC: look again
                 except Exception as exc:
                     await backoff.trouble(exc)
                     continue
@@ -214,28 +226,27 @@ class Settler:
                     item.done.set()
 
     async def _settle_batch(self, batch: Sequence[_Settle]) -> None:
-        """One ``MULTI``: the records, ``XACK`` and ``XDEL`` of the entries, and ``DEL`` of each
-        job's watch string that still names the watch being settled (checked under
-        ``WATCH``, so a newer watch of the same job is never ended by an older one)."""
+        """The records first (one pipeline), then one :data:`SETTLE_SCRIPT` per partition:
+        ``XACK`` and ``XDEL`` of its entries, and ``DEL`` of each job's watch string that
+        still names the watch being settled (so a newer watch of the same job is never ended
+        by an older one). Records and entries live in different Redis Cluster slots, so a
+        worker that dies between the two steps leaves a record of a watch that another
+        worker will handle again: at least once, as the handler calls."""
         watches = self.watches
-        keys = [watches.job_key(item.held.entry.key) for item in batch if item.held.entry.key]
-        entry_ids = [item.held.entry_id for item in batch]
-        async with watches.redis.pipeline(transaction=True) as pipe:
-            ended: list[str] = []
-            if keys:
-                await pipe.watch(*keys)
-                current = dict(zip(keys, await pipe.mget(keys), strict=True))
-                pipe.multi()  # type: ignore[no-untyped-call]
-                for item in batch:
-                    key = watches.job_key(item.held.entry.key) if item.held.entry.key else ""
-                    value = current.get(key)
-                    if value is not None and _str(value) == item.held.entry.watch:
-                        ended.append(key)
+        keys = watches.keys
+        by_partition: dict[int, list[_Held]] = {}
+        async with watches.redis.pipeline(transaction=False) as pipe:
             for item in batch:
                 fields = item.record.encode()
                 pipe.xadd(item.stream, fields, maxlen=item.maxlen, approximate=True)  # type: ignore[arg-type]
-            pipe.xack(watches.stream, watches.group, *entry_ids)
-            pipe.xdel(watches.stream, *entry_ids)
-            if ended:
-                pipe.delete(*ended)
+                by_partition.setdefault(item.held.partition, []).append(item.held)
+            await pipe.execute()
+        async with watches.redis.pipeline(transaction=False) as pipe:
+            for partition, held in by_partition.items():
+                script_keys = [keys.stream_of(partition)]
+                script_keys += [keys.job_key(partition, h.entry.key) for h in held]
+                args = [watches.group]
+                for h in held:
+                    args += [h.entry_id, h.entry.watch]
+                pipe.eval(SETTLE_SCRIPT, len(script_keys), *script_keys, *args)
             await pipe.execute()

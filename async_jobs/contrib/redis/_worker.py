@@ -1,5 +1,6 @@
-"""One worker of a fleet: its lifecycle and the loops that bring watches in (read, claim) and
-keep them its own (keepalive); :mod:`._settle` takes them to their end."""
+"""One worker of a fleet: its lifecycle, the lease loop that gives it its share of the
+partitions, and per partition the loops that bring watches in (read, claim) and keep them its
+own (keepalive); :mod:`._settle` takes them to their end."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 import anyio
+from anyio.abc import TaskGroup
 from redis.asyncio import Redis
 
 from ..._client import ApiClient
@@ -22,6 +24,7 @@ from ..._watcher import Watcher
 from ._backoff import REDIS_QUIET, _Backoff
 from ._consumer import NO_MORE, Consumer
 from ._held import Holding, _Held
+from ._partitions import Leases, fair_share, preference
 from ._records import RecordError, WatchEntry
 from ._replies import Entry, _redis_address
 from ._settle import Handler, Settler
@@ -30,6 +33,23 @@ if TYPE_CHECKING:
     from ._watches import DurableWatches
 
 logger: logging.Logger = get_logger("async_jobs.redis")
+
+#: Seconds between two looks at the fleet (heartbeat, lease renewals, rebalance), at most:
+#: how soon a worker that joins gets partitions and one that stops cleanly gives them up.
+LEASE_EVERY = 1.0
+
+
+class _Partition:
+    """A partition whose lease this worker holds: its consumer and the scope of its loops."""
+
+    __slots__ = ("consumer", "done", "index", "reread", "scope")
+
+    def __init__(self, watches: DurableWatches, index: int) -> None:
+        self.index = index
+        self.consumer = Consumer(watches, index)
+        self.scope = anyio.CancelScope()
+        self.done = anyio.Event()
+        self.reread = False  # set by the keepalive loop: read own pending entries again
 
 
 class DurableWorker:
@@ -87,8 +107,14 @@ class DurableWorker:
         self.claimed: int = 0
         self.lost: int = 0
         self.consumers_removed: int = 0
+        #: Partitions taken (their lease acquired) and given up (released on a rebalance or
+        #: a stop, or lost to another worker) so far.
+        self.partitions_taken: int = 0
+        self.partitions_given_up: int = 0
         self._held = Holding(prefetch)
-        self._consumer = Consumer(watches)
+        self._partitions: dict[int, _Partition] = {}
+        self._leases = Leases(watches.redis, watches.keys, watches.consumer, claim_idle)
+        self._lease_every = min(self.keepalive, LEASE_EVERY)
         # One outage for all of this worker's loops: a WARNING when the first runs into it.
         self._health = Outage(
             f"redis at {_redis_address(watches.redis)}", logger, quiet=REDIS_QUIET
@@ -103,7 +129,7 @@ class DurableWorker:
             counts=self,
         )
         self._stack: AsyncExitStack | None = None
-        self._reread = False  # set by the keepalive loop: read own pending entries again
+        self._tg: TaskGroup | None = None
 
     @property
     def consumer(self) -> str:
@@ -116,12 +142,20 @@ class DurableWorker:
         return len(self._held)
 
     @property
+    def partitions(self) -> list[int]:
+        """The partitions whose lease this worker holds now (it alone reads them)."""
+        return sorted(self._partitions)
+
+    @property
     def redis(self) -> Redis:
         """The caller's Redis connection."""
         return self.watches.redis
 
     def __repr__(self) -> str:
-        return f"DurableWorker({self.consumer!r}, in_flight={self.in_flight})"
+        return (
+            f"DurableWorker({self.consumer!r}, partitions={self.partitions}, "
+            f"in_flight={self.in_flight})"
+        )
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -142,11 +176,9 @@ class DurableWorker:
             # After the loops end and before the Watcher stops: hand the watches over.
             stack.push_async_callback(self._leave)
             tg = await stack.enter_async_context(anyio.create_task_group())
-            tg.start_soon(self._read_loop)
-            tg.start_soon(self._claim_loop)
-            tg.start_soon(self._keepalive_loop)
+            self._tg = settler.tg = tg
+            tg.start_soon(self._lease_loop)
             tg.start_soon(settler.run)
-            settler.tg = tg
             self._stack = stack.pop_all()
         logger.info("durable worker %s started on stream %s", self.consumer, self.watches.stream)
         return self
@@ -160,6 +192,7 @@ class DurableWorker:
         # The body's exception is never handed to the task group: it leaves as itself.
         stack, self._stack = self._stack, None
         tg, self._settler.tg = self._settler.tg, None
+        self._tg = None
         if stack is None or tg is None:
             return
         tg.cancel_scope.cancel()
@@ -168,15 +201,23 @@ class DurableWorker:
         await stack.aclose()
 
     async def _leave(self) -> None:
-        """Hand the watches still held over to the other workers and leave the group: mark
-        them idle for ``claim_idle`` already, so the others take them over at their next
-        pass instead of ``claim_idle`` seconds from now."""
+        """Hand the watches still held over and give the partitions up: mark the entries
+        idle for ``claim_idle`` already and release the leases, so that the workers taking
+        the partitions next (at their next look at the fleet) take the entries over at once,
+        not ``claim_idle`` seconds from now."""
         held = self._held.take_all()
+        partitions, self._partitions = list(self._partitions.values()), {}
         # Shielded: a worker is usually stopped by cancellation (its service shutting down),
         # which would end this, and the Watcher's exit after it, early.
         with anyio.move_on_after(2.0, shield=True):
-            await self._consumer.hand_over(held, int(self.claim_idle * 1000) + 1)
-            await self._consumer.forget()
+            try:
+                await self._hand_over(held)
+                for part in partitions:
+                    await part.consumer.forget()
+                await self._leases.release([part.index for part in partitions])
+                await self._leases.leave()
+            except Exception as exc:
+                logger.debug("could not give the partitions up: %s", exc)
         logger.info(
             "durable worker %s stopped (%d handled, %d handed over)",
             self.consumer,
@@ -184,40 +225,130 @@ class DurableWorker:
             len(held),
         )
 
-    # -- the loops --------------------------------------------------------------------------
+    async def _hand_over(self, held: Sequence[_Held]) -> None:
+        """Mark ``held`` idle for ``claim_idle`` already (see :meth:`Consumer.hand_over`)."""
+        by_partition: dict[int, list[str]] = {}
+        for one in held:
+            by_partition.setdefault(one.partition, []).append(one.entry_id)
+        idle_ms = int(self.claim_idle * 1000) + 1
+        for index, entry_ids in by_partition.items():
+            await Consumer(self.watches, index).hand_over(entry_ids, idle_ms)
 
-    async def _read_loop(self) -> None:
+    # -- partitions -------------------------------------------------------------------------
+
+    async def _lease_loop(self) -> None:
+        """Every ``min(keepalive, 1 s)``: look at the fleet and take this worker's share of
+        the partitions (:meth:`_rebalance`)."""
+        backoff = _Backoff(self.watches, "renewing partition leases", self._health)
+        while True:
+            try:
+                await self._rebalance()
+                backoff.ok()
+            except Exception as exc:
+                await backoff.trouble(exc)
+                continue
+            await anyio.sleep(self._lease_every)
+
+    async def _rebalance(self) -> None:
+        """Show this worker alive, renew its leases (a partition whose lease another worker
+        took is stopped), then give up the partitions above its fair share (those it prefers
+        least) or take free ones up to it (those it prefers most)."""
+        await self.watches.ensure_group()
+        live = await self._leases.heartbeat()
+        target = fair_share(self.consumer, live, self.watches.partitions)
+        held = sorted(self._partitions)
+        kept = await self._leases.take(held)
+        for index in held:
+            if index not in kept:
+                logger.warning("partition %d was taken over by another worker", index)
+                await self._stop_partition(index, release=False)
+        mine = sorted(kept, key=self._preference)
+        if len(mine) > target:
+            for index in mine[: len(mine) - target]:
+                await self._stop_partition(index, release=True)
+        elif len(mine) < target:
+            others = [i for i in range(self.watches.partitions) if i not in kept]
+            free = sorted(await self._leases.free(others), key=self._preference, reverse=True)
+            for index in sorted(await self._leases.take(free[: target - len(mine)])):
+                self._start_partition(index)
+
+    def _preference(self, index: int) -> int:
+        return preference(self.consumer, index)
+
+    def _start_partition(self, index: int) -> None:
+        """Run the loops of ``index``, whose lease this worker just took."""
+        assert self._tg is not None
+        part = self._partitions[index] = _Partition(self.watches, index)
+        self.partitions_taken += 1
+        logger.info("took partition %d", index)
+        self._tg.start_soon(self._run_partition, part)
+
+    async def _run_partition(self, part: _Partition) -> None:
+        try:
+            with part.scope:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._read_loop, part)
+                    tg.start_soon(self._claim_loop, part)
+                    tg.start_soon(self._keepalive_loop, part)
+        finally:
+            part.done.set()
+
+    async def _stop_partition(self, index: int, *, release: bool) -> None:
+        """Stop reading ``index``; drop its watches not being settled from the Watcher and
+        hand them over; with ``release``, give its lease up (a rebalance: the worker taking
+        it next takes the entries over at once)."""
+        part = self._partitions.pop(index)
+        part.scope.cancel()
+        await part.done.wait()
+        dropped = [held for held in self._held.snapshot(index).values() if not held.settling]
+        for held in dropped:
+            self._drop(held)
+        self.partitions_given_up += 1
+        logger.info(
+            "gave partition %d up (%d watches handed over)%s",
+            index,
+            len(dropped),
+            "" if release else ": its lease was lost",
+        )
+        await self._hand_over(dropped)
+        await part.consumer.forget()
+        if release:
+            await self._leases.release([index])
+
+    # -- the loops of a partition -----------------------------------------------------------
+
+    async def _read_loop(self, part: _Partition) -> None:
         """New entries with ``XREADGROUP >``; first, and after any Redis trouble, this
         consumer's own pending entries (``0``), so nothing read is ever left behind."""
         backoff = _Backoff(self.watches, "reading watches", self._health)
         cursor = "0"
         while True:
             await self._held.wait_for_room()
-            if self._reread:
-                self._reread, cursor = False, "0"
+            if part.reread:
+                part.reread, cursor = False, "0"
             count = min(100, self._held.room_left())
             new = cursor == ">"
             try:
-                entries = await self._consumer.read(cursor, count, self.block)
+                entries = await part.consumer.read(cursor, count, self.block)
                 if not new:
                     cursor = entries[-1][0] if entries else ">"
-                await self._accept(entries, new=new)
+                await self._accept(part, entries, new=new)
                 backoff.ok()
             except Exception as exc:
                 cursor = "0"
                 await backoff.trouble(exc)
 
-    async def _claim_loop(self) -> None:
+    async def _claim_loop(self, part: _Partition) -> None:
         """Every ``keepalive`` seconds, take over entries idle for ``claim_idle`` (a dead
-        worker's) with ``XAUTOCLAIM``; every ``claim_idle / 2`` seconds, also show this
-        consumer alive first (:meth:`Consumer.touch`) and remove the consumers left with
-        nothing after (:meth:`_remove_dead`)."""
+        worker's, or those a worker handed over) with ``XAUTOCLAIM``; every ``claim_idle /
+        2`` seconds, also show this consumer alive first (:meth:`Consumer.touch`) and remove
+        the consumers left with nothing after (:meth:`_remove_dead`)."""
         backoff = _Backoff(self.watches, "claiming abandoned watches", self._health)
         idle_ms = max(int(self.claim_idle * 1000), 1)
         first = True
         touched = -math.inf
         while True:
-            if not first:  # at start at once: a restarted fleet resumes without waiting
+            if not first:  # at once when the partition is taken: hand-overs move at once
                 await anyio.sleep(self.keepalive)
             first = False
             start = NO_MORE
@@ -225,36 +356,40 @@ class DurableWorker:
                 now = anyio.current_time()
                 tidy = now >= touched + self.claim_idle / 2
                 if tidy:
-                    await self._consumer.touch()
+                    await part.consumer.touch()
                     touched = now
                 while (room := self._held.room_left()) > 0:
-                    start, claimed = await self._consumer.autoclaim(start, min(room, 100), idle_ms)
-                    fresh = sum(1 for entry_id, _ in claimed if entry_id not in self._held)
+                    start, claimed = await part.consumer.autoclaim(start, min(room, 100), idle_ms)
+                    fresh = sum(
+                        1 for entry_id, _ in claimed if (part.index, entry_id) not in self._held
+                    )
                     if fresh:
                         self.claimed += fresh
                         logger.info("took over %d abandoned watches", fresh)
-                    await self._accept(claimed)
+                    await self._accept(part, claimed)
                     if start == NO_MORE:
                         break
                 if tidy:
-                    await self._remove_dead()
+                    await self._remove_dead(part)
                 backoff.ok()
             except Exception as exc:
                 await backoff.trouble(exc)
 
-    async def _remove_dead(self) -> None:
-        """Remove from the group the other consumers that hold no entry and were idle for
-        longer than ``claim_idle + keepalive``: dead workers whose work was taken over. A
-        live worker without work is never one of them: its claim loop touches its consumer
-        every ``claim_idle / 2`` seconds (its blocking reads that time out do not reset its idle
-        time); one removed all the same (a worker stalled that long, which lost its entries
-        to the others already) is created again by its next read or touch."""
+    async def _remove_dead(self, part: _Partition) -> None:
+        """Remove from the partition's group the other consumers that hold no entry and were
+        idle for longer than ``claim_idle + keepalive``: dead workers whose work was taken
+        over, and workers that held the partition before. The holder is never one of them:
+        its claim loop touches its consumer every ``claim_idle / 2`` seconds (its blocking
+        reads that time out do not reset its idle time); one removed all the same is
+        created again by its next read or touch."""
         idle_ms = int((self.claim_idle + self.keepalive) * 1000)
-        for name in await self._consumer.remove_dead(idle_ms):
+        for name in await part.consumer.remove_dead(idle_ms):
             self.consumers_removed += 1
-            logger.info("removed consumer %s from the group (idle, holding no watch)", name)
+            logger.info(
+                "removed consumer %s from partition %d (idle, holding no watch)", name, part.index
+            )
 
-    async def _keepalive_loop(self) -> None:
+    async def _keepalive_loop(self, part: _Partition) -> None:
         """Reset the idle time of the entries this worker still owns, so no live worker's
         entry is taken over; drop the ones another worker took over; have the read loop read
         its own pending entries again when some are owned but not held."""
@@ -262,29 +397,31 @@ class DurableWorker:
         orphan_ms = int(self.keepalive * 1000)
         while True:
             await anyio.sleep(self.keepalive)
-            snapshot = self._held.snapshot()
+            snapshot = self._held.snapshot(part.index)
             try:
-                mine = await self._consumer.own_pending()
+                mine = await part.consumer.own_pending()
                 for entry_id, held in snapshot.items():
                     if entry_id not in mine and not held.settling:
                         self._lose(held)
                 if any(
-                    idle >= orphan_ms and entry_id not in self._held
+                    idle >= orphan_ms and (part.index, entry_id) not in self._held
                     for entry_id, idle in mine.items()
                 ):
                     # Delivered to this consumer but never received: a reply lost with its
                     # connection, the command then retried by the client (redis-py does by
                     # default), so the read loop saw no error. Read them again now rather
                     # than after ``claim_idle``.
-                    self._reread = True
-                await self._consumer.refresh([i for i in snapshot if i in mine])
+                    part.reread = True
+                await part.consumer.refresh([i for i in snapshot if i in mine])
                 backoff.ok()
             except Exception as exc:
                 await backoff.trouble(exc)
 
     # -- holding ----------------------------------------------------------------------------
 
-    async def _accept(self, entries: Sequence[Entry], *, new: bool = False) -> None:
+    async def _accept(
+        self, part: _Partition, entries: Sequence[Entry], *, new: bool = False
+    ) -> None:
         """Hold the entries that own their job; drop the rest (deleted or duplicates), and
         dead-letter those delivered more than ``max_deliveries`` times. ``new``: entries read
         for the first time (``XREADGROUP >``), delivered once."""
@@ -292,7 +429,7 @@ class DurableWorker:
         fresh: list[tuple[str, WatchEntry]] = []
         unreadable: list[tuple[_Held, str]] = []
         for entry_id, fields in entries:
-            if entry_id in self._held:
+            if (part.index, entry_id) in self._held:
                 continue
             if not fields:
                 drop.append(entry_id)  # deleted from the stream meanwhile: nothing to do
@@ -300,12 +437,12 @@ class DurableWorker:
             try:
                 fresh.append((entry_id, WatchEntry.decode(fields)))
             except RecordError:
-                held = _Held(entry_id, WatchEntry.salvage(fields))
+                held = _Held(part.index, entry_id, WatchEntry.salvage(fields))
                 unreadable.append((held, "unreadable entry: no watch, key or token"))
-        owners = await self._consumer.owners([entry.key for _, entry in fresh])
+        owners = await part.consumer.owners([entry.key for _, entry in fresh])
         live: list[tuple[str, WatchEntry]] = []
         for (entry_id, entry), owner in zip(fresh, owners, strict=True):
-            if entry_id in self._held:
+            if (part.index, entry_id) in self._held:
                 continue
             if owner != entry.watch:
                 # Another watch of this job is the live one, or this watch just ended (it
@@ -314,11 +451,11 @@ class DurableWorker:
                 self.duplicates += owner is not None
                 continue
             live.append((entry_id, entry))
-        counts = {} if new else await self._consumer.deliveries([i for i, _ in live])
+        counts = {} if new else await part.consumer.deliveries([i for i, _ in live])
         for entry_id, entry in live:
-            if entry_id in self._held:
+            if (part.index, entry_id) in self._held:
                 continue
-            held = _Held(entry_id, entry)
+            held = _Held(part.index, entry_id, entry)
             deliveries = counts.get(entry_id, 1)
             if deliveries > self.max_deliveries:
                 capped = (
@@ -336,9 +473,9 @@ class DurableWorker:
             self._held.add(held)
             self._settler.watch(held)
         if drop:
-            await self._consumer.drop(drop)
+            await part.consumer.drop(drop)
         for held, error in unreadable:
-            if held.entry_id not in self._held:
+            if held.ident not in self._held:
                 self._settler.reject(held, error)
 
     def _prepare(self, held: _Held) -> str | None:
@@ -355,10 +492,16 @@ class DurableWorker:
 
     def _lose(self, held: _Held) -> None:
         """Another worker took ``held`` over (this one stalled past ``claim_idle``)."""
-        self._held.release(held)
         self.lost += 1
         key = held.entry.key
         logger.info("watch %s of %s was taken over by another worker", held.entry_id, key)
+        self._drop(held)
+
+    def _drop(self, held: _Held) -> None:
+        """Stop holding ``held`` and following its job (unless another held watch follows
+        it)."""
+        self._held.release(held)
+        key = held.entry.key
         others = any(other.entry.key == key for other in self._held)
         watcher = self._settler.watcher
         if watcher is not None and held.ref is not None and not others:
