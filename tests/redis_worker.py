@@ -19,7 +19,7 @@ import signal
 from typing import Any
 
 import anyio
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 import async_jobs as aj
 from async_jobs.contrib.redis import DurableWatches
@@ -31,10 +31,16 @@ HANDLER_RETRY = aj.RetryPolicy(max_attempts=60, initial=0.05, multiplier=2.0, ma
 
 
 async def main(args: argparse.Namespace) -> None:
-    redis = Redis(
-        host="127.0.0.1", port=args.redis_port, socket_timeout=10, socket_connect_timeout=2
-    )
-    dw = DurableWatches(redis, consumer=args.consumer)
+    redis: Any
+    if args.cluster:
+        redis = RedisCluster(
+            host="127.0.0.1", port=args.redis_port, socket_timeout=10, socket_connect_timeout=2
+        )
+    else:
+        redis = Redis(
+            host="127.0.0.1", port=args.redis_port, socket_timeout=10, socket_connect_timeout=2
+        )
+    dw = DurableWatches(redis, consumer=args.consumer, partitions=args.partitions)
 
     async def handler(job: Any, context: dict[str, Any]) -> None:
         if context.get("crash"):
@@ -71,7 +77,16 @@ async def main(args: argparse.Namespace) -> None:
                     break
     counters = {
         name: getattr(worker, name)
-        for name in ("handled", "dead_lettered", "duplicates", "claimed", "lost", "in_flight")
+        for name in (
+            "handled",
+            "dead_lettered",
+            "duplicates",
+            "claimed",
+            "lost",
+            "in_flight",
+            "partitions_taken",
+            "partitions_given_up",
+        )
     }
     print(json.dumps({"consumer": worker.consumer, **counters}), flush=True)
     await redis.aclose()
@@ -90,4 +105,6 @@ if __name__ == "__main__":
     parser.add_argument("--delay", type=float, default=0.002)
     parser.add_argument("--keepalive", type=float, default=None)
     parser.add_argument("--max-deliveries", type=int, default=10)
+    parser.add_argument("--partitions", type=int, default=16)
+    parser.add_argument("--cluster", action="store_true", help="--redis-port is a cluster node")
     anyio.run(main, parser.parse_args())
