@@ -1,6 +1,8 @@
 """A fleet of durable workers (real processes, ``tests/redis_worker.py``) sharing watches on a
-real redis-server, with jobs on FakeApiServer (in this process) that finish at random within
-a second of being submitted: sharing 1,500 jobs, a worker killed with SIGKILL, Redis restarted
+real redis-server or a 3-master Redis Cluster, with jobs on FakeApiServer (in this process)
+over five groups (the Zoo operations, two datasets, two projects) that finish at random within
+seconds of being submitted: what the fleet costs the API against one in-process Watcher on
+the same jobs, a partition holder killed with SIGKILL, Redis (or a cluster master) restarted
 mid-run.
 
 Delivery is at least once: every job must be handled, with the final state the server
@@ -21,10 +23,12 @@ from typing import Any
 import anyio
 import pytest
 
-from async_jobs.testing import FakeApiServer, RedisServer
+import async_jobs as aj
+from async_jobs.testing import FakeApiServer, RedisCluster, RedisServer
 
-from ._redis import REPORT, clients, script_jobs, server_truth, until
+from ._redis import JOBS, REPORT, clients, script_jobs, server_truth, until
 from .conftest import TOKEN
+from .redis_worker import POLL
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,13 +39,17 @@ HOLD = 3600.0
 class WorkerProcess:
     """``python -m tests.redis_worker`` with its output in files."""
 
-    def __init__(self, name: str, redis: RedisServer, api: str, tmp: Path, *args: str) -> None:
+    def __init__(
+        self, name: str, redis: RedisServer | RedisCluster, api: str, tmp: Path, *args: str
+    ) -> None:
         self.name = name
         self.out = tmp / f"{name}.out"
         self.terminated = False
         self.err = tmp / f"{name}.err"
         env = {**os.environ, "ZOO_API_TOKEN": TOKEN, "METAFOLD_ACCESS_TOKEN": TOKEN}
-        command = [sys.executable, "-m", "tests.redis_worker", "--redis-port", str(redis.port)]
+        port = redis.nodes[0].port if isinstance(redis, RedisCluster) else redis.port
+        command = [sys.executable, "-m", "tests.redis_worker", "--redis-port", str(port)]
+        command += ["--cluster"] if isinstance(redis, RedisCluster) else []
         command += ["--api", api, "--consumer", name, *args]
         with self.out.open("w") as out, self.err.open("w") as err:
             self.proc = subprocess.Popen(command, stdout=out, stderr=err, cwd=ROOT, env=env)
@@ -77,7 +85,9 @@ class WorkerProcess:
 
 
 class Fleet:
-    def __init__(self, redis: RedisServer, api: str, tmp: Path, count: int, *args: str) -> None:
+    def __init__(
+        self, redis: RedisServer | RedisCluster, api: str, tmp: Path, count: int, *args: str
+    ) -> None:
         self.workers = [WorkerProcess(f"w{i}", redis, api, tmp, *args) for i in range(count)]
 
     async def ready(self) -> None:
@@ -85,6 +95,9 @@ class Fleet:
 
     async def _all_ready(self) -> bool:
         return all(worker.ready() for worker in self.workers)
+
+    def worker(self, name: str) -> WorkerProcess:
+        return next(w for w in self.workers if w.name == name)
 
     def stop(self) -> list[dict[str, Any]]:
         running = [w for w in self.workers if w.proc.returncode is None]
@@ -101,9 +114,64 @@ class Fleet:
         return "\n".join(f"--- {w.name}\n{w.err.read_text()[-tail:]}" for w in self.workers)
 
 
+async def balanced(dw: Any, workers: int) -> bool:
+    """Whether ``workers`` live workers hold every partition, in fair shares."""
+    status = await dw.status()
+    shares = sorted(len(held) for held in status.owned().values())
+    share = dw.partitions // workers
+    return (
+        len(shares) == workers
+        and sum(shares) == dw.partitions
+        and shares[0] >= share
+        and shares[-1] <= share + 1
+    )
+
+
+def group_of(method: str, path: str) -> str | None:
+    """The group a listing request lists (its path), None for a request of one job."""
+    parts = path.strip("/").split("/")
+    if method != "GET":
+        return None
+    if parts == ["async", "operations"]:
+        return path
+    if len(parts) == 4 and parts[0] == "org" and parts[3] == "conversions":
+        return path
+    if len(parts) == 3 and parts[0] == "projects" and parts[2] == "jobs":
+        return path
+    return None
+
+
+def api_cost(server: FakeApiServer, jobs: int) -> dict[str, Any]:
+    """Requests per resolved job, and list requests per group (in order of group size)."""
+    lists: dict[str, int] = {}
+    for request in server.requests:
+        group = group_of(request.method, request.path)
+        if group is not None:
+            lists[group] = lists.get(group, 0) + 1
+    return {
+        "requests": server.request_count,
+        "per_job": server.request_count / jobs,
+        "lists": sorted(lists.values(), reverse=True),
+    }
+
+
+async def one_watcher_cost(jobs: int, **script: Any) -> dict[str, Any]:
+    """The API cost of one in-process Watcher following the same scripted jobs (same seed,
+    same timelines, its own FakeApiServer) with the workers' poll policy."""
+    async with FakeApiServer(token=TOKEN) as server:
+        scripted = script_jobs(server, jobs, **script)
+        zoo, mf = clients(server)
+        async with zoo, mf, aj.Watcher(zoo, mf, poll=POLL, max_concurrency=16) as watcher:
+            futures = watcher.add_many(scripted.refs(zoo, mf))
+            server.clock.advance(script["hold"])
+            for future in futures:
+                await future
+        return api_cost(server, jobs)
+
+
 async def run_fleet(
     server: FakeApiServer,
-    redis_server: RedisServer,
+    redis_server: RedisServer | RedisCluster,
     redis: Any,
     tmp_path: Path,
     *,
@@ -111,16 +179,19 @@ async def run_fleet(
     workers: int,
     trouble: Any = None,
     worker_args: tuple[str, ...] = (),
+    window: float = 0.8,
 ) -> dict[str, Any]:
-    """Submit ``jobs`` jobs to ``workers`` worker processes, run ``trouble(fleet)`` meanwhile,
-    wait until every job was handled; the figures."""
+    """Start ``workers`` worker processes and wait until they share the partitions, then
+    submit ``jobs`` jobs, run ``trouble(fleet, dw)`` meanwhile, wait until every job was
+    handled; the figures."""
     from async_jobs.contrib.redis import DurableWatches
 
     fleet = Fleet(redis_server, server.url, tmp_path, workers, *worker_args)
     try:
-        await fleet.ready()
-        script = script_jobs(server, jobs, lead=0.1, window=0.8, hold=HOLD)
         dw = DurableWatches(redis)
+        await fleet.ready()
+        await until(partial(balanced, dw, workers), 60)
+        script = script_jobs(server, jobs, lead=0.1, window=window, hold=HOLD)
         zoo, mf = clients(server)
         async with zoo, mf:
             started = time.monotonic()
@@ -154,7 +225,7 @@ async def run_fleet(
     assert states == truth  # the union of what the handlers saw is the server's truth
     assert set(counts) == set(truth)
     assert status.pending == 0 and status.dead_lettered == 0
-    assert await redis.keys("async_jobs:watches:job:*") == []  # every watch ended
+    assert not await _job_strings(redis)  # every watch ended
     return {
         "jobs": jobs,
         "duplicates": sum(counts.values()) - len(counts),
@@ -163,7 +234,15 @@ async def run_fleet(
         "workers": stats,
         "status": status,
         "logs": logs,
+        "api": api_cost(server, jobs),
     }
+
+
+async def _job_strings(redis: Any) -> list[Any]:
+    """Every job watch string left, on a single Redis or on each cluster master."""
+    if hasattr(redis, "get_primaries"):
+        return list(await redis.keys(JOBS, target_nodes=redis.PRIMARIES))
+    return list(await redis.keys(JOBS))
 
 
 async def _settled(dw: Any) -> bool:
@@ -173,82 +252,154 @@ async def _settled(dw: Any) -> bool:
 
 def report(name: str, figures: dict[str, Any]) -> None:
     per_worker = ", ".join(
-        f"{w['consumer']}: {w['handled']} handled/{w['claimed']} claimed/{w['lost']} lost"
+        f"{w['consumer']}: {w['handled']} handled/{w['claimed']} claimed/"
+        f"{w['partitions_taken']} partitions taken"
         for w in figures["workers"]
     )
+    api = figures["api"]
     line = (
         f"durable fleet, {name}: {figures['jobs']} jobs handled in {figures['elapsed_s']} s "
         f"(submitted in {figures['submit_s']} s), {figures['duplicates']} duplicate handler "
-        f"runs; {per_worker}"
+        f"runs, {api['per_job']:.3f} API requests per job, list requests per group "
+        f"{api['lists']}; {per_worker}"
     )
     REPORT.append(line)
     print(line)
 
 
-async def test_three_workers_share_1500_jobs(
-    server: FakeApiServer, redis_server: RedisServer, redis_client: Any, tmp_path: Path
+#: Jobs end within this many seconds of the start: a few sweeps of each group's listing.
+WINDOW = 2.5
+
+
+@pytest.mark.parametrize("workers", [3, 8])
+async def test_a_fleet_costs_the_api_what_one_watcher_costs(
+    server: FakeApiServer,
+    redis_server: RedisServer,
+    redis_client: Any,
+    tmp_path: Path,
+    workers: int,
 ) -> None:
-    figures = await run_fleet(server, redis_server, redis_client, tmp_path, jobs=1500, workers=3)
-    report("3 workers", figures)
+    """Each group is listed by the one worker holding its partition: the fleet's list requests
+    per group, and its requests per resolved job, are one Watcher's on the same jobs."""
+    jobs = 3000
+    baseline = await one_watcher_cost(jobs, lead=0.1, window=WINDOW, hold=HOLD)
+    figures = await run_fleet(
+        server, redis_server, redis_client, tmp_path, jobs=jobs, workers=workers, window=WINDOW
+    )
+    fleet = figures["api"]
+    ratio = fleet["per_job"] / baseline["per_job"]
+    report(
+        f"{workers} workers, {ratio:.3f}x one Watcher's requests per job "
+        f"(Watcher: {baseline['per_job']:.3f}, lists per group {baseline['lists']})",
+        figures,
+    )
+    assert ratio <= 1.05
+    # Per group, as many list requests as one Watcher sends (one lister per interval), give
+    # or take a sweep or two where a partition moved or the timing differs.
+    assert len(fleet["lists"]) == len(baseline["lists"]) == 5
+    for mine, one in zip(fleet["lists"], baseline["lists"], strict=True):
+        assert mine <= one * 1.25 + 2, (fleet["lists"], baseline["lists"])
     handled = [w["handled"] for w in figures["workers"]]
-    assert len(handled) == 3 and all(n > 0 for n in handled), handled  # shared
-    assert sum(handled) == 1500 + figures["duplicates"]
+    assert sum(handled) == jobs + figures["duplicates"]
 
 
-async def test_worker_killed_with_sigkill_is_taken_over(
+async def test_sigkill_of_a_partition_holder_and_a_redis_restart_lose_nothing(
     server: FakeApiServer, redis_server: RedisServer, redis_client: Any, tmp_path: Path
 ) -> None:
-    left: list[str] = []  # entries w0 still held once dead: only a takeover can move them
+    left: list[
+        tuple[int, str]
+    ] = []  # entries the victim held once dead: only a takeover moves them
+    victims: list[str] = []
 
-    async def kill_one(fleet: Fleet, dw: Any) -> None:
-        async def holds_some() -> bool:
+    async def kill_then_restart(fleet: Fleet, dw: Any) -> None:
+        async def busiest_holds_some() -> bool:
             status = await dw.status()
-            return status.in_flight.get("w0", 0) >= 100 and await redis_client.hlen("t:count") > 0
+            busy = max(status.in_flight.items(), key=lambda item: item[1], default=("", 0))
+            if busy[1] >= 100 and await redis_client.hlen("t:count") > 0:
+                victims.append(busy[0])
+                return True
+            return False
 
-        await until(holds_some, 30, every=0.05)
-        fleet.workers[0].kill()
-        pending = await redis_client.xpending_range(
-            "async_jobs:watches", "async_jobs", min="-", max="+", count=10_000, consumername="w0"
-        )
-        left.extend(item["message_id"].decode() for item in pending)
+        await until(busiest_holds_some, 30, every=0.05)
+        victim = victims[-1]
+        fleet.worker(victim).kill()
+        status = await dw.status()
+        for part in status.partitions:
+            if part.in_flight.get(victim):
+                pending = await redis_client.xpending_range(
+                    part.stream, dw.group, min="-", max="+", count=10_000, consumername=victim
+                )
+                left.extend((part.index, item["message_id"].decode()) for item in pending)
+
+        async def some_handled() -> bool:
+            return int(await redis_client.hlen("t:count")) >= 1500
+
+        await until(some_handled, 30, every=0.05)
+        await anyio.to_thread.run_sync(partial(redis_server.restart, down_for=0.5))
 
     figures = await run_fleet(
         server,
         redis_server,
         redis_client,
         tmp_path,
-        jobs=1500,
-        workers=3,
-        trouble=kill_one,
-        worker_args=("--prefetch", "600", "--claim-idle", "0.6"),
+        jobs=3000,
+        workers=8,
+        trouble=kill_then_restart,
+        worker_args=("--claim-idle", "1.0"),
     )
-    report(f"SIGKILL of a worker holding {len(left)} unfinished watches", figures)
-    # No job lost, every state right (run_fleet), and each watch w0 died with was handled
-    # by a survivor: the results stream names the entry and its consumer.
-    handled_by: dict[str, set[str]] = {}
+    report(
+        f"8 workers, SIGKILL of {victims[-1]} holding {len(left)} unfinished watches, then "
+        "Redis restarted (0.5 s down, AOF)",
+        figures,
+    )
+    # No job lost, every state right (run_fleet), and each watch the victim died with was
+    # handled by a survivor: the results stream names the partition, entry and consumer.
+    handled_by: dict[tuple[int, str], set[str]] = {}
     for _, fields in await redis_client.xrange("async_jobs:results"):
-        handled_by.setdefault(fields[b"entry"].decode(), set()).add(fields[b"consumer"].decode())
-    assert left, "w0 held nothing when killed"
-    assert all(handled_by.get(entry, set()) - {"w0"} for entry in left)
-    assert not any("w0" in handled_by.get(entry, set()) for entry in left)
+        entry = (int(fields[b"partition"]), fields[b"entry"].decode())
+        handled_by.setdefault(entry, set()).add(fields[b"consumer"].decode())
+    assert left, "the victim held nothing when killed"
+    assert all(handled_by.get(entry, set()) - {victims[-1]} for entry in left)
+    assert not any(victims[-1] in handled_by.get(entry, set()) for entry in left)
     survivors = figures["workers"]
-    assert len(survivors) == 2 and sum(w["claimed"] for w in survivors) > 0
-    assert "w0" not in figures["status"].in_flight
+    assert len(survivors) == 7 and sum(w["claimed"] for w in survivors) > 0
+    assert victims[-1] not in figures["status"].in_flight
+    assert victims[-1] not in figures["status"].owned()
+    assert await redis_client.xlen("async_jobs:results") >= 3000  # results kept across it
 
 
-async def test_redis_restart_mid_run(
-    server: FakeApiServer, redis_server: RedisServer, redis_client: Any, tmp_path: Path
+async def test_a_fleet_on_a_redis_cluster_survives_a_master_restart(
+    server: FakeApiServer,
+    redis_cluster: RedisCluster,
+    redis_cluster_client: Any,
+    tmp_path: Path,
 ) -> None:
-    async def restart(fleet: Fleet, dw: Any) -> None:
+    """The same code on a 3-master Redis Cluster: the partitions' streams spread over the
+    masters (hash tags), one master restarted mid-run: nothing lost."""
+    restarted: list[int] = []
+
+    async def restart_a_master(fleet: Fleet, dw: Any) -> None:
         async def some_handled() -> bool:
-            return int(await redis_client.hlen("t:count")) >= 200
+            return int(await redis_cluster_client.hlen("t:count")) >= 500
 
         await until(some_handled, 30, every=0.05)
-        await anyio.to_thread.run_sync(partial(redis_server.restart, down_for=0.5))
+        # The master of the busiest partition's stream.
+        status = await dw.status()
+        busiest = max(status.partitions, key=lambda part: part.pending)
+        restarted.append(redis_cluster.master_of(busiest.stream))
+        await anyio.to_thread.run_sync(partial(redis_cluster.restart, restarted[-1], down_for=0.5))
 
+    masters = {redis_cluster.master_of(f"{{async_jobs:watches:{i}}}") for i in range(16)}
+    assert len(masters) == 3  # the partitions live on every master
     figures = await run_fleet(
-        server, redis_server, redis_client, tmp_path, jobs=1500, workers=3, trouble=restart
+        server,
+        redis_cluster,
+        redis_cluster_client,
+        tmp_path,
+        jobs=1500,
+        workers=3,
+        trouble=restart_a_master,
+        worker_args=("--claim-idle", "3.0"),
     )
-    report("Redis restarted (0.5 s down, AOF)", figures)
+    report(f"3 workers on a 3-master Redis Cluster, master {restarted[-1]} restarted", figures)
     assert sum(w["handled"] for w in figures["workers"]) >= 1500
-    assert await redis_client.xlen("async_jobs:results") >= 1500  # results kept across it

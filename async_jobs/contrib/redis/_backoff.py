@@ -24,11 +24,15 @@ logger: logging.Logger = get_logger("async_jobs.redis")
 REDIS_QUIET = 5.0
 #: How the worker loops back off while Redis is unreachable.
 REDIS_BACKOFF = PollPolicy(initial=0.1, multiplier=2.0, maximum=5.0, jitter=0.2)
-#: Redis errors a worker waits out (a restart, a failover, a dropped connection).
+#: Redis errors a worker waits out (a restart, a failover, a dropped connection; on a Redis
+#: Cluster, a cluster down or a slot without a node while a master restarts).
 RECOVERABLE_ERRORS: tuple[type[Exception], ...] = (
     redis_errors.ConnectionError,
     redis_errors.TimeoutError,
     redis_errors.ReadOnlyError,
+    redis_errors.ClusterError,
+    redis_errors.TryAgainError,
+    redis_errors.SlotNotCoveredError,
     OSError,
 )
 #: Redis errors that waiting cannot fix: a wrong password or missing permissions.
@@ -37,6 +41,20 @@ FATAL_ERRORS: tuple[type[Exception], ...] = (
     redis_errors.AuthorizationError,
     redis_errors.NoPermissionError,
 )
+
+
+def is_transport_glitch(exc: BaseException) -> bool:
+    """Whether ``exc`` is a lost connection that redis-py's asyncio client let out as an
+    ``AttributeError`` or ``TypeError`` raised inside redis-py or asyncio's transports (a
+    write on a connection the peer closed, or one dropped while connecting: redis-py#4287),
+    rather than as a ``ConnectionError``."""
+    if not isinstance(exc, (AttributeError, TypeError)) or exc.__traceback__ is None:
+        return False
+    tb = exc.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    module = str(tb.tb_frame.f_globals.get("__name__", ""))
+    return module.startswith(("redis.", "asyncio."))
 
 
 class _Backoff:
@@ -55,7 +73,7 @@ class _Backoff:
             raise exc
         if _is_nogroup(exc):
             self.watches.forget_groups()  # the groups are gone (data lost): make them again
-        elif not isinstance(exc, RECOVERABLE_ERRORS):
+        elif not isinstance(exc, RECOVERABLE_ERRORS) and not is_transport_glitch(exc):
             raise exc
         now = anyio.current_time()
         decision = self.step.record(Outcome.MISSED, now, rand=random.random())

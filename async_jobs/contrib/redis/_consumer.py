@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from redis import exceptions as redis_errors
 
@@ -80,9 +80,11 @@ class Consumer:
         self.stream = watches.keys.stream_of(partition)
         self.redis = watches.redis
         self.name = watches.consumer
-        self._refresh_own = watches.redis.register_script(REFRESH_OWN_SCRIPT)
-        self._remove_dead = watches.redis.register_script(REMOVE_DEAD_SCRIPT)
-        self._hand_over = watches.redis.register_script(HAND_OVER_SCRIPT)
+
+    async def _eval(self, script: str, *args: str | int) -> Any:
+        """Run ``script`` on this partition's stream. ``EVAL``, not ``EVALSHA``: a restarted
+        node (or a cluster master) has lost its script cache, and the text is short."""
+        return await self.redis.eval(script, 1, self.stream, *args)
 
     async def read(self, cursor: str, count: int, block: float) -> list[Entry]:
         """``XREADGROUP``: new entries (cursor ``>``, waiting up to ``block`` seconds for
@@ -176,16 +178,14 @@ class Consumer:
         """Remove the other consumers that hold nothing and were idle for more than
         ``idle_ms`` (:data:`REMOVE_DEAD_SCRIPT`); their names."""
         w = self.watches
-        removed = await self._remove_dead(keys=[self.stream], args=[w.group, self.name, idle_ms])
+        removed = await self._eval(REMOVE_DEAD_SCRIPT, w.group, self.name, idle_ms)
         return [_str(name) for name in removed or ()]
 
     async def refresh(self, entry_ids: Sequence[str]) -> None:
         """Reset the idle time of the entries still this consumer's (:data:`REFRESH_OWN_SCRIPT`)."""
         for start in range(0, len(entry_ids), _PAGE):
-            await self._refresh_own(
-                keys=[self.stream],
-                args=[self.watches.group, self.name, *entry_ids[start : start + _PAGE]],
-            )
+            page = entry_ids[start : start + _PAGE]
+            await self._eval(REFRESH_OWN_SCRIPT, self.watches.group, self.name, *page)
 
     async def hand_over(self, entry_ids: Sequence[str], idle_ms: int) -> None:
         """Mark entries as idle for ``idle_ms`` already, so the other workers take them over
@@ -195,7 +195,7 @@ class Consumer:
         try:
             for start in range(0, len(entry_ids), _PAGE):
                 page = entry_ids[start : start + _PAGE]
-                await self._hand_over(keys=[self.stream], args=[w.group, self.name, idle_ms, *page])
+                await self._eval(HAND_OVER_SCRIPT, w.group, self.name, idle_ms, *page)
         except redis_errors.RedisError as exc:
             logger.debug("could not hand over %d watches: %s", len(entry_ids), exc)
 

@@ -38,6 +38,12 @@ class _Held:
         return (self.partition, self.entry_id)
 
     @property
+    def finishing(self) -> bool:
+        """Whether its job was found terminal (its handler runs, or will) or it is being
+        settled."""
+        return self.settling or (self.future is not None and self.future.done())
+
+    @property
     def attempts(self) -> int:
         """Failed attempts (of the watch or the handler) so far."""
         return self.step.misses if self.step is not None else 0

@@ -44,9 +44,24 @@ def _is_nogroup(exc: BaseException) -> bool:
     return isinstance(exc, redis_errors.ResponseError) and str(exc).startswith("NOGROUP")
 
 
+def connection_kwargs(redis: Any) -> dict[str, Any]:
+    """The connection options of a ``Redis`` (its pool's) or a ``RedisCluster`` (its own)."""
+    pool = getattr(redis, "connection_pool", None)
+    kwargs = getattr(pool, "connection_kwargs", None)
+    if kwargs is None:
+        kwargs = getattr(redis, "connection_kwargs", None)
+    return dict(kwargs or {})
+
+
 def _redis_address(redis: Any) -> str:
-    """``host:port`` of a Redis client, for log lines (never its password)."""
-    kwargs = getattr(getattr(redis, "connection_pool", None), "connection_kwargs", {})
+    """``host:port`` of a Redis client (a cluster's first node), for log lines (never its
+    password)."""
+    get_default_node = getattr(redis, "get_default_node", None)
+    if get_default_node is not None:
+        node = get_default_node()
+        if node is not None:
+            return f"redis cluster {node.host}:{node.port}"
+    kwargs = connection_kwargs(redis)
     if "path" in kwargs:
-        return str(kwargs["path"])
-    return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+        return f"redis at {kwargs['path']}"
+    return f"redis at {kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"

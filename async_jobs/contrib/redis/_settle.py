@@ -135,6 +135,8 @@ class Settler:
         while True:
             try:
                 async with self.limiter:
+                    if not self.holding.holds(held):
+                        return  # given up while waiting for its turn: its next holder handles it
                     await self.handler(job, held.context)
             except Exception as exc:
                 decision = held.failed(self.retry)

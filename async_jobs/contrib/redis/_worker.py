@@ -26,7 +26,7 @@ from ._consumer import NO_MORE, Consumer
 from ._held import Holding, _Held
 from ._partitions import Leases, fair_share, preference
 from ._records import RecordError, WatchEntry
-from ._replies import Entry, _redis_address
+from ._replies import Entry, _redis_address, connection_kwargs
 from ._settle import Handler, Settler
 
 if TYPE_CHECKING:
@@ -116,9 +116,7 @@ class DurableWorker:
         self._leases = Leases(watches.redis, watches.keys, watches.consumer, claim_idle)
         self._lease_every = min(self.keepalive, LEASE_EVERY)
         # One outage for all of this worker's loops: a WARNING when the first runs into it.
-        self._health = Outage(
-            f"redis at {_redis_address(watches.redis)}", logger, quiet=REDIS_QUIET
-        )
+        self._health = Outage(_redis_address(watches.redis), logger, quiet=REDIS_QUIET)
         self._settler = Settler(
             watches=watches,
             holding=self._held,
@@ -160,7 +158,7 @@ class DurableWorker:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def __aenter__(self) -> DurableWorker:
-        password = self.redis.connection_pool.connection_kwargs.get("password")
+        password = connection_kwargs(self.redis).get("password")
         secret = password if isinstance(password, str) else None
         settler = self._settler
         async with AsyncExitStack() as stack:
@@ -300,7 +298,9 @@ class DurableWorker:
         part = self._partitions.pop(index)
         part.scope.cancel()
         await part.done.wait()
-        dropped = [held for held in self._held.snapshot(index).values() if not held.settling]
+        # A watch whose job was found terminal stays: its handler runs (or is about to), and
+        # it is settled here; the next holder takes it over only if that takes claim_idle.
+        dropped = [held for held in self._held.snapshot(index).values() if not held.finishing]
         for held in dropped:
             self._drop(held)
         self.partitions_given_up += 1
