@@ -318,15 +318,19 @@ async def durable_status(args: argparse.Namespace, out: Output) -> int:
         out.error("durable status needs the redis extra: pip install 'async-jobs[redis]'")
         return EXIT_USAGE
     url = args.redis_url or os.environ.get("REDIS_URL") or "redis://localhost:6379/0"
-    client = aioredis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10)
+    kind = aioredis.RedisCluster if args.cluster else aioredis.Redis
+    client = kind.from_url(url, socket_connect_timeout=5, socket_timeout=10)
+    names = {
+        "stream": args.stream,
+        "group": args.group,
+        "results": args.results,
+        "dead_letter": args.dead_letter,
+    }
     try:
-        watches = DurableWatches(
-            client,
-            stream=args.stream,
-            group=args.group,
-            results=args.results,
-            dead_letter=args.dead_letter,
-        )
+        watches = DurableWatches(client, **names)
+        made = await watches.stored_partitions()
+        if made is not None and made != watches.partitions:
+            watches = DurableWatches(client, partitions=made, **names)
         status = await watches.status()
     except RedisError as exc:
         # redis-py names the host and port, never the URL's password.
@@ -335,12 +339,27 @@ async def durable_status(args: argparse.Namespace, out: Output) -> int:
     finally:
         await client.aclose()
     fields = dataclasses.asdict(status)
+    owned = status.owned()
+    unowned = sum(1 for part in status.partitions if part.owner is None)
     lines = [
         f"{status.pending} pending ({status.undelivered} not read by any worker), "
-        f"{status.dead_lettered} dead-lettered, {status.results} results, "
-        f"{status.consumers} consumers in the group",
-        *(f"  {name}: {held} in flight" for name, held in sorted(status.in_flight.items())),
+        f"{status.dead_lettered} dead-lettered, {status.results} results; "
+        f"{len(status.workers)} live workers, {status.consumers} consumers, "
+        f"{len(status.partitions)} partitions ({unowned} without an owner)",
     ]
+    for name in sorted(set(status.workers) | set(status.in_flight) | set(owned)):
+        seen = status.workers.get(name)
+        lines.append(
+            f"  {name}: {len(owned.get(name, []))} partitions, "
+            f"{status.in_flight.get(name, 0)} in flight, "
+            + (f"seen {seen:.1f} s ago" if seen is not None else "not live")
+        )
+    for part in status.partitions:
+        if part.pending or (part.owner is None and owned):
+            lines.append(
+                f"  partition {part.index}: {part.pending} pending, {part.undelivered} not read, "
+                f"owner {part.owner or '-'}"
+            )
     out.result("durable_status", "\n".join(lines), **fields)
     return EXIT_OK
 
@@ -456,6 +475,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group", default="async_jobs", help="the workers' consumer group")
     p.add_argument("--results", default="async_jobs:results", help="the results stream")
     p.add_argument("--dead-letter", default="async_jobs:dead", help="the dead-letter stream")
+    p.add_argument(
+        "--cluster",
+        action="store_true",
+        help="the URL names a node of a Redis Cluster (redis.asyncio.RedisCluster)",
+    )
 
     p = leaf(commands, "fake-server", fake_server, "run the fake API server until interrupted")
     p.add_argument("--host", default="127.0.0.1")

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from ._replies import _str
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
+    from ._replies import RedisClient
 
 #: Default number of partitions: with up to 16 workers each holds at least one.
 DEFAULT_PARTITIONS = 16
@@ -109,7 +109,7 @@ def preference(worker: str, partition: int) -> int:
 class Leases:
     """The lease commands of one worker (``consumer``) on ``keys``, lasting ``ttl`` seconds."""
 
-    def __init__(self, redis: Redis, keys: PartitionKeys, consumer: str, ttl: float) -> None:
+    def __init__(self, redis: RedisClient, keys: PartitionKeys, consumer: str, ttl: float) -> None:
         self.redis = redis
         self.keys = keys
         self.consumer = consumer
@@ -157,7 +157,7 @@ class Leases:
             await pipe.execute()
 
 
-async def owners(redis: Redis, keys: PartitionKeys) -> list[str | None]:
+async def owners(redis: RedisClient, keys: PartitionKeys) -> list[str | None]:
     """Each partition's lease holder, or None."""
     async with redis.pipeline(transaction=False) as pipe:
         for partition in range(keys.count):
@@ -166,7 +166,7 @@ async def owners(redis: Redis, keys: PartitionKeys) -> list[str | None]:
     return [None if reply is None else _str(reply) for reply in replies]
 
 
-async def worker_ages(redis: Redis, keys: PartitionKeys) -> dict[str, float]:
+async def worker_ages(redis: RedisClient, keys: PartitionKeys) -> dict[str, float]:
     """The workers counted as live (until one silent for a lease's time to live is pruned by
     another's heartbeat): name -> seconds since their last heartbeat."""
     now, flat = await redis.eval(WORKERS_SCRIPT, 1, keys.workers)

@@ -7,6 +7,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from redis import exceptions as redis_errors
+from redis.asyncio import Redis, RedisCluster
+
+#: A Redis client the durable watches work with: one server, or a Redis Cluster.
+RedisClient = Redis | RedisCluster
 
 #: One stream entry: its id and its fields.
 Entry = tuple[str, dict[str, str]]

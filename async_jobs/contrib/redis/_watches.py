@@ -12,14 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redis import exceptions as redis_errors
-from redis.asyncio import Redis
 
 from ..._client import ApiClient
 from ..._policy import PollSchedule, RetryPolicy
 from ..._poll import JobRef
 from ._partitions import DEFAULT_PARTITIONS, PartitionKeys, owners, worker_ages
 from ._records import WatchEntry, encode_context
-from ._replies import _is_nogroup, _str
+from ._replies import RedisClient, _is_nogroup, _str
 from ._settle import Handler
 from ._worker import DurableWorker
 
@@ -120,7 +119,7 @@ class DurableWatches:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         *,
         stream: str = "async_jobs:watches",
         group: str = "async_jobs",
@@ -188,6 +187,11 @@ class DurableWatches:
         """The groups may be gone (Redis lost its data): check them again before use."""
         self._ready.clear()
         self._checked = False
+
+    async def stored_partitions(self) -> int | None:
+        """The number of partitions the streams were made with, None if none were made yet."""
+        made = await self.redis.get(self.keys.meta)
+        return None if made is None else int(made)
 
     async def _check_partitions(self) -> None:
         meta = self.keys.meta

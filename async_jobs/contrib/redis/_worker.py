@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 
 import anyio
 from anyio.abc import TaskGroup
-from redis.asyncio import Redis
 
 from ..._client import ApiClient
 from ..._outage import Outage
@@ -26,7 +25,7 @@ from ._consumer import NO_MORE, Consumer
 from ._held import Holding, _Held
 from ._partitions import Leases, fair_share, preference
 from ._records import RecordError, WatchEntry
-from ._replies import Entry, _redis_address, connection_kwargs
+from ._replies import Entry, RedisClient, _redis_address, connection_kwargs
 from ._settle import Handler, Settler
 
 if TYPE_CHECKING:
@@ -145,7 +144,7 @@ class DurableWorker:
         return sorted(self._partitions)
 
     @property
-    def redis(self) -> Redis:
+    def redis(self) -> RedisClient:
         """The caller's Redis connection."""
         return self.watches.redis
 
