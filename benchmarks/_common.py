@@ -37,9 +37,10 @@ def fake_server(
     assert proc.stdout is not None and proc.stdin is not None
     announcement = json.loads(proc.stdout.readline())
 
-    def stats() -> dict[str, Any]:
+    def stats(command: str = "stats") -> dict[str, Any]:
+        """Send ``command`` (default ``stats``) and return the child's one-line JSON answer."""
         assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write("stats\n")
+        proc.stdin.write(command + "\n")
         proc.stdin.flush()
         return dict(json.loads(proc.stdout.readline()))
 

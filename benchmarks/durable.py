@@ -1,8 +1,9 @@
 """Benchmark: durable watches on Redis Streams versus an in-process Watcher (not a test).
 
-The same Zoo async operations (FakeApiServer in its own process, same seed) are watched
-either by one ``aj.Watcher`` in one process (``in-process``), or submitted to
-``async_jobs.contrib.redis.DurableWatches`` and handled by 1, 2 or 4 worker processes
+The same jobs (FakeApiServer in its own process, same seed) over eight groups (the Zoo async
+operations, the conversions of four datasets, the jobs of three Metafold projects) are
+watched either by one ``aj.Watcher`` in one process (``in-process``), or submitted to
+``async_jobs.contrib.redis.DurableWatches`` and handled by 1, 2, 4 or 8 worker processes
 (``durable xN``) sharing a real ``redis-server`` (AOF on, ``appendfsync everysec``). Every
 mode polls with the same PollPolicy and runs a no-op handler. Two phases per mode:
 
@@ -13,10 +14,12 @@ mode polls with the same PollPolicy and runs a no-op handler. Two phases per mod
   durable modes' extra lag over the in-process p50/p95 is the latency durability adds.
 
 Durable figures come from the results stream (one record per handled job, with its consumer
-and ``handled_at``); duplicates (at-least-once delivery) are counted.
+and ``handled_at``); duplicates (at-least-once delivery) are counted. The fake counts the
+list requests of each group: a fleet lists each group as often as one Watcher does when
+each group is listed by one worker per interval.
 
 Usage: python -m benchmarks.durable [--jobs 3000] [--throughput-jobs 10000] [--window 10]
-       [--lead 6] [--workers 1,2,4] [--no-write]
+       [--lead 6] [--workers 1,2,4,8] [--no-write]
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -56,8 +61,12 @@ async def _noop(job: Any, context: dict[str, Any]) -> None:
 
 
 async def _serve(count: int, lead: float, window: float, seed: int) -> None:
-    """FakeApiServer with ``count`` Zoo operations terminal at random in [lead, lead + window];
-    prints {url, token, jobs}; ``stats`` on stdin prints {requests}; EOF stops it."""
+    """FakeApiServer with ``count`` jobs over eight groups (a third each Zoo operations,
+    conversions of four datasets, jobs of three Metafold projects), terminal at random in
+    [lead, lead + window] after ``go``: its clock stands still until ``go`` on stdin (which
+    prints {started: the wall time it went}), so that worker processes can start first;
+    prints {url, token, jobs}; ``stats`` on stdin prints {requests, lists: list requests per
+    group}; EOF stops it."""
     import random
     import tempfile
 
@@ -65,38 +74,90 @@ async def _serve(count: int, lead: float, window: float, seed: int) -> None:
 
     rng = random.Random(seed)
     async with FakeApiServer(token=TOKEN) as server:
-        server.keep_requests = False
-        epoch = server.clock.epoch.timestamp()
+        server.clock.set_speed(0)
+        datasets = [server.conversions.add_dataset() for _ in range(4)]
         jobs = []
-        for _ in range(count):
+        for index in range(count):
             end = lead + rng.uniform(0, window)
             started = rng.uniform(lead * 0.5, end)
-            timeline = [("queued", started), ("in_progress", end - started), ("completed", None)]
-            op = server.zoo.add_operation("file_volume", timeline)
-            jobs.append({"kind": "zoo.async_operation", "ids": [op.id], "done": epoch + end})
+            if index % 3 == 0:
+                timeline = [
+                    ("queued", started),
+                    ("in_progress", end - started),
+                    ("completed", None),
+                ]
+                op = server.zoo.add_operation("file_volume", timeline)
+                job = {"kind": "zoo.async_operation", "ids": [op.id]}
+            elif index % 3 == 1:
+                dataset = datasets[index % 4]
+                timeline = [("queued", started), ("in_progress", end - started), ("success", None)]
+                conv = server.conversions.add_conversion(dataset, timeline)
+                job = {"kind": "zoo.dataset_conversion", "ids": [dataset, conv.id]}
+            else:
+                project = f"bench-{index // 3 % 3}"
+                timeline = [("pending", started), ("started", end - started), ("success", None)]
+                mf_job = server.metafold.add_job(project, timeline=timeline)
+                job = {"kind": "metafold.job", "ids": [project, mf_job.id]}
+            jobs.append({**job, "end": end})
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
             json.dump(jobs, handle)
         print(json.dumps({"url": server.url, "token": TOKEN, "jobs": handle.name}), flush=True)
         async for line in anyio.wrap_file(sys.stdin):
-            if line.strip() == "stats":
-                print(json.dumps({"requests": server.request_count}), flush=True)
+            if line.strip() == "go":
+                server.clock.set_speed(1.0)
+                print(json.dumps({"started": time.time()}), flush=True)
+            elif line.strip() == "stats":
+                lists: Counter[str] = Counter()
+                for request in server.requests:  # kept: a few per job
+                    _count_list(lists, request.method, request.path, datasets)
+                stats = {"requests": server.request_count, "lists": dict(lists)}
+                print(json.dumps(stats), flush=True)
+
+
+def _count_list(lists: Counter[str], method: str, path: str, datasets: list[str]) -> None:
+    """Count a request that lists a group, by a name that is the same in every run (dataset
+    ids are random)."""
+    parts = path.strip("/").split("/")
+    if method != "GET":
+        return
+    if parts == ["async", "operations"]:
+        lists["operations"] += 1
+    elif len(parts) == 4 and parts[0] == "org" and parts[3] == "conversions":
+        lists[f"dataset {datasets.index(parts[2])}"] += 1
+    elif len(parts) == 3 and parts[0] == "projects" and parts[2] == "jobs":
+        lists[f"project {parts[1]}"] += 1
+
+
+@asynccontextmanager
+async def _clients(token: str, url: str) -> AsyncIterator[tuple[aj.ZooClient, aj.MetafoldClient]]:
+    async with (
+        aj.ZooClient(token=token, base_url=url) as zoo,
+        aj.MetafoldClient(token=token, base_url=url) as mf,
+    ):
+        yield zoo, mf
+
+
+def _ref(job: dict[str, Any], *clients: aj.ZooClient | aj.MetafoldClient) -> aj.JobRef[Any]:
+    for client in clients:
+        ref = client.job_ref(job["kind"], job["ids"])
+        if ref is not None:
+            return ref
+    raise ValueError(f"no client for {job['kind']}")
 
 
 # -- in-process child -------------------------------------------------------------------------
 
 
-async def _in_process(url: str, token: str, jobs_file: str) -> dict[str, Any]:
+async def _in_process(url: str, token: str, jobs_file: str, go: str) -> dict[str, Any]:
     jobs = _load(jobs_file)
-    done_at = {job["ids"][-1]: job["done"] for job in jobs}
+    done_at = {job["ids"][-1]: float(go) + job["end"] for job in jobs}
     handled: dict[str, float] = {}
-    async with aj.ZooClient(token=token, base_url=url) as zoo:
+    async with _clients(token, url) as (zoo, mf):
         started = time.time()
         watcher: aj.Watcher
-        async with aj.Watcher(zoo, poll=POLL, max_concurrency=CONCURRENCY) as watcher:
+        async with aj.Watcher(zoo, mf, poll=POLL, max_concurrency=CONCURRENCY) as watcher:
             for job in jobs:
-                ref = zoo.job_ref(job["kind"], job["ids"])
-                assert ref is not None
-                watcher.add(ref)
+                watcher.add(_ref(job, zoo, mf))
             async for final in watcher.as_completed():
                 await _noop(final, {})
                 handled[final.id] = time.time()
@@ -135,10 +196,10 @@ async def _worker(port: int, url: str, token: str, consumer: str) -> None:
 
     redis = Redis(host="127.0.0.1", port=port, socket_timeout=30)
     dw = DurableWatches(redis, consumer=consumer)
-    async with aj.ZooClient(token=token, base_url=url) as zoo:
+    async with _clients(token, url) as (zoo, mf):
         with anyio.open_signal_receiver(signal.SIGTERM) as signals:
             async with dw.run(
-                zoo, handler=_noop, concurrency=CONCURRENCY, poll=POLL, claim_idle=30.0
+                zoo, mf, handler=_noop, concurrency=CONCURRENCY, poll=POLL, claim_idle=30.0
             ):
                 print(json.dumps({"ready": consumer}), flush=True)
                 async for _ in signals:
@@ -149,19 +210,19 @@ async def _worker(port: int, url: str, token: str, consumer: str) -> None:
 # -- coordinator ------------------------------------------------------------------------------
 
 
-async def _durable(port: int, url: str, token: str, jobs_file: str) -> dict[str, Any]:
+async def _durable(port: int, url: str, token: str, jobs_file: str, go: float) -> dict[str, Any]:
     from redis.asyncio import Redis
 
     from async_jobs.contrib.redis import DurableWatches
 
     jobs = _load(jobs_file)
-    done_at = {job["ids"][-1]: job["done"] for job in jobs}
+    done_at = {job["ids"][-1]: go + job["end"] for job in jobs}
     redis = Redis(host="127.0.0.1", port=port)
     dw = DurableWatches(redis, results_maxlen=len(jobs) * 4)
-    async with aj.ZooClient(token=token, base_url=url) as zoo:
-        refs = [zoo.job_ref(job["kind"], job["ids"]) for job in jobs]
+    async with _clients(token, url) as (zoo, mf):
+        refs = [_ref(job, zoo, mf) for job in jobs]
         started = time.time()
-        await dw.submit_many(ref for ref in refs if ref is not None)
+        await dw.submit_many(refs)
         submit_s = time.time() - started
     handled: dict[str, float] = {}
     runs: Counter[str] = Counter()
@@ -182,6 +243,25 @@ async def _durable(port: int, url: str, token: str, jobs_file: str) -> dict[str,
     figures = _figures(handled, done_at, started, duplicates=duplicates, submit_s=submit_s)
     figures["per_worker"] = sorted(consumers.values(), reverse=True)
     return figures
+
+
+async def _balanced(port: int, workers: int) -> None:
+    """Wait until ``workers`` live workers hold every partition in fair shares (a fleet
+    that has settled: the runs measure it, not its start)."""
+    from redis.asyncio import Redis
+
+    from async_jobs.contrib.redis import DurableWatches
+
+    redis = Redis(host="127.0.0.1", port=port)
+    dw = DurableWatches(redis)
+    with anyio.fail_after(60):
+        while True:
+            shares = sorted(len(held) for held in (await dw.status()).owned().values())
+            share = dw.partitions // workers
+            if len(shares) == workers and sum(shares) == dw.partitions and shares[0] >= share:
+                break
+            await anyio.sleep(0.1)
+    await redis.aclose()
 
 
 def _start_workers(count: int, port: int, server: dict[str, Any]) -> list[subprocess.Popen[str]]:
@@ -229,19 +309,30 @@ def run_mode(mode: str, phase: str, args: argparse.Namespace, redis: RedisServer
         options = [str(args.jobs), str(args.lead), str(args.window)]
     with fake_server("--serve", *options, module="benchmarks.durable") as (server, stats):
         if mode == "in-process":
+            go = stats("go")["started"]
             figures = run_child(
-                "benchmarks.durable", "--in-process", server["url"], server["token"], server["jobs"]
+                "benchmarks.durable",
+                "--in-process",
+                server["url"],
+                server["token"],
+                server["jobs"],
+                str(go),
             )
         else:
             _flush(redis)
-            procs = _start_workers(int(mode.split("x")[-1]), redis.port, server)
+            count = int(mode.split("x")[-1])
+            procs = _start_workers(count, redis.port, server)
             try:
+                anyio.run(_balanced, redis.port, count)
+                go = stats("go")["started"]
                 figures = anyio.run(
-                    _durable, redis.port, server["url"], server["token"], server["jobs"]
+                    _durable, redis.port, server["url"], server["token"], server["jobs"], go
                 )
             finally:
                 _stop_workers(procs)
-        figures["requests"] = stats()["requests"]
+        counted = stats()
+        figures["requests"] = counted["requests"]
+        figures["lists"] = counted["lists"]
     return figures
 
 
@@ -260,20 +351,26 @@ def render(results: dict[tuple[str, str], dict[str, Any]], args: argparse.Namesp
         "",
         f"{machine()}; {_redis_version()}.",
         "",
-        "Zoo async operations on FakeApiServer (its own process), a no-op handler, "
-        "every mode polling every 0.5 s with 32 requests in flight per process. "
-        "`durable xN`: the jobs are submitted (`submit_many`) to `DurableWatches` and handled "
-        "by N worker processes sharing one `redis-server` (AOF, `appendfsync everysec`); "
-        f"figures from its results stream. Throughput: {args.throughput_jobs:,} jobs already "
-        "terminal when submitted, handled per second from the first submit to the last "
-        f"handler call (submit time included). Latency: {args.jobs:,} jobs finishing at "
-        f"random within {args.window:g} s after a {args.lead:g} s lead; lag = handler call "
-        "minus the job's terminal moment; added = the durable lag minus the in-process lag. "
-        "Workers, the fake server, Redis and the coordinator share the machine's cores.",
+        "Jobs over eight groups (a third each: Zoo async operations, conversions of four "
+        "datasets, jobs of three Metafold projects) on FakeApiServer (its own process), a "
+        "no-op handler, every mode polling every 0.5 s with 32 requests in flight per process. "
+        "`durable xN`: the jobs are submitted (`submit_many`) to `DurableWatches` (16 "
+        "partitions) and handled by N worker processes sharing one `redis-server` (AOF, "
+        "`appendfsync everysec`), once they share the partitions; figures from its results "
+        f"stream. Throughput: {args.throughput_jobs:,} jobs already terminal when submitted, "
+        "handled per second from the first submit to the last handler call (submit time "
+        f"included). Latency: {args.jobs:,} jobs finishing at random within {args.window:g} s "
+        f"after a {args.lead:g} s lead; lag = handler call minus the job's terminal moment; "
+        "added = the durable lag minus the in-process lag. Requests and list requests are the "
+        "fake's counts in the latency run; lists per group per interval = the mode's list "
+        "requests of each group over the in-process Watcher's (one lister), mean (max) over "
+        "the groups. Workers, the fake server, Redis and the coordinator share the machine's "
+        "cores.",
         "",
         "| mode | jobs/s | submit s | lag p50 s | lag p95 s | added p50 s | added p95 s "
-        "| duplicates | jobs per worker (latency run) | requests (latency run) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+        "| duplicates | jobs per worker (latency run) | requests per job | vs in-process "
+        "| lists per group per interval |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|",
     ]
     base = results.get(("in-process", "latency"))
     for mode in _modes(args):
@@ -285,10 +382,18 @@ def render(results: dict[tuple[str, str], dict[str, Any]], args: argparse.Namesp
             added50 = added95 = "-"
         submit = f"{thr['submit_s']}" if mode != "in-process" else "-"
         split = "/".join(str(n) for n in lat.get("per_worker", [lat["handled"]]))
+        per_job = lat["requests"] / lat["jobs"]
+        versus = per_job / (base["requests"] / base["jobs"]) if base is not None else 1.0
+        lists = "-"
+        if base is not None:
+            ratios = [lat["lists"].get(group, 0) / n for group, n in base["lists"].items() if n]
+            if ratios:
+                lists = f"{sum(ratios) / len(ratios):.2f} ({max(ratios):.2f})"
         lines.append(
             f"| {mode} | {thr['jobs_per_s']:,.0f} | {submit} | {lat['lag_p50_s']} | "
             f"{lat['lag_p95_s']} | {added50} | {added95} | "
-            f"{thr['duplicates'] + lat['duplicates']} | {split} | {lat['requests']:,} |"
+            f"{thr['duplicates'] + lat['duplicates']} | {split} | {per_job:.3f} | "
+            f"{versus:.3f}x | {lists} |"
         )
     durable = [mode for mode in _modes(args) if mode != "in-process"]
     if base is not None and durable:
@@ -300,22 +405,30 @@ def render(results: dict[tuple[str, str], dict[str, Any]], args: argparse.Namesp
             f"{min(rates):,.0f} to {max(rates):,.0f} jobs/s are handled durably against "
             f"{results[('in-process', 'throughput')]['jobs_per_s']:,.0f} in one process "
             "(each job costs a few Redis round trips: read, ownership check, a batched "
-            "record + ack + delete).",
+            "record, then ack + delete).",
         ]
     lines += [
         "",
-        "Each durable worker runs its own coalesced Watcher, so N workers list the active "
-        "operations N times per interval (more requests), while a job is still fetched once "
-        "by the worker holding it. Delivery is at least once; duplicates here are handler "
-        "runs beyond the first per job.",
+        "Watches are partitioned by group and each partition is leased to one live worker, "
+        "which alone lists its groups: a fleet of any size lists each group once per "
+        "interval, as one Watcher does. The other side of it: the jobs of one group are "
+        "handled by one worker, so a fleet spreads groups, not the jobs of one group. "
+        "Changed from the previous run of this section: the jobs span eight groups (they "
+        "were all Zoo operations, one group) and an 8-worker mode was added. Delivery is at "
+        "least once; duplicates here are handler runs beyond the first per job.",
     ]
     return "\n".join(lines)
 
 
 def _redis_version() -> str:
+    from async_jobs.testing._redis_server import find_redis_server
+
     try:
         out = subprocess.run(
-            ["redis-server", "--version"], capture_output=True, text=True, check=True
+            [find_redis_server() or "redis-server", "--version"],
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
     except (OSError, subprocess.CalledProcessError):
         return "redis-server ?"
@@ -336,7 +449,7 @@ def _modes(args: argparse.Namespace) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--in-process":
-        print(json.dumps(anyio.run(_in_process, *argv[1:4])))
+        print(json.dumps(anyio.run(_in_process, *argv[1:5])))
         return
     if argv and argv[0] == "--serve":
         count, lead, window = argv[1:4]
@@ -351,7 +464,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--throughput-jobs", type=int, default=10_000)
     parser.add_argument("--window", type=float, default=10.0)
     parser.add_argument("--lead", type=float, default=6.0)
-    parser.add_argument("--workers", default="1,2,4")
+    parser.add_argument("--workers", default="1,2,4,8")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args(argv)
     results: dict[tuple[str, str], dict[str, Any]] = {}
