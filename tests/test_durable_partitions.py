@@ -150,3 +150,17 @@ async def test_a_joining_worker_gets_partitions_and_a_clean_stop_hands_over_at_o
         status = await dw.status()
     assert status.pending == 0 and status.workers == {}
     assert all(part.owner is None for part in status.partitions)
+
+
+async def test_a_worker_with_another_partition_count_fails_at_start(
+    server: FakeApiServer, redis_client: Any
+) -> None:
+    from async_jobs.contrib.redis import DurableWatches
+
+    await DurableWatches(redis_client, partitions=4).ensure_group()
+    zoo, _ = clients(server)
+    async with zoo:
+        worker = DurableWatches(redis_client, partitions=16).run(zoo, handler=_noop)
+        with pytest.raises(ValueError, match="pass partitions=4"):
+            async with worker:
+                pass  # pragma: no cover

@@ -138,14 +138,19 @@ class Leases:
         return {p for p, held in zip(partitions, replies, strict=True) if int(held)}
 
     async def free(self, partitions: Sequence[int]) -> list[int]:
-        """Those of ``partitions`` no worker holds."""
+        """Those of ``partitions`` no other worker holds (a lease still this worker's, of a
+        partition it stopped reading during Redis trouble, counts as free)."""
         if not partitions:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
             for partition in partitions:
-                pipe.exists(self.keys.lease(partition))
+                pipe.get(self.keys.lease(partition))
             replies = await pipe.execute()
-        return [p for p, taken in zip(partitions, replies, strict=True) if not int(taken)]
+        return [
+            p
+            for p, owner in zip(partitions, replies, strict=True)
+            if owner is None or _str(owner) == self.consumer
+        ]
 
     async def release(self, partitions: Sequence[int]) -> None:
         """Give up the leases of ``partitions`` (those this worker still holds)."""

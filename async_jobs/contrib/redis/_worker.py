@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, suppress
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -20,7 +20,7 @@ from ..._policy import PollSchedule, RetryPolicy
 from ..._poll import JobRef
 from ..._redact import get_logger, register_secret, unregister_secret
 from ..._watcher import Watcher
-from ._backoff import REDIS_QUIET, _Backoff
+from ._backoff import RECOVERABLE_ERRORS, REDIS_QUIET, _Backoff
 from ._consumer import NO_MORE, Consumer
 from ._held import Holding, _Held
 from ._partitions import Leases, fair_share, preference
@@ -160,6 +160,10 @@ class DurableWorker:
         password = connection_kwargs(self.redis).get("password")
         secret = password if isinstance(password, str) else None
         settler = self._settler
+        # Early, so that a wrong partition count fails here rather than in a loop; if Redis
+        # is not there yet, the loops wait for it.
+        with suppress(*RECOVERABLE_ERRORS):
+            await self.watches.ensure_group()
         async with AsyncExitStack() as stack:
             register_secret(secret)  # masked in every async_jobs log record
             stack.callback(unregister_secret, secret)
