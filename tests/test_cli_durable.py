@@ -11,7 +11,7 @@ import pytest
 
 from async_jobs.testing import FakeApiServer, RedisServer
 
-from ._redis import clients, until
+from ._redis import WATCHES, clients, durable, until
 
 pytestmark = pytest.mark.anyio
 
@@ -23,14 +23,30 @@ async def _cli(*argv: str) -> int:
     return code
 
 
+async def _status_json(capsys: pytest.CaptureFixture[str], url: str) -> dict[str, Any]:
+    """``durable status --json``: its one line (``dataclasses.asdict`` of the status)."""
+    assert await _cli("durable", "status", "--redis-url", url, "--json") == 0
+    (status,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert isinstance(status, dict)
+    return status
+
+
+def _busy(status: dict[str, Any]) -> list[dict[str, Any]]:
+    """The partitions that hold or have anything: the one of the test's watches (the CLI
+    may list more: those of a stream made with more partitions, all empty)."""
+    return [
+        partition
+        for partition in status["partitions"]
+        if partition["pending"] or partition["owner"] or partition["in_flight"]
+    ]
+
+
 async def test_durable_status_reports_what_redis_holds(
     server: FakeApiServer,
     redis_server: RedisServer,
     redis_client: Any,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from async_jobs.contrib.redis import DurableWatches
-
     ops = [server.zoo.add_operation(timeline=[("queued", None)]) for _ in range(5)]
     zoo, _ = clients(server)
 
@@ -39,10 +55,19 @@ async def test_durable_status_reports_what_redis_holds(
 
     url = f"redis://127.0.0.1:{redis_server.port}/0"
     async with zoo:
-        dw = DurableWatches(redis_client, consumer="worker-1")
+        dw = durable(redis_client, consumer="worker-1")
         await dw.submit_many(zoo.async_operation(op.id) for op in ops)
-        assert await _cli("durable", "status", "--redis-url", url, "--json") == 0
-        (before,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        before = await _status_json(capsys, url)
+        assert _busy(before) == [
+            {
+                "index": 0,
+                "stream": WATCHES,
+                "owner": None,
+                "pending": 5,
+                "undelivered": 5,
+                "in_flight": {},
+            }
+        ]
         assert before == {
             "event": "durable_status",
             "pending": 5,
@@ -51,6 +76,8 @@ async def test_durable_status_reports_what_redis_holds(
             "consumers": 0,
             "dead_lettered": 0,
             "results": 0,
+            "partitions": before["partitions"],
+            "workers": {},
         }
         async with dw.run(zoo, handler=handler, claim_idle=5) as worker:
 
@@ -58,6 +85,20 @@ async def test_durable_status_reports_what_redis_holds(
                 return bool(worker.in_flight == 5)
 
             await until(holds_all, 10)
+            during = await _status_json(capsys, url)
+            assert _busy(during) == [
+                {
+                    "index": 0,
+                    "stream": WATCHES,
+                    "owner": "worker-1",
+                    "pending": 5,
+                    "undelivered": 0,
+                    "in_flight": {"worker-1": 5},
+                }
+            ]
+            assert (during["pending"], during["undelivered"]) == (5, 0)
+            assert (during["in_flight"], during["consumers"]) == ({"worker-1": 5}, 1)
+            assert list(during["workers"]) == ["worker-1"]  # name -> seconds since heartbeat
             # What a terminal shows: the handler with a plain-text output.
             from rich.console import Console
 

@@ -1,7 +1,8 @@
 """async_jobs.contrib.redis at the exact points where Redis trouble and races bite, against a
 real redis-server (through a TCP proxy where the test must act between a command and its
-reply): a settle that must not end a newer watch, a write between WATCH and EXEC, a read
-whose reply was lost, a group that vanished, and the trimming of the results streams."""
+reply): a settle that must not end a newer watch, submits racing for one job or retried
+after a lost reply, a read or settle whose reply was lost, a group that vanished, and the
+trimming of the results streams."""
 
 from __future__ import annotations
 
@@ -94,9 +95,13 @@ async def test_settling_an_old_watch_leaves_the_newer_watch_of_its_job(
     assert (await dw.status()).pending == 0
 
 
-async def test_a_write_between_watch_and_exec_makes_the_settle_look_again(
+async def test_a_settle_never_ends_a_newer_watch_made_while_it_runs(
     server: FakeApiServer, redis_server: RedisServer, redis_client: Any
 ) -> None:
+    """A settle writes its record, then runs its partition's settle script. Between the two,
+    the watch it settles ends elsewhere and the job is submitted again: the script sees the
+    job's watch string name the newer watch, not its own, and leaves it (an unconditional
+    ``DEL`` would end the newer watch, whose entry every worker would then drop unhandled)."""
     op = server.zoo.add_operation(timeline=[("completed", None)])
     handler = Gated(2)
     other = durable(redis_client)  # another service instance, straight to Redis
@@ -108,31 +113,26 @@ async def test_a_write_between_watch_and_exec_makes_the_settle_look_again(
         key = dw.job_key(ref)
         first = await dw.submit(ref, {"n": 1})
         second = ""
-        settling: list[bytes] = []
         during: list[tuple[int, int]] = []
 
-        async def between_watch_and_exec(commands: bytes, reply: bytes) -> bool:
+        async def between_record_and_script(commands: bytes, reply: bytes) -> bool:
             nonlocal second
-            # The first handler call returned: the next MGET is its settle's, under WATCH.
-            if handler.gates[0].is_set() and not settling and sent(commands, "MGET", key):
-                settling.append(reply)
+            # The first settle's record is written; its settle script comes next.
+            if not during and sent(commands, "XADD", "async_jobs:results"):
                 during.append((worker.handled, worker.in_flight))  # not settled yet
-                # The settle read the first watch; before its EXEC, that watch ends
-                # elsewhere and the job is submitted again.
+                assert await redis_client.get(key) == first.encode()
                 await redis_client.delete(key)
                 second = await other.submit(ref, {"n": 2})
             return True
 
-        proxy.on_reply = between_watch_and_exec
+        proxy.on_reply = between_record_and_script
         options = {"handler": handler, "poll": POLL, "prefetch": 1, "claim_idle": NEVER}
         async with dw.run(zoo, **options) as worker:
             await until(partial(reached, lambda: len(handler.contexts), 1), 30)
             handler.gates[0].set()
             await until(partial(reached, lambda: worker.handled, 1), 30)
-            assert len(settling) == 1 and first.encode() in settling[0]
-            assert during == [(0, 1)]
-            # The EXEC failed and the settle looked again: the newer watch lives on, and
-            # the first watch's result was recorded once.
+            assert during == [(0, 1)] and second not in ("", first)
+            # The script ended the first watch's entry and left the newer watch.
             assert await redis_client.get(key) == second.encode()
             assert [r["watch"] for r in await records(redis_client)] == [first]
             await until(partial(reached, lambda: len(handler.contexts), 2), 30)
@@ -269,82 +269,95 @@ async def test_results_and_dead_letters_are_trimmed_to_their_maxlen(
     assert (status.results, status.dead_lettered) == (len(kept), len(dead))
 
 
-@pytest.mark.parametrize("winner", ["lives on", "ended meanwhile"])
-async def test_a_submit_that_loses_the_race_for_its_job(
-    server: FakeApiServer, redis_server: RedisServer, redis_client: Any, winner: str
+async def test_concurrent_submits_of_one_job_make_one_watch_and_one_entry(
+    server: FakeApiServer, redis_server: RedisServer, redis_client: Any
 ) -> None:
-    """Instance A submits two jobs; it checks that the second has no watch and, before its
-    SET NX, instance B watches that job. A's entry for it must go (read by a worker
-    meanwhile or not), A's first watch stays, and A returns B's watch for the second, or, if
-    B's watch ended before A looked again, a fresh watch of A's own."""
+    """Two service instances submit the same jobs at once, each on its own connection: every
+    job gets one watch and one entry, and both instances get its id. First at an exact
+    point: B submits the job the moment Redis answered A's first command about it (a submit
+    that read the watch string, then wrote, would lose there); then many jobs, both
+    instances racing."""
     free, op = (server.zoo.add_operation(timeline=[("completed", None)]) for _ in range(2))
+    ops = [server.zoo.add_operation(timeline=[("completed", None)]) for _ in range(40)]
     zoo, _ = clients(server)
     b = durable(redis_client)
-    await b.ensure_group()
     ref = zoo.async_operation(op.id)
     key = b.job_key(ref)
-    won: list[str] = []
+    b_got: list[str] = []
 
-    async def race(commands: bytes, reply: bytes) -> bool:
-        if not won and sent(commands, "GET", key):
-            won.append(await b.submit(ref))
-        elif len(won) == 1 and sent(commands, "EXEC") and sent(commands, "SET", key):
-            won.append("lost")
-            # A worker reads every entry before A deletes its loser.
-            await redis_client.xreadgroup("async_jobs", "w", {WATCHES: ">"})
-            if winner == "ended meanwhile":  # as the worker that held B's watch settles it
-                (entry,) = [
-                    e
-                    for e, f in await redis_client.xrange(WATCHES)
-                    if f[b"watch"] == won[0].encode()
-                ]
-                await redis_client.xack(WATCHES, "async_jobs", entry)
-                await redis_client.xdel(WATCHES, entry)
-                await redis_client.delete(key)
+    async def b_submits_on_the_way(commands: bytes, reply: bytes) -> bool:
+        if not b_got and key.encode() in commands:
+            b_got.append(await b.submit(ref))
         return True
 
     async with zoo, RedisProxy(redis_server) as proxy:
         redis = redis_module().Redis(host=proxy.host, port=proxy.port, socket_timeout=10)
-        proxy.on_reply = race
+        a = durable(redis)
+        proxy.on_reply = b_submits_on_the_way
         with anyio.fail_after(30):
-            mine, watch = await durable(redis).submit_many([zoo.async_operation(free.id), ref])
+            mine, watch = await a.submit_many([zoo.async_operation(free.id), ref])
+        proxy.on_reply = None
+        assert b_got == [watch]
+        entries = await redis_client.xrange(WATCHES)
+        by_key = {f[b"key"].decode(): f[b"watch"].decode() for _, f in entries}
+        assert len(entries) == 2
+        assert by_key == {f"zoo.async_operation:{free.id}": mine, ref.key: watch}
+        assert await redis_client.get(key) == watch.encode()
+
+        refs = [zoo.async_operation(op.id) for op in ops]
+        got: dict[str, list[str]] = {}
+
+        async def submit(name: str, dw: Any, order: list[aj.JobRef[Any]]) -> None:
+            got[name] = await dw.submit_many((r, {"by": name}) for r in order)
+            got[name] = [got[name][order.index(r)] for r in refs]  # back in refs' order
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(submit, "a", a, refs)
+                tg.start_soon(submit, "b", b, refs[::-1])
         await redis.aclose()
-    assert won[1] == "lost"
+    assert got["a"] == got["b"]
     entries = await redis_client.xrange(WATCHES)
-    by_key = {f[b"key"].decode(): f[b"watch"].decode() for _, f in entries}
-    assert len(entries) == 2 and by_key == {f"zoo.async_operation:{free.id}": mine, ref.key: watch}
-    assert await redis_client.get(key) == watch.encode()
-    pending = await redis_client.xpending_range(WATCHES, "async_jobs", "-", "+", 10)
-    held = {p["message_id"] for p in pending}
-    if winner == "lives on":
-        assert watch == won[0]
-        assert held == {e for e, _ in entries}  # the worker holds A's first and B's
-    else:
-        assert watch != won[0]
-        assert held == {e for e, f in entries if f[b"watch"] == mine.encode()}
+    assert len(entries) == 2 + len(ops)
+    watches = {f[b"key"].decode(): f[b"watch"].decode() for _, f in entries}
+    assert [watches[r.key] for r in refs] == got["a"]
+    current = await redis_client.mget([b.job_key(r) for r in refs])
+    assert [w.decode() for w in current] == got["a"]
 
 
-async def test_a_submit_cut_off_between_set_and_xadd_makes_one_watch(
-    server: FakeApiServer, redis_server: RedisServer, redis_client: Any
+@pytest.mark.parametrize("client_retries", [False, True], ids=["caller retries", "retried"])
+async def test_a_submit_whose_reply_is_lost_makes_one_watch_when_retried(
+    server: FakeApiServer, redis_server: RedisServer, redis_client: Any, client_retries: bool
 ) -> None:
-    """The connection drops after the SET NX reached Redis and before the XADD did, and the
-    client sends the submit again: the MULTI made both or neither, so one watch exists,
-    with its entry."""
+    """The submit ran in Redis but its connection dropped before the reply came back. The
+    submit is sent again, by redis-py itself (its default retries) or by the caller after
+    the error: it finds the watch the first one made and returns it, with no second entry."""
     op = server.zoo.add_operation(timeline=[("completed", None)])
     zoo, _ = clients(server)
+    ref = zoo.async_operation(op.id)
+
+    async def drop_the_first_submit_reply(commands: bytes, reply: bytes) -> bool:
+        return not (proxy.dropped == 0 and key.encode() in commands)
+
     async with zoo, RedisProxy(redis_server) as proxy:
-        redis = redis_module().Redis(host=proxy.host, port=proxy.port, socket_timeout=10)
+        options = {} if client_retries else no_retries()
+        redis = redis_module().Redis(host=proxy.host, port=proxy.port, socket_timeout=10, **options)
         dw = durable(redis)
+        key = dw.job_key(ref)
         await dw.ensure_group()
-        proxy.cut_before = b"$4\r\nXADD\r\n"
-        ref = zoo.async_operation(op.id)
+        proxy.on_reply = drop_the_first_submit_reply
         with anyio.fail_after(30):
-            watch = await dw.submit(ref)
+            if client_retries:
+                watch = await dw.submit(ref)
+            else:
+                with pytest.raises(redis_module().ConnectionError):
+                    await dw.submit(ref)
+                watch = await dw.submit(ref)
         await redis.aclose()
     assert proxy.dropped == 1
     entries = await redis_client.xrange(WATCHES)
     assert [f[b"watch"].decode() for _, f in entries] == [watch]
-    assert await redis_client.get(dw.job_key(ref)) == watch.encode()
+    assert await redis_client.get(key) == watch.encode()
 
 
 async def test_an_idle_worker_waits_on_redis_instead_of_polling_it(
@@ -392,16 +405,18 @@ async def test_an_entry_taken_over_is_dropped_by_its_former_holder(
     zoo, _ = clients(server)
     a, b = durable(redis_client, consumer="a"), durable(redis_client, consumer="b")
     options = {"handler": handler, "poll": POLL, "claim_idle": NEVER}
-    async with zoo, a.run(zoo, keepalive=0.05, **options) as first:
-        await a.submit(zoo.async_operation(op.id))
-        await until(partial(reached, lambda: first.in_flight, 1), 30)
-        # b took it over (as after a stall of a longer than claim_idle).
-        ((entry, _),) = await redis_client.xrange(WATCHES)
-        await redis_client.xclaim(WATCHES, "async_jobs", "b", 0, [entry], justid=True)
-        await until(partial(reached, lambda: first.lost, 1), 30)
-        assert first.in_flight == 0
+    async with zoo:
+        async with a.run(zoo, keepalive=0.05, **options) as first:
+            await a.submit(zoo.async_operation(op.id))
+            await until(partial(reached, lambda: first.in_flight, 1), 30)
+            # b took it over (as after a stall of a longer than claim_idle, its lease lost).
+            ((entry, _),) = await redis_client.xrange(WATCHES)
+            await redis_client.xclaim(WATCHES, "async_jobs", "b", 0, [entry], justid=True)
+            await until(partial(reached, lambda: first.lost, 1), 30)
+            assert first.in_flight == 0
         server.clock.advance(600)
-        async with b.run(zoo, **options) as second:  # resumes its own entries at once
+        # b takes the partition a gave up, and resumes its own entry at once.
+        async with b.run(zoo, **options) as second:
             await until(partial(reached, lambda: second.handled, 1), 30)
     assert handled == [op.id]
     assert (first.handled, first.lost, second.handled, second.claimed) == (0, 1, 1, 0)
@@ -495,22 +510,27 @@ async def test_a_deleted_entry_left_pending_is_acknowledged(
     assert handled == [] and worker.handled + worker.dead_lettered == 0
 
 
+@pytest.mark.parametrize("step", ["record", "script"])
 async def test_a_settle_whose_connection_drops_is_retried(
     server: FakeApiServer,
     redis_server: RedisServer,
     redis_client: Any,
     caplog: pytest.LogCaptureFixture,
+    step: str,
 ) -> None:
-    """The connection drops at the settle's first command (its WATCH): the settle waits the
-    trouble out and runs again; the watch ends once."""
+    """The connection drops during a settle: before its record reaches Redis, or once its
+    settle script ran there (the reply lost). The settle waits the trouble out and runs
+    again; the watch ends once, with one record."""
+    from async_jobs.contrib.redis._settle import SETTLE_SCRIPT
+
     op = server.zoo.add_operation(timeline=[("completed", None)])
     handled: list[str] = []
 
     async def handler(job: Any, context: dict[str, Any]) -> None:
         handled.append(job.id)
 
-    async def drop_first_settle(commands: bytes, reply: bytes) -> bool:
-        return not (sent(commands, "WATCH") and proxy.dropped == 0)
+    async def drop_the_first_settle_reply(commands: bytes, reply: bytes) -> bool:
+        return not (proxy.dropped == 0 and SETTLE_SCRIPT.encode() in commands)
 
     caplog.set_level(logging.DEBUG, logger="async_jobs")
     zoo, _ = clients(server)
@@ -518,7 +538,10 @@ async def test_a_settle_whose_connection_drops_is_retried(
         redis = redis_module().Redis(
             host=proxy.host, port=proxy.port, socket_timeout=10, **no_retries()
         )
-        proxy.on_reply = drop_first_settle
+        if step == "record":
+            proxy.cut_before = b"$4\r\nXADD\r\n$18\r\nasync_jobs:results\r\n"
+        else:
+            proxy.on_reply = drop_the_first_settle_reply
         dw = durable(redis)
         async with dw.run(zoo, handler=handler, poll=POLL, claim_idle=NEVER) as worker:
             await dw.submit(zoo.async_operation(op.id))

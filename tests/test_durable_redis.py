@@ -263,12 +263,16 @@ async def test_abandoned_entries_are_taken_over(server: FakeApiServer, redis_cli
 async def test_live_worker_keeps_its_long_running_entries(
     server: FakeApiServer, redis_client: Any
 ) -> None:
-    """Worker ``a`` holds 5 watches whose handlers run until the test lets them go; worker
-    ``b`` takes over whatever is idle for 1 s. A canary entry, read by a consumer that then
-    dies *after* ``a`` read its 5, is taken over by ``b``: that takeover pass ran when ``a``'s
-    entries, had nothing refreshed them, were idle longer still and would have gone too
-    (the same pass scans every entry in id order). So ``b`` takes the canary and nothing
-    of ``a``'s, whatever the machine's speed; ``a`` never takes anything over itself."""
+    """Worker ``a`` holds the partition and 5 watches whose handlers run until the test lets
+    them go. Should the partition pass to ``b`` (``a``'s lease lost in a stall), ``b`` would
+    take over whatever is idle for its ``claim_idle``, here 1 s: the test runs ``b``'s
+    takeover pass (``XAUTOCLAIM``) by hand, ``a`` holding the lease all along. A canary
+    entry, read by a consumer that then dies *after* ``a`` read its 5, is taken over by the
+    first pass that takes anything: that pass ran when ``a``'s entries, had nothing
+    refreshed them, were idle longer still and would have gone too (the same pass scans every
+    entry in id order). So it takes the canary and nothing of ``a``'s, whatever the
+    machine's speed; ``a`` never takes anything over itself. Once ``a`` stops, ``b`` takes
+    the partition and handles the canary, its own pending entry."""
     ops = [server.zoo.add_operation(timeline=[("completed", None)]) for _ in range(5)]
     canary = server.zoo.add_operation(timeline=[("completed", None)])
     release = anyio.Event()
@@ -282,19 +286,35 @@ async def test_live_worker_keeps_its_long_running_entries(
     zoo, _ = clients(server)
     a, b = durable(redis_client, consumer="a"), durable(redis_client, consumer="b")
     keeping = {"claim_idle": 60, "keepalive": 0.05, "prefetch": 5}  # holds its 5, no more
-    async with zoo, a.run(zoo, handler=handler, poll=POLL, **keeping) as first:
-        await a.submit_many(zoo.async_operation(op.id) for op in ops)
-        await until(lambda: _count(first.in_flight, 5), 30)
-        await a.submit(zoo.async_operation(canary.id))
-        await redis_client.xreadgroup("async_jobs", "ghost", {WATCHES: ">"})
-        assert (await a.status()).in_flight == {"a": 5, "ghost": 1}
-        async with b.run(zoo, handler=handler, poll=POLL, claim_idle=1.0) as second:
-            await until(lambda: _count(second.handled, 1), 30)
-            assert (second.claimed, first.lost) == (1, 0)
+    taken: list[list[bytes]] = []
+
+    async def takeover_pass() -> bool:
+        _, claimed, *_ = await redis_client.xautoclaim(
+            WATCHES, "async_jobs", "b", min_idle_time=1000, start_id="0-0", count=100
+        )
+        if claimed:
+            taken.append([entry for entry, _ in claimed])
+        return bool(claimed)
+
+    async with zoo:
+        async with a.run(zoo, handler=handler, poll=POLL, **keeping) as first:
+            await a.submit_many(zoo.async_operation(op.id) for op in ops)
+            await until(lambda: _count(first.in_flight, 5), 30)
+            await a.submit(zoo.async_operation(canary.id))
+            ((_, ((canary_entry, _),)),) = await redis_client.xreadgroup(
+                "async_jobs", "ghost", {WATCHES: ">"}
+            )
+            assert (await a.status()).in_flight == {"a": 5, "ghost": 1}
+            await until(takeover_pass, 30)
+            assert taken == [[canary_entry]]
+            assert (await a.status()).in_flight == {"a": 5, "b": 1}
             release.set()
             await until(lambda: _count(first.handled, 5), 30)
+        assert first.partitions == [] and (await a.status()).owned() == {}
+        async with b.run(zoo, handler=handler, poll=POLL, claim_idle=60) as second:
+            await until(lambda: _count(second.handled, 1), 30)
     assert dict(handled) == dict.fromkeys([op.id for op in ops] + [canary.id], 1)
-    assert (first.claimed, first.lost, second.claimed, second.handled) == (0, 0, 1, 1)
+    assert (first.claimed, first.lost, second.claimed, second.handled) == (0, 0, 0, 1)
 
 
 async def test_duplicate_entry_for_a_watched_job_is_dropped(

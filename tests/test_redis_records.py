@@ -20,7 +20,7 @@ from async_jobs.contrib.redis._records import (
 )
 from async_jobs.testing import FakeApiServer
 
-from ._redis import clients, until
+from ._redis import WATCHES, clients, until
 
 POLL = aj.PollPolicy(initial=0.05, multiplier=1.5, maximum=0.2, jitter=0.2)
 
@@ -39,6 +39,7 @@ HANDLED = HandledRecord(
     context='{"order":42}',
     watch="5f0c2a9d1e7b4c33",
     entry="1700000000123-0",
+    partition=3,
     consumer="host-1-abcdef",
     handled_at=1700000001.5,
 )
@@ -50,6 +51,7 @@ DEAD = DeadRecord(
     attempts=3,
     watch="5f0c2a9d1e7b4c33",
     entry="1700000000123-0",
+    partition=3,
     consumer="host-1-abcdef",
     failed_at=1700000002.25,
 )
@@ -84,6 +86,7 @@ def test_handled_record_fields_on_the_wire() -> None:
         "context": '{"order":42}',
         "watch": "5f0c2a9d1e7b4c33",
         "entry": "1700000000123-0",
+        "partition": "3",
         "consumer": "host-1-abcdef",
         "handled_at": "1700000001.500000",
     }
@@ -100,6 +103,7 @@ def test_dead_record_fields_on_the_wire() -> None:
         "attempts": "3",
         "watch": "5f0c2a9d1e7b4c33",
         "entry": "1700000000123-0",
+        "partition": "3",
         "consumer": "host-1-abcdef",
         "failed_at": "1700000002.250000",
         "job": b"",  # the watch failed: no terminal job
@@ -199,15 +203,15 @@ async def test_worker_dead_letters_malformed_entries_once_and_handles_odd_ones(
     async with zoo:
         await dw.ensure_group()
         # Context not JSON: dead-lettered at once, its fields kept verbatim.
-        await dw.redis.set(dw.job_key(refs[0].key), "w0")
+        await dw.redis.set(dw.job_key(refs[0]), "w0")
         bad = WatchEntry(watch="w0", key=refs[0].key, token=refs[0].to_token(), context="{")
-        await redis_client.xadd(dw.stream, bad.encode())
+        await redis_client.xadd(WATCHES, bad.encode())
         # No watch id: dead-lettered at once, before its job's owner is even looked at.
-        await redis_client.xadd(dw.stream, {"key": refs[1].key, "token": refs[1].to_token()})
+        await redis_client.xadd(WATCHES, {"key": refs[1].key, "token": refs[1].to_token()})
         # Odd but readable (unknown field, odd submission time): handled.
-        await dw.redis.set(dw.job_key(refs[2].key), "w2")
+        await dw.redis.set(dw.job_key(refs[2]), "w2")
         odd = {**WatchEntry(watch="w2", key=refs[2].key, token=refs[2].to_token()).encode()}
-        await redis_client.xadd(dw.stream, {**odd, "submitted": "soon", "extra": "1"})
+        await redis_client.xadd(WATCHES, {**odd, "submitted": "soon", "extra": "1"})
 
         async def settled() -> bool:
             return worker.dead_lettered + worker.handled >= 3

@@ -59,13 +59,14 @@ class Counts(Protocol):
 class _Settle:
     """A watch waiting to be settled."""
 
-    __slots__ = ("done", "held", "maxlen", "record", "stream")
+    __slots__ = ("done", "held", "maxlen", "record", "recorded", "stream")
 
     def __init__(self, held: _Held, stream: str, maxlen: int, record: _Record) -> None:
         self.held = held
         self.stream = stream
         self.maxlen = maxlen
         self.record = record
+        self.recorded = False  # its record is written: a retried settle does not write it again
         self.done = anyio.Event()
 
 
@@ -233,16 +234,22 @@ class Settler:
         still names the watch being settled (so a newer watch of the same job is never ended
         by an older one). Records and entries live in different Redis Cluster slots, so a
         worker that dies between the two steps leaves a record of a watch that another
-        worker will handle again: at least once, as the handler calls."""
+        worker will handle again: at least once, as the handler calls. A batch retried after
+        its scripts failed does not write its records again."""
         watches = self.watches
         keys = watches.keys
         by_partition: dict[int, list[_Held]] = {}
-        async with watches.redis.pipeline(transaction=False) as pipe:
-            for item in batch:
-                fields = item.record.encode()
-                pipe.xadd(item.stream, fields, maxlen=item.maxlen, approximate=True)  # type: ignore[arg-type]
-                by_partition.setdefault(item.held.partition, []).append(item.held)
-            await pipe.execute()
+        for item in batch:
+            by_partition.setdefault(item.held.partition, []).append(item.held)
+        unrecorded = [item for item in batch if not item.recorded]
+        if unrecorded:
+            async with watches.redis.pipeline(transaction=False) as pipe:
+                for item in unrecorded:
+                    fields = item.record.encode()
+                    pipe.xadd(item.stream, fields, maxlen=item.maxlen, approximate=True)  # type: ignore[arg-type]
+                await pipe.execute()
+            for item in unrecorded:
+                item.recorded = True
         async with watches.redis.pipeline(transaction=False) as pipe:
             for partition, held in by_partition.items():
                 script_keys = [keys.stream_of(partition)]
