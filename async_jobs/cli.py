@@ -343,9 +343,9 @@ async def durable_status(args: argparse.Namespace, out: Output) -> int:
     unowned = sum(1 for part in status.partitions if part.owner is None)
     lines = [
         f"{status.pending} pending ({status.undelivered} not read by any worker), "
-        f"{status.dead_lettered} dead-lettered, {status.results} results; "
-        f"{len(status.workers)} live workers, {status.consumers} consumers, "
-        f"{len(status.partitions)} partitions ({unowned} without an owner)",
+        f"{status.dead_lettered} dead-lettered, {status.results} results",
+        f"{len(status.partitions)} partitions ({unowned} without an owner), "
+        f"{len(status.workers)} live workers, {status.consumers} consumers",
     ]
     for name in sorted(set(status.workers) | set(status.in_flight) | set(owned)):
         seen = status.workers.get(name)

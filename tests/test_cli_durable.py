@@ -109,10 +109,10 @@ async def test_durable_status_reports_what_redis_holds(
             args = cli.build_parser().parse_args(["durable", "status", "--redis-url", url])
             assert await cli.durable_status(args, RichOutput(console=console)) == 0
     lines = console.export_text().splitlines()
-    assert lines[0] == (
-        "5 pending (0 not read by any worker), 0 dead-lettered, 0 results, 1 consumers in the group"
-    )
-    assert lines[1:] == ["  worker-1: 5 in flight"]
+    assert lines[0] == "5 pending (0 not read by any worker), 0 dead-lettered, 0 results"
+    assert lines[1] == "1 partitions (0 without an owner), 1 live workers, 1 consumers"
+    assert lines[2].startswith("  worker-1: 1 partitions, 5 in flight, seen ")
+    assert lines[3:] == ["  partition 0: 5 pending, 0 not read, owner worker-1"]
 
 
 async def test_durable_status_without_a_redis_is_one_error_line(

@@ -547,4 +547,4 @@ async def test_durable_watches_example(capsys: pytest.CaptureFixture[str]) -> No
         ("2", "succeeded"),
     ]
     assert lines[-1].startswith("DurableStatus(pending=0, undelivered=0, in_flight={")
-    assert lines[-1].endswith("dead_lettered=0, results=3)")
+    assert lines[-1].endswith("dead_lettered=0, results=3, workers={})")

@@ -91,8 +91,9 @@ class DurableStatus:
     dead_lettered: int = 0
     #: Records in the (trimmed) results stream.
     results: int = 0
-    #: Each partition: its owner, its watches, its lag and who holds its entries.
-    partitions: tuple[PartitionStatus, ...] = ()
+    #: Each partition: its owner, its watches, its lag and who holds its entries (left out
+    #: of the repr, which would be a screen long; see :meth:`owned`).
+    partitions: tuple[PartitionStatus, ...] = field(default=(), repr=False)
     #: Live workers -> seconds since their last heartbeat.
     workers: dict[str, float] = field(default_factory=dict)
 
