@@ -368,25 +368,38 @@ async def test_sigkill_of_a_partition_holder_and_a_redis_restart_lose_nothing(
     assert await redis_client.xlen("async_jobs:results") >= 3000  # results kept across it
 
 
-async def test_a_fleet_on_a_redis_cluster_survives_a_master_restart(
+async def test_a_fleet_on_a_redis_cluster_survives_sigkill_and_a_master_restart(
     server: FakeApiServer,
     redis_cluster: RedisCluster,
     redis_cluster_client: Any,
     tmp_path: Path,
 ) -> None:
     """The same code on a 3-master Redis Cluster: the partitions' streams spread over the
-    masters (hash tags), one master restarted mid-run: nothing lost."""
+    masters (hash tags); the busiest partition holder is killed with SIGKILL, then the master
+    of the busiest partition is restarted: nothing lost."""
+    redis = redis_cluster_client
+    victims: list[str] = []
     restarted: list[int] = []
 
-    async def restart_a_master(fleet: Fleet, dw: Any) -> None:
-        async def some_handled() -> bool:
-            return int(await redis_cluster_client.hlen("t:count")) >= 500
+    async def kill_then_restart(fleet: Fleet, dw: Any) -> None:
+        async def busiest_holds_some() -> bool:
+            status = await dw.status()
+            busy = max(status.in_flight.items(), key=lambda item: item[1], default=("", 0))
+            if busy[1] >= 100 and await redis.hlen("t:count") > 0:
+                victims.append(busy[0])
+                return True
+            return False
 
-        await until(some_handled, 30, every=0.05)
-        # The master of the busiest partition's stream.
+        await until(busiest_holds_some, 30, every=0.05)
+        fleet.worker(victims[-1]).kill()
         status = await dw.status()
         busiest = max(status.partitions, key=lambda part: part.pending)
         restarted.append(redis_cluster.master_of(busiest.stream))
+
+        async def some_handled() -> bool:
+            return int(await redis.hlen("t:count")) >= 500
+
+        await until(some_handled, 30, every=0.05)
         await anyio.to_thread.run_sync(partial(redis_cluster.restart, restarted[-1], down_for=0.5))
 
     masters = {redis_cluster.master_of(f"{{async_jobs:watches:{i}}}") for i in range(16)}
@@ -394,12 +407,18 @@ async def test_a_fleet_on_a_redis_cluster_survives_a_master_restart(
     figures = await run_fleet(
         server,
         redis_cluster,
-        redis_cluster_client,
+        redis,
         tmp_path,
         jobs=1500,
         workers=3,
-        trouble=restart_a_master,
-        worker_args=("--claim-idle", "3.0"),
+        trouble=kill_then_restart,
+        worker_args=("--claim-idle", "1.5"),
     )
-    report(f"3 workers on a 3-master Redis Cluster, master {restarted[-1]} restarted", figures)
-    assert sum(w["handled"] for w in figures["workers"]) >= 1500
+    report(
+        f"3 workers on a 3-master Redis Cluster, SIGKILL of {victims[-1]}, then master "
+        f"{restarted[-1]} restarted",
+        figures,
+    )
+    survivors = figures["workers"]
+    assert len(survivors) == 2 and sum(w["claimed"] for w in survivors) > 0
+    assert victims[-1] not in figures["status"].owned()
