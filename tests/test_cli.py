@@ -1,4 +1,11 @@
-"""The real ``async-jobs`` console script, run in subprocesses against FakeApiServer."""
+"""The ``async-jobs`` command against FakeApiServer.
+
+Two tests run the real console script in subprocesses, for what only a process shows: the
+entry point's exit code, standard output and error kept apart, and SIGINT (130, no traceback).
+The others call ``cli.main(argv)`` in process, in a worker thread (it runs its own event loop),
+with the environment set by ``monkeypatch`` and the output read with ``capsys``: no Python
+start-up per command, and the checked-out code for sure.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +26,7 @@ import pytest
 import rich.console as rich_console
 
 import async_jobs as aj
+from async_jobs import cli
 from async_jobs._redact import MASK
 from async_jobs.testing import FakeApiServer
 
@@ -40,6 +48,14 @@ TOKEN_VARIABLES = (
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True)
+def no_credentials_in_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process commands see no credential the developer's shell holds (as ``_env`` does
+    for a subprocess)."""
+    for name in TOKEN_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in TOKEN_VARIABLES}
     # The package of this checkout, whichever one the venv's editable install points at.
@@ -54,106 +70,35 @@ def _command(*args: str) -> list[str]:
     return [sys.executable, "-m", "async_jobs", *args]
 
 
-def _lines(stdout: bytes) -> list[dict[str, object]]:
-    return [json.loads(line) for line in stdout.decode().splitlines() if line.strip()]
+def _lines(stdout: bytes | str) -> list[dict[str, Any]]:
+    text = stdout.decode() if isinstance(stdout, bytes) else stdout
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+async def _cli(*argv: str) -> int:
+    """``cli.main(argv)`` in a worker thread: its exit code (argparse's usage errors and
+    ``--help`` raise SystemExit, as they do in the console script)."""
+    code: int = await anyio.to_thread.run_sync(cli.main, list(argv))
+    return code
+
+
+def _set_env(monkeypatch: pytest.MonkeyPatch, **variables: str) -> None:
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+
+
+# -- the console script in subprocesses -------------------------------------------------------
 
 
 def test_console_script_is_installed() -> None:
     assert SCRIPT.exists(), "pip install should have created the async-jobs script"
 
 
-def test_demo_json_ends_with_every_job_in_its_expected_state() -> None:
-    result = subprocess.run(
-        _command("demo", "--json", "--speed", "4"), capture_output=True, env=_env(), timeout=60
-    )
-    assert result.returncode == 0, result.stderr.decode()
-    records = _lines(result.stdout)
-    summary = [r for r in records if r["event"] == "summary"]
-    assert len(summary) == 31  # 5 operations, 20 conversions, a workflow of 6 jobs
-    assert {r["kind"] for r in summary} == {
-        "zoo.async_operation",
-        "zoo.dataset_conversion",
-        "metafold.job",
-    }
-    assert all(r["state"] == r["expected_state"] for r in summary), summary
-    (stats,) = [r for r in records if r["event"] == "stats"]
-    assert stats["jobs"] == 31 and stats["requests"] > 0
-    finals = {r["id"] for r in records if r["event"] == "final"}
-    assert finals == {r["id"] for r in summary}
-    assert b"Traceback" not in result.stderr
-
-
-def test_help_documents_exit_codes() -> None:
-    result = subprocess.run(_command("--help"), capture_output=True, env=_env(), timeout=30)
-    assert result.returncode == 0
-    text = " ".join(result.stdout.decode().split())
-    for code in ("0 succeeded", "1 the job failed", "2 usage", "3 timeout", "4 API", "130"):
-        assert code in text
-
-
-def test_usage_error_exits_2() -> None:
-    result = subprocess.run(
-        _command("zoo", "ops", "list", "--limit", "0"), capture_output=True, env=_env(), timeout=30
-    )
-    assert result.returncode == 2
-
-
-def test_missing_token_is_one_clear_line() -> None:
-    result = subprocess.run(
-        _command("zoo", "ops", "get", "x", "--base-url", "http://127.0.0.1:9"),
-        capture_output=True,
-        env=_env(),
-        timeout=30,
-    )
-    assert result.returncode == 4
-    lines = result.stderr.decode().strip().splitlines()
-    assert len(lines) == 1 and "ZOO_API_TOKEN" in lines[0]
-
-
-@pytest.mark.anyio
-async def test_wait_exit_codes(server: FakeApiServer) -> None:
-    done = server.zoo.add_operation(timeline=[("in_progress", 0.05), ("completed", None)])
-    failed = server.zoo.add_operation(timeline=[("failed", None)], error="boom")
-    stuck = server.zoo.add_operation(timeline=[("in_progress", None)])
-    env = _env(ZOO_API_TOKEN=TOKEN, ZOO_HOST=server.url)
-    cases = [
-        (done.id, [], 0),
-        (failed.id, [], 1),
-        (stuck.id, ["--timeout", "0.3"], 3),
-        (str(uuid.uuid4()), [], 4),
-    ]
-    for op_id, extra, expected in cases:
-        result = await anyio.run_process(
-            _command("zoo", "ops", "wait", op_id, "--json", *extra), env=env, check=False
-        )
-        assert result.returncode == expected, (op_id, result.stderr.decode())
-        assert b"Traceback" not in result.stderr
-        assert TOKEN.encode() not in result.stdout + result.stderr
-        if expected in (0, 1):
-            final = _lines(result.stdout)[-1]
-            assert final["event"] == "final" and final["id"] == op_id
-    not_found = result.stderr.decode()
-    assert "HTTP 404" in not_found and "request id" in not_found
-
-
-@pytest.mark.anyio
-async def test_list_and_get(server: FakeApiServer, tmp_path: Path) -> None:
-    ops = [server.zoo.add_operation(timeline=[("completed", None)]) for _ in range(5)]
-    token_file = tmp_path / "token"
-    token_file.write_text(TOKEN + "\n")
-    env = _env()
-    common = ["--base-url", server.url, "--token-file", str(token_file), "--json"]
-    listed = await anyio.run_process(
-        _command("zoo", "ops", "list", "--status", "completed", "--limit", "2", *common), env=env
-    )
-    items = _lines(listed.stdout)
-    assert [i["id"] for i in items] == [op.id for op in ops]  # created_at_ascending
-    got = await anyio.run_process(_command("zoo", "ops", "get", ops[0].id, *common), env=env)
-    (record,) = _lines(got.stdout)
-    assert record["event"] == "job" and record["state"] == "succeeded"
-
-
-def test_fake_server_answers_cli_and_library(tmp_path: Path) -> None:
+def test_fake_server_answers_cli_and_library(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``fake-server`` until SIGINT (130, no traceback); a ``list`` through the console script
+    (exit 0, JSON lines on standard output), a ``get`` in process and the library answered."""
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN)
     proc = subprocess.Popen(
@@ -176,13 +121,8 @@ def test_fake_server_answers_cli_and_library(tmp_path: Path) -> None:
         )
         assert listed.returncode == 0, listed.stderr.decode()
         op_id = _lines(listed.stdout)[0]["id"]
-        got = subprocess.run(
-            _command("zoo", "ops", "get", str(op_id), *common),
-            capture_output=True,
-            env=_env(),
-            timeout=30,
-        )
-        assert got.returncode == 0 and _lines(got.stdout)[0]["id"] == op_id
+        code = cli.main(["zoo", "ops", "get", str(op_id), *common])
+        assert code == 0 and _lines(capsys.readouterr().out)[0]["id"] == op_id
 
         async def library_get() -> aj.AsyncOperation:
             async with aj.ZooClient(token=TOKEN, base_url=url) as zoo:
@@ -198,6 +138,7 @@ def test_fake_server_answers_cli_and_library(tmp_path: Path) -> None:
 
 @pytest.mark.anyio
 async def test_sigint_during_wait_exits_130_promptly(server: FakeApiServer) -> None:
+    """A subprocess: SIGINT reaches only the main thread, not ``main`` in a worker thread."""
     stuck = server.zoo.add_operation(timeline=[("in_progress", None)])
     env = _env(ZOO_API_TOKEN=TOKEN, ZOO_HOST=server.url)
     async with await anyio.open_process(
@@ -215,6 +156,98 @@ async def test_sigint_during_wait_exits_130_promptly(server: FakeApiServer) -> N
     assert code == 130
     assert len(server.requests) == polls_before
     assert b"Traceback" not in err and b"Task was destroyed" not in err
+
+
+# -- in process: cli.main(argv) ---------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_demo_json_ends_with_every_job_in_its_expected_state(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert await _cli("demo", "--json", "--speed", "4") == 0
+    out, err = capsys.readouterr()
+    records = _lines(out)
+    summary = [r for r in records if r["event"] == "summary"]
+    assert len(summary) == 31  # 5 operations, 20 conversions, a workflow of 6 jobs
+    assert {r["kind"] for r in summary} == {
+        "zoo.async_operation",
+        "zoo.dataset_conversion",
+        "metafold.job",
+    }
+    assert all(r["state"] == r["expected_state"] for r in summary), summary
+    (stats,) = [r for r in records if r["event"] == "stats"]
+    assert stats["jobs"] == 31 and stats["requests"] > 0
+    finals = {r["id"] for r in records if r["event"] == "final"}
+    assert finals == {r["id"] for r in summary}
+    assert "Traceback" not in err
+
+
+@pytest.mark.anyio
+async def test_help_documents_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        await _cli("--help")
+    assert exited.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for code in ("0 succeeded", "1 the job failed", "2 usage", "3 timeout", "4 API", "130"):
+        assert code in text
+
+
+@pytest.mark.anyio
+async def test_usage_error_exits_2() -> None:
+    with pytest.raises(SystemExit) as exited:
+        await _cli("zoo", "ops", "list", "--limit", "0")
+    assert exited.value.code == 2
+
+
+@pytest.mark.anyio
+async def test_missing_token_is_one_clear_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert await _cli("zoo", "ops", "get", "x", "--base-url", "http://127.0.0.1:9") == 4
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "ZOO_API_TOKEN" in lines[0]
+
+
+@pytest.mark.anyio
+async def test_wait_exit_codes(
+    server: FakeApiServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    done = server.zoo.add_operation(timeline=[("in_progress", 0.05), ("completed", None)])
+    failed = server.zoo.add_operation(timeline=[("failed", None)], error="boom")
+    stuck = server.zoo.add_operation(timeline=[("in_progress", None)])
+    _set_env(monkeypatch, ZOO_API_TOKEN=TOKEN, ZOO_HOST=server.url)
+    cases = [
+        (done.id, [], 0),
+        (failed.id, [], 1),
+        (stuck.id, ["--timeout", "0.3"], 3),
+        (str(uuid.uuid4()), [], 4),
+    ]
+    for op_id, extra, expected in cases:
+        code = await _cli("zoo", "ops", "wait", op_id, "--json", *extra)
+        out, err = capsys.readouterr()
+        assert code == expected, (op_id, err)
+        assert "Traceback" not in err
+        assert TOKEN not in out + err
+        if expected in (0, 1):
+            final = _lines(out)[-1]
+            assert final["event"] == "final" and final["id"] == op_id
+    not_found = err
+    assert "HTTP 404" in not_found and "request id" in not_found
+
+
+@pytest.mark.anyio
+async def test_list_and_get(
+    server: FakeApiServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ops = [server.zoo.add_operation(timeline=[("completed", None)]) for _ in range(5)]
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    common = ["--base-url", server.url, "--token-file", str(token_file), "--json"]
+    assert await _cli("zoo", "ops", "list", "--status", "completed", "--limit", "2", *common) == 0
+    items = _lines(capsys.readouterr().out)
+    assert [i["id"] for i in items] == [op.id for op in ops]  # created_at_ascending
+    assert await _cli("zoo", "ops", "get", ops[0].id, *common) == 0
+    (record,) = _lines(capsys.readouterr().out)
+    assert record["event"] == "job" and record["state"] == "succeeded"
 
 
 def test_terminal_rendering_with_rich_recording_console() -> None:
@@ -247,7 +280,9 @@ def test_terminal_rendering_with_rich_recording_console() -> None:
 
 
 @pytest.mark.anyio
-async def test_conversion_and_metafold_commands(server: FakeApiServer) -> None:
+async def test_conversion_and_metafold_commands(
+    server: FakeApiServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     dataset = server.conversions.add_dataset()
     ok = server.conversions.add_conversion(dataset)
     bad = server.conversions.add_conversion(
@@ -258,7 +293,8 @@ async def test_conversion_and_metafold_commands(server: FakeApiServer) -> None:
     flow = server.metafold.add_workflow(
         "p1", [{"name": "a"}, {"name": "b", "needs": ["a"]}, {"name": "c", "needs": ["a"]}]
     )
-    env = _env(
+    _set_env(
+        monkeypatch,
         ZOO_API_TOKEN=TOKEN,
         ZOO_HOST=server.url,
         METAFOLD_ACCESS_TOKEN=TOKEN,
@@ -274,40 +310,31 @@ async def test_conversion_and_metafold_commands(server: FakeApiServer) -> None:
         (["metafold", "jobs", "get", "nope"], 4),
     ]
     for args, expected in cases:
-        result = await anyio.run_process(_command(*args, "--json"), env=env, check=False)
-        assert result.returncode == expected, (args, result.stderr.decode())
-        assert TOKEN.encode() not in result.stdout + result.stderr
-    listed = await anyio.run_process(
-        _command("zoo", "conversions", "list", dataset, "--filter", "status:success", "--json"),
-        env=env,
-    )
-    assert [r["id"] for r in _lines(listed.stdout)] == [ok.id]
-    jobs = await anyio.run_process(
-        _command("metafold", "jobs", "list", "--q", "state:failure", "--json"), env=env
-    )
-    assert [r["id"] for r in _lines(jobs.stdout)] == [failing.id]
-    progress = [
-        r["progress"]
-        for r in _lines(
-            (
-                await anyio.run_process(
-                    _command("zoo", "conversions", "wait", dataset, ok.id, "--json"), env=env
-                )
-            ).stdout
-        )
-    ]
+        code = await _cli(*args, "--json")
+        out, err = capsys.readouterr()
+        assert code == expected, (args, err)
+        assert TOKEN not in out + err
+    listed = ("zoo", "conversions", "list", dataset, "--filter", "status:success", "--json")
+    assert await _cli(*listed) == 0
+    assert [r["id"] for r in _lines(capsys.readouterr().out)] == [ok.id]
+    assert await _cli("metafold", "jobs", "list", "--q", "state:failure", "--json") == 0
+    assert [r["id"] for r in _lines(capsys.readouterr().out)] == [failing.id]
+    assert await _cli("zoo", "conversions", "wait", dataset, ok.id, "--json") == 0
+    progress = [r["progress"] for r in _lines(capsys.readouterr().out)]
     assert progress[-1] == 1.0
 
 
 @pytest.mark.anyio
-async def test_dataset_commands(server: FakeApiServer) -> None:
-    """``zoo datasets stats|wait`` and ``zoo conversions retrigger``: the console script's exit
-    codes (0 done, 1 a dataset with a failure, 2 usage, 4 API error)."""
+async def test_dataset_commands(
+    server: FakeApiServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``zoo datasets stats|wait`` and ``zoo conversions retrigger``: the command's exit codes
+    (0 done, 1 a dataset with a failure, 2 usage, 4 API error)."""
     good = server.conversions.add_dataset()
     server.conversions.add_conversion(good, [("success", None)])
     bad = server.conversions.add_dataset()
     failed = server.conversions.add_conversion(bad, [("error_user", None)], error="no")
-    env = _env(ZOO_API_TOKEN=TOKEN, ZOO_HOST=server.url)
+    _set_env(monkeypatch, ZOO_API_TOKEN=TOKEN, ZOO_HOST=server.url)
     cases = [
         (["zoo", "datasets", "stats", good], 0),
         (["zoo", "datasets", "wait", good], 0),
@@ -318,10 +345,11 @@ async def test_dataset_commands(server: FakeApiServer) -> None:
     ]
     outputs = []
     for args, expected in cases:
-        result = await anyio.run_process(_command(*args, "--json"), env=env, check=False)
-        assert result.returncode == expected, (args, result.stderr.decode())
-        assert b"Traceback" not in result.stderr
-        outputs.append(_lines(result.stdout))
+        code = await _cli(*args, "--json")
+        out, err = capsys.readouterr()
+        assert code == expected, (args, err)
+        assert "Traceback" not in err
+        outputs.append(_lines(out))
     (stats,) = outputs[0]
     assert stats["kind"] == "zoo.dataset" and stats["job"]["by_status"] == {"success": 1}
     assert outputs[2][-1]["error"] == "1 of 1 conversions failed"
@@ -331,15 +359,10 @@ async def test_dataset_commands(server: FakeApiServer) -> None:
     assert failed.retriggers == 1
 
 
-def test_missing_metafold_credentials() -> None:
-    result = subprocess.run(
-        _command("metafold", "jobs", "list", "--project", "p"),
-        capture_output=True,
-        env=_env(),
-        timeout=30,
-    )
-    assert result.returncode == 4
-    lines = result.stderr.decode().strip().splitlines()
+@pytest.mark.anyio
+async def test_missing_metafold_credentials(capsys: pytest.CaptureFixture[str]) -> None:
+    assert await _cli("metafold", "jobs", "list", "--project", "p") == 4
+    lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "METAFOLD_ACCESS_TOKEN" in lines[0]
 
 
@@ -366,17 +389,17 @@ def _outage(server: FakeApiServer) -> None:
 
 
 @pytest.mark.anyio
-async def test_verbosity_levels_in_json_mode(server: FakeApiServer) -> None:
+async def test_verbosity_levels_in_json_mode(
+    server: FakeApiServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     op = server.zoo.add_operation(timeline=[("completed", None)])
-    env = _env(ZOO_API_TOKEN=TOKEN, ZOO_HOST=server.url)
+    _set_env(monkeypatch, ZOO_API_TOKEN=TOKEN, ZOO_HOST=server.url)
     shown = {}
     for flags in ((), ("-v",), ("-vv",)):
         _outage(server)
-        result = await anyio.run_process(
-            _command("zoo", "ops", "wait", op.id, "--json", *flags), env=env, check=False
-        )
-        assert result.returncode == 0, result.stderr.decode()
-        out, err = result.stdout.decode(), result.stderr.decode()
+        code = await _cli("zoo", "ops", "wait", op.id, "--json", *flags)
+        out, err = capsys.readouterr()
+        assert code == 0, err
         records = [json.loads(line) for line in out.splitlines()]  # every line: JSON
         assert records[-1]["event"] == "final" and records[-1]["id"] == op.id
         assert TOKEN not in out + err
@@ -403,8 +426,6 @@ async def test_logging_in_process_leaves_root_alone_and_cleans_up(
     capsys: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from async_jobs import cli
-
     server.clock.speed = 0  # jobs move only when the test advances the clock
     monkeypatch.setenv("ZOO_API_TOKEN", TOKEN)
     monkeypatch.setenv("NO_COLOR", "1")
@@ -476,13 +497,6 @@ jobs:
   preprocess:
     type: mesh/preprocess
 """
-
-
-async def _cli(*argv: str) -> int:
-    from async_jobs import cli
-
-    code: int = await anyio.to_thread.run_sync(cli.main, list(argv))
-    return code
 
 
 @pytest.fixture
