@@ -198,11 +198,12 @@ async def run_fleet(
     handled; the figures."""
     from async_jobs.contrib.redis import DurableWatches
 
-    fleet = Fleet(redis_server, server.url, tmp_path, workers, *worker_args)
+    # A look at the fleet every 0.2 s: the partitions settle soon after the last worker starts.
+    fleet = Fleet(redis_server, server.url, tmp_path, workers, "--keepalive", "0.2", *worker_args)
     try:
         dw = DurableWatches(redis)
         await fleet.ready()
-        await until(partial(balanced, dw, workers), 60)
+        await until(partial(balanced, dw, workers), 60, every=0.1)
         script = script_jobs(server, jobs, lead=0.1, window=window, hold=HOLD)
         zoo, mf = clients(server)
         async with zoo, mf:
@@ -222,7 +223,7 @@ async def run_fleet(
                 status = await dw.status()
                 raise AssertionError(f"not all handled: {status}\n{fleet.logs()}") from None
             elapsed = time.monotonic() - started
-            await until(lambda: _settled(dw), 30)
+            await until(lambda: _settled(dw), 30, every=0.1)
             status = await dw.status()
         stats = fleet.stop()
         logs = fleet.logs(tail=1_000_000)
