@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -218,8 +219,12 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     do; its ``stop_in_background()`` runs at the end of the session."""
     if session.config.option.collectonly:
         return
-    for start in _modules_with(session, "start_in_background"):
-        start()
+    # Under pytest-xdist every worker collects every test: one worker starts the background
+    # work (the file's tests run on one worker, ``--dist loadfile``; if that is another one,
+    # it starts the checkers when its first test there needs them).
+    if os.environ.get("PYTEST_XDIST_WORKER", "gw0") == "gw0":
+        for start in _modules_with(session, "start_in_background"):
+            start()
     _form_redis_cluster(session)
 
 
@@ -231,16 +236,38 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         cluster.close()
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """Print the figures the Redis fleet tests collected (jobs, duplicates, time)."""
+#: The key of a test report's user property carrying a line of :data:`tests._redis.REPORT`.
+_REPORT_KEY = "durable watches (Redis)"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Carry the figures a Redis fleet test collected on its report (which pytest-xdist sends
+    from its worker to the process printing the summary)."""
     import sys
 
+    outcome = yield
     module = sys.modules.get(f"{__package__}._redis") if __package__ else None
-    lines = getattr(module, "REPORT", [])
+    lines = getattr(module, "REPORT", None)
+    if call.when == "call" and lines:
+        report = outcome.get_result()
+        report.user_properties.extend((_REPORT_KEY, line) for line in lines)
+        lines.clear()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the figures the Redis fleet tests collected (jobs, duplicates, time)."""
+    lines = [
+        value
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        for key, value in getattr(report, "user_properties", ())
+        if key == _REPORT_KEY
+    ]
     if lines:
-        terminalreporter.section("durable watches (Redis)")
+        terminalreporter.section(_REPORT_KEY)
         for line in lines:
-            terminalreporter.write_line(line)
+            terminalreporter.write_line(str(line))
 
 
 # -- No task left behind -------------------------------------------------------------------

@@ -323,6 +323,7 @@ async def in_process_fleet(
             return len(counts) == jobs
 
         await until(all_handled, 60, every=0.05)
+        await until(lambda: _settled(dw), 30, every=0.1)  # handled counts once settled
         handled = [worker.handled for worker in fleet]
     assert states == script.truth == server_truth(server, script)
     return {"api": api_cost(server, jobs), "handled": handled, "runs": sum(counts.values())}
@@ -415,8 +416,8 @@ async def test_sigkill_of_a_partition_holder_and_a_redis_restart_lose_nothing(
         entry = (int(fields[b"partition"]), fields[b"entry"].decode())
         handled_by.setdefault(entry, set()).add(fields[b"consumer"].decode())
     assert left, "the victim held nothing when killed"
+    # (The victim may have a record of one too: its record written, it died before the ack.)
     assert all(handled_by.get(entry, set()) - {victims[-1]} for entry in left)
-    assert not any(victims[-1] in handled_by.get(entry, set()) for entry in left)
     survivors = figures["workers"]
     assert len(survivors) == 7 and sum(w["claimed"] for w in survivors) > 0
     assert victims[-1] not in figures["status"].in_flight
