@@ -360,26 +360,34 @@ async def test_a_fleet_costs_the_api_what_one_watcher_costs(
     assert sum(figures["handled"]) == figures["runs"]
 
 
+async def kill_the_busiest(fleet: Fleet, dw: Any, redis: Any) -> str:
+    """SIGKILL the worker holding the most watches, once it holds 100 and some job was
+    handled; its name."""
+    victims: list[str] = []
+
+    async def busiest_holds_some() -> bool:
+        status = await dw.status()
+        busy = max(status.in_flight.items(), key=lambda item: item[1], default=("", 0))
+        if busy[1] >= 100 and await redis.hlen("t:count") > 0:
+            victims.append(busy[0])
+            return True
+        return False
+
+    await until(busiest_holds_some, 30, every=0.05)
+    fleet.worker(victims[-1]).kill()
+    return victims[-1]
+
+
 async def test_sigkill_of_a_partition_holder_and_a_redis_restart_lose_nothing(
     server: FakeApiServer, redis_server: RedisServer, redis_client: Any, tmp_path: Path
 ) -> None:
-    left: list[
-        tuple[int, str]
-    ] = []  # entries the victim held once dead: only a takeover moves them
+    # The entries the victim held when killed: only a takeover moves them.
+    left: list[tuple[int, str]] = []
     victims: list[str] = []
 
     async def kill_then_restart(fleet: Fleet, dw: Any) -> None:
-        async def busiest_holds_some() -> bool:
-            status = await dw.status()
-            busy = max(status.in_flight.items(), key=lambda item: item[1], default=("", 0))
-            if busy[1] >= 100 and await redis_client.hlen("t:count") > 0:
-                victims.append(busy[0])
-                return True
-            return False
-
-        await until(busiest_holds_some, 30, every=0.05)
-        victim = victims[-1]
-        fleet.worker(victim).kill()
+        victim = await kill_the_busiest(fleet, dw, redis_client)
+        victims.append(victim)
         status = await dw.status()
         for part in status.partitions:
             if part.in_flight.get(victim):
@@ -439,16 +447,7 @@ async def test_a_fleet_on_a_redis_cluster_survives_sigkill_and_a_master_restart(
     restarted: list[int] = []
 
     async def kill_then_restart(fleet: Fleet, dw: Any) -> None:
-        async def busiest_holds_some() -> bool:
-            status = await dw.status()
-            busy = max(status.in_flight.items(), key=lambda item: item[1], default=("", 0))
-            if busy[1] >= 100 and await redis.hlen("t:count") > 0:
-                victims.append(busy[0])
-                return True
-            return False
-
-        await until(busiest_holds_some, 30, every=0.05)
-        fleet.worker(victims[-1]).kill()
+        victims.append(await kill_the_busiest(fleet, dw, redis))
         status = await dw.status()
         busiest = max(status.partitions, key=lambda part: part.pending)
         restarted.append(redis_cluster.master_of(busiest.stream))
