@@ -70,6 +70,15 @@ def _command(*args: str) -> list[str]:
     return [sys.executable, "-m", "async_jobs", *args]
 
 
+def _interruptible(command: list[str]) -> list[str]:
+    """``command`` with SIGINT back to its default action first: a suite started from a
+    shell's background job (``cmd &``) inherits SIGINT ignored, and so would the console
+    script, which then could not be interrupted (a program keeps an ignored SIGINT ignored)."""
+    reset = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    reset += "os.execv(sys.argv[1], sys.argv[1:])"
+    return [sys.executable, "-c", reset, *command]
+
+
 def _lines(stdout: bytes | str) -> list[dict[str, Any]]:
     text = stdout.decode() if isinstance(stdout, bytes) else stdout
     return [json.loads(line) for line in text.splitlines() if line.strip()]
@@ -102,8 +111,10 @@ def test_fake_server_answers_cli_and_library(
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN)
     proc = subprocess.Popen(
-        _command(
-            "fake-server", "--port", "0", "--scenario", "demo", "--token-file", str(token_file)
+        _interruptible(
+            _command(
+                "fake-server", "--port", "0", "--scenario", "demo", "--token-file", str(token_file)
+            )
         ),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -131,7 +142,12 @@ def test_fake_server_answers_cli_and_library(
         assert anyio.run(library_get).id == op_id
     finally:
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=10)
+        try:
+            _, err = proc.communicate(timeout=10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()  # the test fails, and leaves no server behind
+                proc.communicate()
     assert proc.returncode == 130
     assert b"Traceback" not in err
 
@@ -142,15 +158,19 @@ async def test_sigint_during_wait_exits_130_promptly(server: FakeApiServer) -> N
     stuck = server.zoo.add_operation(timeline=[("in_progress", None)])
     env = _env(ZOO_API_TOKEN=TOKEN, ZOO_HOST=server.url)
     async with await anyio.open_process(
-        _command("zoo", "ops", "wait", stuck.id, "--json"), env=env
+        _interruptible(_command("zoo", "ops", "wait", stuck.id, "--json")), env=env
     ) as proc:
         await eventually(lambda: any(r.path.endswith(stuck.id) for r in server.requests))
         # The next poll is due about 1 s after the first: exiting promptly means exiting
         # during that sleep, with no request after the signal.
         polls_before = len(server.requests)
         proc.send_signal(signal.SIGINT)
-        with anyio.fail_after(10):
-            code = await proc.wait()
+        try:
+            with anyio.fail_after(10):
+                code = await proc.wait()
+        finally:
+            if proc.returncode is None:
+                proc.kill()  # the test fails instead of waiting for it forever
         assert proc.stderr is not None
         err = await proc.stderr.receive() if code else b""
     assert code == 130
