@@ -15,6 +15,7 @@ the record a second time (through the bars). The root logger is never touched; t
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import logging
 import os
@@ -638,7 +639,10 @@ def main(argv: list[str] | None = None) -> int:
     with library_logging(args.verbose, out):
         try:
             return anyio.run(handler, args, out)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            # Ctrl-C: the event loop's runner cancels the main task, then raises
+            # KeyboardInterrupt on 3.11+; on 3.10 (no Task.uncancel) the CancelledError itself
+            # comes out of anyio.run. Nothing else cancels the main task.
             print("interrupted", file=sys.stderr, flush=True)
             return EXIT_INTERRUPTED
         except WaitTimeout as exc:
