@@ -143,3 +143,13 @@ def test_guide_code_is_the_readmes_tested_code(page: Path) -> None:
     for name in _SNIPPET.findall(text):
         assert f"<!-- --8<-- [start:{name}] -->" in readme, name
         assert f"<!-- --8<-- [end:{name}] -->" in readme, name
+
+
+def test_the_readme_links_to_pages_that_exist() -> None:
+    """README.md links to the guides by relative path (``docs/...md``), and to nothing
+    outside the repository."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    links = re.findall(r"\]\((docs/[^)#]*)(?:#[^)]*)?\)", readme)
+    assert links
+    assert [link for link in links if not (ROOT / link).is_file()] == []
+    assert "](../" not in readme and "shared/DESIGN.md" not in readme
