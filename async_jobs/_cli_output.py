@@ -8,6 +8,11 @@ JSON lines (stable, for scripts): each object has ``event``. ``item`` (a listing
 ``summary`` carry ``job``, the record as the API sent it. ``stats`` closes a demo with its
 figures (``jobs``, ``requests``, ``seconds``).
 
+When the reader of standard output goes away (``async-jobs --json ... | head -1``), the output
+stops writing: it points standard output at the null device, as the Python documentation
+recommends for ``BrokenPipeError`` (so nothing fails again at exit), marks itself ``closed``
+and calls ``on_closed`` (the CLI cancels the command there).
+
 Library log lines never go to standard output in JSON mode (plain lines on standard error); on
 a terminal they go through rich's logging handler on the console of the live display, so they
 print above the progress bars.
@@ -17,9 +22,10 @@ from __future__ import annotations
 
 import abc
 import logging
+import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import IO, Any, TypeAlias
 
@@ -37,6 +43,7 @@ __all__ = [
     "job_record",
     "kind_name",
     "raw_status",
+    "silence",
 ]
 
 #: What the output methods take as a job's kind: its descriptor (whose ``label`` a terminal
@@ -82,10 +89,41 @@ def _created(job: Any) -> Any:
     return getattr(job, getattr(type(job), "created_field", "created_at"), None)
 
 
+def silence(stream: IO[str]) -> None:
+    """Point ``stream``'s file descriptor at the null device (a stream without one is left
+    alone): what the Python documentation recommends after a ``BrokenPipeError``, so the
+    interpreter's last flush at exit does not fail again."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
 class Output(abc.ABC):
     """The renderer interface the CLI writes through. Each job comes with its :data:`Kind`:
     records carry the kind's name, a terminal shows its label, and the raw status is the
     field the model's ``status_field`` names, with its ``status_detail`` beside it."""
+
+    #: True once the reader of the output went away (a closed pipe): nothing is written
+    #: any more.
+    closed: bool = False
+    #: Called once when the output finds its reader gone (the CLI cancels the command).
+    on_closed: Callable[[], None] | None = None
+
+    def reader_gone(self, stream: IO[str]) -> None:
+        """The reader of ``stream`` went away: silence it, mark the output closed and call
+        :attr:`on_closed` (once)."""
+        if self.closed:
+            return
+        self.closed = True
+        silence(stream)
+        if self.on_closed is not None:
+            self.on_closed()
 
     @abc.abstractmethod
     def item(self, kind: Kind, job: Any) -> None:
@@ -125,8 +163,11 @@ class Output(abc.ABC):
         print(message, flush=True)
 
     def error(self, message: str) -> None:
-        """One line on standard error."""
-        print(f"error: {message}", file=sys.stderr, flush=True)
+        """One line on standard error (none if its reader went away too)."""
+        try:
+            print(f"error: {message}", file=sys.stderr, flush=True)
+        except BrokenPipeError:
+            silence(sys.stderr)
 
     def log_handler(self) -> logging.Handler:
         """A new handler showing library log records: plain lines on standard error."""
@@ -143,8 +184,13 @@ class JsonOutput(Output):
         self._encoder = msgspec.json.Encoder()
 
     def _write(self, record: dict[str, Any]) -> None:
-        self._stream.write(self._encoder.encode(record).decode() + "\n")
-        self._stream.flush()
+        if self.closed:
+            return
+        try:
+            self._stream.write(self._encoder.encode(record).decode() + "\n")
+            self._stream.flush()
+        except BrokenPipeError:
+            self.reader_gone(self._stream)
 
     def item(self, kind: Kind, job: Any) -> None:
         """One ``item`` line."""

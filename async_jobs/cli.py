@@ -2,7 +2,13 @@
 
 Exit codes: 0 the job succeeded (or the command worked), 1 the job failed or was canceled,
 2 usage error, 3 timeout, 4 API, network or authentication error (a missing token included),
-130 interrupted.
+130 interrupted, 141 standard output closed before a wait ended.
+
+A closed pipe (``async-jobs --json zoo ops list | head -1``) ends the command quietly: no
+traceback, standard output pointed at the null device (as the Python documentation recommends
+for ``BrokenPipeError``); the exit code is 0 for a command that shows what it read once (a
+listing, a ``get``), 141 (128 + SIGPIPE, what a shell reports for a program that a closed pipe
+killed) for a wait cut short, whose outcome nobody saw.
 
 Logging: while a command runs, the ``async_jobs`` logger is at WARNING, INFO with ``-v``,
 DEBUG with ``-vv`` (its children inherit that level), with one handler of the output's own
@@ -53,6 +59,7 @@ EXIT_USAGE = 2
 EXIT_TIMEOUT = 3
 EXIT_API = 4
 EXIT_INTERRUPTED = 130
+EXIT_PIPE = 141
 EXIT_CODES = {
     EXIT_OK: "succeeded",
     EXIT_FAILED: "the job failed or was canceled",
@@ -60,6 +67,7 @@ EXIT_CODES = {
     EXIT_TIMEOUT: "timeout",
     EXIT_API: "API, network or authentication error",
     EXIT_INTERRUPTED: "interrupted",
+    EXIT_PIPE: "standard output closed before a wait ended",
 }
 EPILOG = "exit codes:\n" + "\n".join(f"  {code:>3}  {text}" for code, text in EXIT_CODES.items())
 
@@ -450,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
         """The ``get`` and ``wait`` commands of one kind (called ``names``): ``positionals``
         become its ids."""
         for name, handler, help in zip(names, (get_job, wait), helps, strict=True):
-            p = leaf(cmds, name, handler, help, ids=ids)
+            p = leaf(cmds, name, handler, help, ids=ids, waits=handler is wait)
             for positional in positionals:
                 p.add_argument(positional)
             if project:
@@ -458,7 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
             if handler is wait:
                 p.add_argument("--timeout", type=_seconds, help="seconds (default: no limit)")
 
-    p = leaf(commands, "demo", demo, "run a demo against the embedded fake server (no token)")
+    p = leaf(
+        commands, "demo", demo, "run a demo against the embedded fake server (no token)", waits=True
+    )
     p.add_argument("--speed", type=float, default=1.0, help="scale the fake's timelines")
 
     durable = commands.add_parser(
@@ -621,6 +631,20 @@ def _describe(exc: BaseException) -> str:
     return str(exc)
 
 
+def _waits(args: argparse.Namespace) -> bool:
+    """True for a command whose exit code says how a job ended (a wait)."""
+    return bool(getattr(args, "waits", False) or getattr(args, "wait", False))
+
+
+async def _run(handler: Handler, args: argparse.Namespace, out: Output) -> int:
+    """Run ``handler``; cancel it when ``out`` finds its reader gone (a closed pipe)."""
+    with anyio.CancelScope() as scope:
+        out.on_closed = scope.cancel
+        return await handler(args, out)
+    # Only the closed output cancels the scope: the command was cut short.
+    return EXIT_PIPE if _waits(args) else EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     parser = build_parser()
@@ -637,7 +661,10 @@ def main(argv: list[str] | None = None) -> int:
     handler: Handler = args.handler
     with library_logging(args.verbose, out):
         try:
-            return anyio.run(handler, args, out)
+            return anyio.run(_run, handler, args, out)
+        except BrokenPipeError:  # a write the output does not guard (a terminal gone, ...)
+            out.reader_gone(sys.stdout)
+            return EXIT_PIPE if _waits(args) else EXIT_OK
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr, flush=True)
             return EXIT_INTERRUPTED
