@@ -32,7 +32,7 @@ async def run_demo(out: Output, *, speed: float = 1.0) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     async with FakeApiServer() as server:
         server.clock.speed = speed
-        jobs = populate(server, "demo")
+        jobs = populate(server, "demo", long_running=False)
         async with (
             ZooClient(token=server.token, base_url=server.url) as zoo,
             MetafoldClient(token=server.token, base_url=server.url, project_id=DEMO_PROJECT) as mf,
