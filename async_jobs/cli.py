@@ -344,7 +344,7 @@ async def fake_server(args: argparse.Namespace, out: Output) -> int:
     if token:
         server.token = token
     async with server:
-        server.clock.speed = args.speed
+        server.clock.set_speed(args.speed)
         jobs = populate(server, args.scenario)
         seeded = _seeded(jobs)
         url, control = server.url, server.url + CONTROL_JOBS_PATH
