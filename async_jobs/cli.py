@@ -950,6 +950,9 @@ def _check_applies(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
         "metafold": {**OUTPUT_OPTIONS, **API_OPTIONS, **METAFOLD_OPTIONS},
         "fake-server": {},
     }.get(args.command, OUTPUT_OPTIONS)
+    if args.command == "fake-server" and hasattr(args, "json"):
+        args.server_json = args.server_json or args.json  # its own --json, given first
+        del args.json
     every = {**OUTPUT_OPTIONS, **API_OPTIONS, **METAFOLD_OPTIONS}
     for dest, option in every.items():
         if hasattr(args, dest) and dest not in applies:

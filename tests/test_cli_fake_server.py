@@ -114,22 +114,22 @@ async def test_control_route_adds_jobs_that_the_cli_and_the_library_wait_on(
     ("body", "token", "status", "message"),
     [
         ({"kind": "zoo.async_operation"}, None, 401, "token"),
-        ({"kind": "zoo.async_operation"}, "wrong", 401, "token"),
-        ("not json", TOKEN, 400, "not JSON"),
-        ([1, 2], TOKEN, 400, "JSON object"),
-        ({"kind": "zoo.thing"}, TOKEN, 400, "kind must be one of"),
-        ({"kind": "metafold.job", "colour": "red"}, TOKEN, 400, "unknown fields: colour"),
-        ({"kind": "metafold.job", "timeline": []}, TOKEN, 400, "non-empty list"),
-        ({"kind": "metafold.job", "timeline": [["started", -1]]}, TOKEN, 400, "seconds >= 0"),
-        ({"kind": "metafold.job", "timeline": [["started", 1]]}, TOKEN, 400, "must be null"),
-        ({"kind": "zoo.async_operation", "type": ""}, TOKEN, 400, "type must be"),
-        ({"kind": "zoo.dataset_conversion", "dataset": "nope"}, TOKEN, 400, "nope"),
+        ({"kind": "zoo.async_operation"}, "wrong-token", 401, "token"),
+        ("not json", "right", 400, "not JSON"),
+        ([1, 2], "right", 400, "JSON object"),
+        ({"kind": "zoo.thing"}, "right", 400, "kind must be one of"),
+        ({"kind": "metafold.job", "colour": "red"}, "right", 400, "unknown fields: colour"),
+        ({"kind": "metafold.job", "timeline": []}, "right", 400, "non-empty list"),
+        ({"kind": "metafold.job", "timeline": [["started", -1]]}, "right", 400, "seconds >= 0"),
+        ({"kind": "metafold.job", "timeline": [["started", 1]]}, "right", 400, "must be null"),
+        ({"kind": "zoo.async_operation", "type": ""}, "right", 400, "type must be"),
+        ({"kind": "zoo.dataset_conversion", "dataset": "nope"}, "right", 400, "nope"),
     ],
 )
 async def test_control_route_refuses_what_it_cannot_use(
     controlled: FakeApiServer, body: Any, token: str | None, status: int, message: str
 ) -> None:
-    got, answer = await _post(controlled, body, token)
+    got, answer = await _post(controlled, body, TOKEN if token == "right" else token)
     assert (got, message in json.dumps(answer)) == (status, True), answer
     assert not controlled.zoo.operations and not controlled.metafold.projects
     assert not controlled.conversions.datasets

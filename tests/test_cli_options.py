@@ -77,6 +77,14 @@ def test_each_command_lists_only_the_options_that_apply_to_it() -> None:
     assert set(cli.FAKE_SCENARIOS) == set(SCENARIOS)
 
 
+def test_json_before_fake_server_is_its_own_json() -> None:
+    parser = cli.build_parser()
+    for argv in (["--json", "fake-server"], ["fake-server", "--json"]):
+        args = parser.parse_args(argv)
+        cli._check_applies(parser, args)
+        assert args.server_json is True and not hasattr(args, "json")
+
+
 @pytest.mark.parametrize(
     "argv",
     [
