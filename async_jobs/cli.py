@@ -660,7 +660,7 @@ def build_parser() -> argparse.ArgumentParser:
             if project:
                 p.add_argument("--project", **PROJECT)
             if handler is wait:
-                p.add_argument("--timeout", type=_seconds, help=TIMEOUT)
+                p.add_argument("--timeout", type=_seconds, metavar="SECONDS", help=TIMEOUT)
 
     p = leaf(
         commands,
@@ -670,7 +670,7 @@ def build_parser() -> argparse.ArgumentParser:
         [output],
         waits=True,
     )
-    p.add_argument("--speed", type=_speed, default=1.0, help=SPEED)
+    p.add_argument("--speed", type=_speed, default=1.0, metavar="X", help=SPEED)
 
     durable = commands.add_parser(
         "durable", help="durable watches in Redis (the redis extra)", parents=[output]
@@ -717,7 +717,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the jobs to seed: demo (operations, a dataset's conversions, Metafold jobs and "
         "a workflow; some end within seconds, some run for minutes) or empty",
     )
-    p.add_argument("--speed", type=_speed, default=1.0, help=SPEED)
+    p.add_argument("--speed", type=_speed, default=1.0, metavar="X", help=SPEED)
     p.add_argument(
         "--token-file",
         dest="server_token_file",
@@ -863,7 +863,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"a job's {what} (repeatable)",
                 )
             p.add_argument("--wait", action="store_true", help="then wait for its jobs")
-            p.add_argument("--timeout", type=_seconds, help=TIMEOUT + " (with --wait)")
+            p.add_argument(
+                "--timeout", type=_seconds, metavar="SECONDS", help=TIMEOUT + " (with --wait)"
+            )
     return parser
 
 
