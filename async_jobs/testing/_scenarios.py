@@ -57,15 +57,16 @@ def _long_running(server: FakeApiServer) -> list[ScenarioJob]:
         conversion = server.conversions.add_conversion(dataset, timeline, error=error)
         expected = "failed" if failing else "succeeded"
         jobs.append(ScenarioJob(DATASET_CONVERSION.name, (dataset, conversion.id), expected))
-    for name, steps, error in (
-        ("long-render", [("pending", 5.0), ("started", 45.0), ("success", None)], None),
+    for name, kind, steps, error in (
+        ("long-render", "render", [("pending", 5.0), ("started", 45.0), ("success", None)], None),
         (
             "big-lattice",
+            "sample_lattice",
             [("pending", 20.0), ("started", 120.0), ("failure", None)],
             "out of memory",
         ),
     ):
-        job = server.metafold.add_job(DEMO_PROJECT, "sample_lattice", steps, name=name, error=error)
+        job = server.metafold.add_job(DEMO_PROJECT, kind, steps, name=name, error=error)
         jobs.append(
             ScenarioJob(
                 METAFOLD_JOB.name, (DEMO_PROJECT, job.id), "failed" if error else "succeeded"
