@@ -303,13 +303,15 @@ async def in_process_fleet(
 
     dw = DurableWatches(redis)
     async with AsyncExitStack() as stack:
+        # Leases of 10 s: a loaded machine that delays a renewal must not move partitions
+        # mid-run (nothing dies here), which would have two workers list a group for a while.
         fleet = []
         for index in range(workers):
             zoo, mf = clients(server)
             await stack.enter_async_context(zoo)
             await stack.enter_async_context(mf)
             run = DurableWatches(redis, consumer=f"w{index}").run(
-                zoo, mf, handler=handler, poll=POLL, claim_idle=2.0, keepalive=0.2
+                zoo, mf, handler=handler, poll=POLL, claim_idle=10.0, keepalive=0.2
             )
             fleet.append(await stack.enter_async_context(run))
         await until(partial(balanced, dw, workers), 30, every=0.1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -164,3 +165,27 @@ async def test_a_worker_with_another_partition_count_fails_at_start(
         with pytest.raises(ValueError, match="pass partitions=4"):
             async with worker:
                 pass  # pragma: no cover
+
+
+async def test_durable_status_reads_a_redis_cluster(
+    server: FakeApiServer,
+    redis_cluster: Any,
+    redis_cluster_client: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import json
+
+    from async_jobs import cli
+    from async_jobs.contrib.redis import DurableWatches
+
+    ops = [server.zoo.add_operation(timeline=[("queued", None)]) for _ in range(3)]
+    zoo, _ = clients(server)
+    async with zoo:
+        await DurableWatches(redis_cluster_client).submit_many(
+            zoo.async_operation(op.id) for op in ops
+        )
+    argv = ["durable", "status", "--cluster", "--redis-url", redis_cluster.url, "--json"]
+    assert await anyio.to_thread.run_sync(cli.main, argv) == 0
+    (status,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert (status["pending"], status["undelivered"]) == (3, 3)
+    assert len(status["partitions"]) == 16 and status["workers"] == {}
