@@ -8,6 +8,11 @@ JSON lines (stable, for scripts): each object has ``event``. ``item`` (a listing
 ``summary`` carry ``job``, the record as the API sent it. ``stats`` closes a demo with its
 figures (``jobs``, ``requests``, ``seconds``).
 
+When the reader of standard output goes away (``async-jobs --json ... | head -1``), the output
+stops writing: it points standard output at the null device, as the Python documentation
+recommends for ``BrokenPipeError`` (so nothing fails again at exit), marks itself ``closed``
+and calls ``on_closed`` (the CLI cancels the command there).
+
 Library log lines never go to standard output in JSON mode (plain lines on standard error); on
 a terminal they go through rich's logging handler on the console of the live display, so they
 print above the progress bars.
@@ -17,9 +22,10 @@ from __future__ import annotations
 
 import abc
 import logging
+import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import IO, Any, TypeAlias
 
@@ -37,6 +43,7 @@ __all__ = [
     "job_record",
     "kind_name",
     "raw_status",
+    "silence",
 ]
 
 #: What the output methods take as a job's kind: its descriptor (whose ``label`` a terminal
@@ -78,14 +85,58 @@ def _label(job: Any) -> str:
     return f"{status} · {detail}" if isinstance(detail, str) and detail else status
 
 
+#: Fields a listing shows, after the id, when its jobs have them: what a job is, for a user
+#: picking one from a list (any model with such a field, whatever its API).
+_DESCRIPTIVE = ("name", "type")
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _percent(job: Any) -> str:
+    return "" if job.progress is None else f"{job.progress:.0%}"
+
+
 def _created(job: Any) -> Any:
     return getattr(job, getattr(type(job), "created_field", "created_at"), None)
+
+
+def silence(stream: IO[str]) -> None:
+    """Point ``stream``'s file descriptor at the null device (a stream without one is left
+    alone): what the Python documentation recommends after a ``BrokenPipeError``, so the
+    interpreter's last flush at exit does not fail again."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
 
 
 class Output(abc.ABC):
     """The renderer interface the CLI writes through. Each job comes with its :data:`Kind`:
     records carry the kind's name, a terminal shows its label, and the raw status is the
     field the model's ``status_field`` names, with its ``status_detail`` beside it."""
+
+    #: True once the reader of the output went away (a closed pipe): nothing is written
+    #: any more.
+    closed: bool = False
+    #: Called once when the output finds its reader gone (the CLI cancels the command).
+    on_closed: Callable[[], None] | None = None
+
+    def reader_gone(self, stream: IO[str]) -> None:
+        """The reader of ``stream`` went away: silence it, mark the output closed and call
+        :attr:`on_closed` (once)."""
+        if self.closed:
+            return
+        self.closed = True
+        silence(stream)
+        if self.on_closed is not None:
+            self.on_closed()
 
     @abc.abstractmethod
     def item(self, kind: Kind, job: Any) -> None:
@@ -125,8 +176,11 @@ class Output(abc.ABC):
         print(message, flush=True)
 
     def error(self, message: str) -> None:
-        """One line on standard error."""
-        print(f"error: {message}", file=sys.stderr, flush=True)
+        """One line on standard error (none if its reader went away too)."""
+        try:
+            print(f"error: {message}", file=sys.stderr, flush=True)
+        except BrokenPipeError:
+            silence(sys.stderr)
 
     def log_handler(self) -> logging.Handler:
         """A new handler showing library log records: plain lines on standard error."""
@@ -143,8 +197,13 @@ class JsonOutput(Output):
         self._encoder = msgspec.json.Encoder()
 
     def _write(self, record: dict[str, Any]) -> None:
-        self._stream.write(self._encoder.encode(record).decode() + "\n")
-        self._stream.flush()
+        if self.closed:
+            return
+        try:
+            self._stream.write(self._encoder.encode(record).decode() + "\n")
+            self._stream.flush()
+        except BrokenPipeError:
+            self.reader_gone(self._stream)
 
     def item(self, kind: Kind, job: Any) -> None:
         """One ``item`` line."""
@@ -181,13 +240,23 @@ class RichOutput(Output):
 
     def __init__(self, console: Any = None) -> None:
         from rich.console import Console
-        from rich.progress import BarColumn, Progress, TextColumn
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
         self.console = console or Console()
         self._progress = Progress(
             TextColumn("{task.fields[kind]:<11} {task.fields[short]:<8}"),
+            SpinnerColumn(finished_text=" "),
+            # A job that reports no progress (an operation, a Metafold job) has no total:
+            # its bar pulses and it shows no percentage, only the spinner and the time.
             BarColumn(bar_width=20),
-            TextColumn("{task.percentage:>5.0f}%"),
+            TextColumn("{task.fields[percent]:>4}"),
+            TimeElapsedColumn(),
             TextColumn("{task.description}"),
             console=self.console,
             transient=False,
@@ -196,7 +265,7 @@ class RichOutput(Output):
         #: Kind name -> label, of every kind this output has shown (a summary row names its
         #: kind by name).
         self._labels: dict[str, str] = {}
-        self._table: Any = None
+        self._items: list[Any] = []
         self._started = time.monotonic()
 
     def _short(self, kind: Kind) -> str:
@@ -208,24 +277,34 @@ class RichOutput(Output):
         return kind.label
 
     def item(self, kind: Kind, job: Any) -> None:
-        """A row of the listing table."""
-        from rich.table import Table
-
-        if self._table is None:
-            self._table = Table("id", "state", "status", "progress", "created", "error")
-        created = _created(job)
-        progress = "" if job.progress is None else f"{job.progress:.0%}"
-        self._table.add_row(
-            job.id, job.job_state.value, _label(job), progress, str(created or ""), job.error or ""
-        )
+        """A row of the listing table (printed by :meth:`end_items`)."""
+        self._items.append(job)
 
     def end_items(self) -> None:
-        """Print the table."""
-        if self._table is None:
+        """Print the table: id, then ``name`` and ``type`` when the jobs have them (a
+        Metafold job's name and type, an operation's type), state, status, progress (when
+        a running job reports one), created and error."""
+        from rich.table import Table
+
+        jobs, self._items = self._items, []
+        if not jobs:
             self.console.print("(no items)")
-        else:
-            self.console.print(self._table)
-        self._table = None
+            return
+        extra = [
+            field for field in _DESCRIPTIVE if any(_text(getattr(j, field, None)) for j in jobs)
+        ]
+        # Any finished job is at 100%: the column tells something when a running one has one.
+        progress = any(job.progress is not None and not job.is_terminal for job in jobs)
+        columns = ["id", *extra, "state", "status", *(["progress"] * progress), "created"]
+        table = Table(*columns, "error")
+        for job in jobs:
+            cells = [job.id, *(_text(getattr(job, field, None)) for field in extra)]
+            cells += [job.job_state.value, _label(job)]
+            if progress:
+                cells.append(_percent(job))
+            cells += [str(_created(job) or ""), job.error or ""]
+            table.add_row(*cells)
+        self.console.print(table)
 
     def job(self, kind: Kind, job: Any) -> None:
         """A key/value view of one job."""
@@ -249,19 +328,28 @@ class RichOutput(Output):
     def _task(self, kind: Kind, job: Job) -> Any:
         key = (kind_name(kind), job.id)
         if key not in self._tasks:
+            known = job.progress is not None or job.is_terminal
             self._tasks[key] = self._progress.add_task(
-                _label(job), total=1.0, kind=self._short(kind), short=job.id[:8]
+                _label(job),
+                total=1.0 if known else None,
+                kind=self._short(kind),
+                short=job.id[:8],
+                percent="",
             )
         return self._tasks[key]
 
     def update(self, kind: Kind, job: Any) -> None:
-        """Move the job's progress bar."""
+        """Move the job's progress bar: to its progress when it reports one, else a pulsing
+        bar (no total) with the spinner and the time elapsed."""
         task = self._task(kind, job)
-        done = 1.0 if job.is_terminal else (job.progress or 0.0)
-        self._progress.update(task, completed=done, description=_label(job))
+        if job.is_terminal:
+            self._progress.update(task, total=1.0, completed=1.0, percent=_percent(job))
+        elif job.progress is not None:
+            self._progress.update(task, total=1.0, completed=job.progress, percent=_percent(job))
+        self._progress.update(task, description=_label(job))
 
     def final(self, kind: Kind, job: Any) -> None:
-        """Mark the job's bar with its outcome."""
+        """Mark the job's bar with its outcome (a full bar; the spinner and clock stop)."""
         task = self._task(kind, job)
         colour = {"succeeded": "green", "failed": "red", "canceled": "yellow"}.get(
             job.job_state.value, "white"
@@ -269,7 +357,9 @@ class RichOutput(Output):
         outcome = f"[{colour}]{job.job_state.value}[/]"
         if job.error:
             outcome += f" ({job.error})"
-        self._progress.update(task, completed=1.0, description=outcome)
+        self._progress.update(
+            task, total=1.0, completed=1.0, percent=_percent(job), description=outcome
+        )
 
     @contextmanager
     def watching(self) -> Iterator[None]:

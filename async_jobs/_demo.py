@@ -31,8 +31,8 @@ async def run_demo(out: Output, *, speed: float = 1.0) -> list[dict[str, Any]]:
     """Run the demo, report through ``out``, and return the summary rows (one per job)."""
     rows: list[dict[str, Any]] = []
     async with FakeApiServer() as server:
-        server.clock.speed = speed
-        jobs = populate(server, "demo")
+        server.clock.set_speed(speed)
+        jobs = populate(server, "demo", long_running=False)
         async with (
             ZooClient(token=server.token, base_url=server.url) as zoo,
             MetafoldClient(token=server.token, base_url=server.url, project_id=DEMO_PROJECT) as mf,

@@ -2,7 +2,13 @@
 
 Exit codes: 0 the job succeeded (or the command worked), 1 the job failed or was canceled,
 2 usage error, 3 timeout, 4 API, network or authentication error (a missing token included),
-130 interrupted.
+130 interrupted, 141 standard output closed before a wait ended.
+
+A closed pipe (``async-jobs --json zoo ops list | head -1``) ends the command quietly: no
+traceback, standard output pointed at the null device (as the Python documentation recommends
+for ``BrokenPipeError``); the exit code is 0 for a command that shows what it read once (a
+listing, a ``get``), 141 (128 + SIGPIPE, what a shell reports for a program that a closed pipe
+killed) for a wait cut short, whose outcome nobody saw.
 
 Logging: while a command runs, the ``async_jobs`` logger is at WARNING, INFO with ``-v``,
 DEBUG with ``-vv`` (its children inherit that level), with one handler of the output's own
@@ -17,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import json
 import logging
 import os
 import sys
@@ -54,6 +61,7 @@ EXIT_USAGE = 2
 EXIT_TIMEOUT = 3
 EXIT_API = 4
 EXIT_INTERRUPTED = 130
+EXIT_PIPE = 141
 EXIT_CODES = {
     EXIT_OK: "succeeded",
     EXIT_FAILED: "the job failed or was canceled",
@@ -61,6 +69,7 @@ EXIT_CODES = {
     EXIT_TIMEOUT: "timeout",
     EXIT_API: "API, network or authentication error",
     EXIT_INTERRUPTED: "interrupted",
+    EXIT_PIPE: "standard output closed before a wait ended",
 }
 EPILOG = "exit codes:\n" + "\n".join(f"  {code:>3}  {text}" for code, text in EXIT_CODES.items())
 
@@ -82,10 +91,16 @@ def _read_token_file(path: str | None) -> str | None:
 
 def open_client(args: argparse.Namespace) -> ApiClient:
     """The command's client (``args.client``, an :class:`ApiClient` class taking ``token``
-    and ``base_url``) from --token-file / --base-url or the environment the client reads;
-    MissingToken, with the client's own hint, if it finds no credential."""
+    and ``base_url``) from --token-file / --base-url or the environment the client reads
+    (and ``allow_insecure_http`` / ``token_url`` when --allow-insecure-http / --token-url
+    were given); MissingToken, with the client's own hint, if it finds no credential."""
     make: Callable[..., ApiClient] = args.client
-    client = make(token=_read_token_file(args.token_file), base_url=args.base_url)
+    settings: dict[str, Any] = {}
+    if getattr(args, "allow_insecure_http", False):
+        settings["allow_insecure_http"] = True
+    if getattr(args, "token_url", None):
+        settings["token_url"] = args.token_url
+    client = make(token=_read_token_file(args.token_file), base_url=args.base_url, **settings)
     if not client.has_credentials:
         raise MissingToken(f"{client.credentials_hint}, or pass --token-file")
     return client
@@ -289,22 +304,112 @@ async def demo(args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
-async def fake_server(args: argparse.Namespace, out: Output) -> int:
-    """``fake-server``: serve until interrupted."""
-    from .testing import FakeApiServer
-    from .testing._scenarios import populate
+def fake_server_epilog() -> str:
+    """The ``fake-server`` help's closing text: the control route and the exit codes."""
+    return (
+        "The server prints its URL, its token, the seeded dataset and project ids and the\n"
+        "commands to try, then serves until Ctrl-C. Point any client at the URL with the\n"
+        "token: ZOO_HOST / METAFOLD_BASE_URL and ZOO_API_TOKEN / METAFOLD_ACCESS_TOKEN.\n"
+        "\n"
+        "control route: add a scripted job from another process\n"
+        "  POST /_control/jobs  (Authorization: Bearer TOKEN)\n"
+        '  {"kind": "zoo.async_operation" | "zoo.dataset_conversion" | "metafold.job",\n'
+        '   "timeline": [["queued", 2], ["in_progress", 30], ["completed", null]],\n'
+        '   "error": "...", "type": "...", "name": "...", "dataset": "...", "project": "..."}\n'
+        "  timeline: the statuses the job walks, with the seconds it stays in each (the\n"
+        "  last one's null: it stays there); all but kind optional (default: about ten\n"
+        "  seconds running, then success; the demo dataset and project). Answers 201 with\n"
+        '  {"kind", "id", "ids", "wait"} (wait: the async-jobs command that waits for it),\n'
+        '  400 with {"message"} for a body it cannot use, 401 without the token.\n'
+        "\n" + EPILOG
+    )
 
-    token = _read_token_file(args.token_file) or os.environ.get("ASYNC_JOBS_FAKE_TOKEN")
-    server = FakeApiServer(host=args.host, port=args.port)
+
+def _seeded(jobs: list[Any]) -> dict[str, list[str]]:
+    """The seeded ids by kind name (a conversion's or Metafold job's last id)."""
+    ids: dict[str, list[str]] = {}
+    for job in jobs:
+        ids.setdefault(job.kind, []).append(job.ids[-1])
+    return ids
+
+
+async def fake_server(args: argparse.Namespace, out: Output) -> int:
+    """``fake-server``: print where it listens, its token, the seeded ids and how to use them
+    (one JSON line with ``--json``), then serve until interrupted."""
+    from .testing import FakeApiServer
+    from .testing._control import CONTROL_JOBS_PATH, ControlApi
+    from .testing._scenarios import DEMO_DATASET, DEMO_PROJECT, populate
+
+    token = _read_token_file(args.server_token_file) or os.environ.get("ASYNC_JOBS_FAKE_TOKEN")
+    server = FakeApiServer(host=args.host, port=args.port, apis=[ControlApi()])
     if token:
         server.token = token
     async with server:
-        server.clock.speed = args.speed
-        populate(server, args.scenario)
-        print(f"FakeApiServer listening on {server.url}", flush=True)
-        print(f"token: {'(from --token-file)' if token else server.token}", flush=True)
+        server.clock.set_speed(args.speed)
+        jobs = populate(server, args.scenario)
+        seeded = _seeded(jobs)
+        url, control = server.url, server.url + CONTROL_JOBS_PATH
+        dataset = DEMO_DATASET if jobs else None
+        project = DEMO_PROJECT if jobs else None
+        if args.server_json:
+            record = {
+                "event": "fake_server",
+                "url": url,
+                "token": None if token else server.token,
+                "dataset": dataset,
+                "project": project,
+                "jobs": seeded,
+                "control": control,
+            }
+            print(json.dumps(record), flush=True)
+        else:
+            shown = "$(cat " + args.server_token_file + ")" if args.server_token_file else None
+            shown = shown or ("$ASYNC_JOBS_FAKE_TOKEN" if token else server.token)
+            print(_fake_server_text(url, shown, token, dataset, project, seeded, control))
+            sys.stdout.flush()
         await anyio.sleep_forever()
     return EXIT_OK  # pragma: no cover - only interruption ends the server
+
+
+def _fake_server_text(
+    url: str,
+    shown: str | None,
+    token: str | None,
+    dataset: str | None,
+    project: str | None,
+    seeded: dict[str, list[str]],
+    control: str,
+) -> str:
+    """What ``fake-server`` prints on start (the token only when it is the fake's own)."""
+    lines = [
+        f"FakeApiServer listening on {url}",
+        f"token: {'(from --token-file)' if token else shown}",
+    ]
+    if dataset is not None and project is not None:
+        counts = ", ".join(f"{len(ids)} {kind}" for kind, ids in seeded.items())
+        operation = seeded.get("zoo.async_operation", ["ID"])
+        lines += [
+            f"seeded: {counts}",
+            f"  Zoo dataset:      {dataset}",
+            f"  Metafold project: {project}",
+            "",
+            "try, in another shell:",
+            f"  export ZOO_HOST={url} METAFOLD_BASE_URL={url} METAFOLD_PROJECT_ID={project}",
+            f'  export ZOO_API_TOKEN="{shown}" METAFOLD_ACCESS_TOKEN="{shown}"',
+            "  async-jobs zoo ops list",
+            f"  async-jobs zoo conversions list {dataset}",
+            "  async-jobs metafold jobs list",
+            f"  async-jobs zoo ops wait {operation[-1]}      (runs for an hour at --speed 1)",
+        ]
+    else:
+        lines += ["seeded: nothing (--scenario empty)", ""]
+    lines += [
+        "add a job (see async-jobs fake-server --help):",
+        f'  curl -X POST {control} -H "Authorization: Bearer {shown}" \\',
+        """    -d '{"kind": "zoo.async_operation", "timeline": [["in_progress", 30], """
+        """["completed", null]]}'""",
+    ]
+    return "\n".join(lines)
 
 
 async def durable_status(args: argparse.Namespace, out: Output) -> int:
@@ -382,6 +487,13 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _speed(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return value
+
+
 def _key_value(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -389,50 +501,141 @@ def _key_value(text: str) -> tuple[str, str]:
     return key, value
 
 
-def _global_options() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--base-url", default=argparse.SUPPRESS, help="API base URL")
-    common.add_argument(
-        "--token-file",
+def _non_empty(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+def _http_url(text: str) -> str:
+    scheme, sep, rest = text.partition("://")
+    if not sep or scheme.lower() not in ("http", "https") or not rest:
+        raise argparse.ArgumentTypeError(f"expected an http(s) URL, got {text!r}")
+    return text
+
+
+def _statuses(text: str) -> str:
+    names = text.split(",")
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"expected comma-separated statuses, got {text!r}")
+    return text
+
+
+#: The scenarios of ``fake-server`` (those of ``testing._scenarios``, not imported here so
+#: that the command starts without loading the fake).
+FAKE_SCENARIOS = ("demo", "empty")
+TIMEOUT = "give up after this many seconds (exit 3; default: no limit)"
+SPEED = "how fast the fake's job timelines run (2: twice as fast; 0: frozen)"
+PAGE_SIZE = "items per request (the API's page size)"
+MAX_ITEMS = "stop after this many items"
+DATASET_ID = "the dataset's id"
+PROJECT: dict[str, Any] = {
+    "type": _non_empty,
+    "default": argparse.SUPPRESS,
+    "help": "the project's id (default: METAFOLD_PROJECT_ID)",
+}
+
+#: The options every command that talks to an API takes, by their ``dest``; ``main`` refuses
+#: one given (before the command's name) to a command it does not apply to.
+API_OPTIONS = {
+    "base_url": "--base-url",
+    "token_file": "--token-file",
+    "allow_insecure_http": "--allow-insecure-http",
+}
+METAFOLD_OPTIONS = {"token_url": "--token-url"}
+OUTPUT_OPTIONS = {"json": "--json", "verbose": "-v"}
+
+
+def _output_options() -> argparse.ArgumentParser:
+    """--json and -v: every command but ``fake-server`` (which has its own --json)."""
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument(
+        "--json",
+        action="store_true",
         default=argparse.SUPPRESS,
-        help="read the API token from this file (otherwise from the environment)",
+        help="JSON lines on standard output (the default when it is not a terminal)",
     )
-    common.add_argument(
-        "--json", action="store_true", default=argparse.SUPPRESS, help="JSON lines output"
-    )
-    common.add_argument(
+    options.add_argument(
         "-v",
         "--verbose",
         action="count",
         default=argparse.SUPPRESS,
-        help="-v: library INFO logs, -vv: DEBUG (every request)",
+        help="-v: library INFO logs, -vv: DEBUG (every request); on standard error, or above "
+        "the bars on a terminal",
     )
-    return common
+    return options
+
+
+def _api_options() -> argparse.ArgumentParser:
+    """How to reach an API: the ``zoo`` and ``metafold`` commands."""
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument(
+        "--base-url",
+        type=_http_url,
+        default=argparse.SUPPRESS,
+        metavar="URL",
+        help="the API's base URL (default: ZOO_HOST or METAFOLD_BASE_URL, then the public API)",
+    )
+    options.add_argument(
+        "--token-file",
+        default=argparse.SUPPRESS,
+        metavar="FILE",
+        help="read the API token from this file (default: the API's token variable, e.g. "
+        "ZOO_API_TOKEN or METAFOLD_ACCESS_TOKEN)",
+    )
+    options.add_argument(
+        "--allow-insecure-http",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="allow a plain http:// base URL to a host that is not this machine (the token "
+        "travels in clear)",
+    )
+    return options
+
+
+def _metafold_options() -> argparse.ArgumentParser:
+    """Metafold's client credentials: the ``metafold`` commands."""
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument(
+        "--token-url",
+        type=_http_url,
+        default=argparse.SUPPRESS,
+        metavar="URL",
+        help="where METAFOLD_CLIENT_ID and METAFOLD_CLIENT_SECRET are exchanged for a token "
+        "(OAuth2 client credentials; default: Metafold's Auth0 endpoint)",
+    )
+    return options
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``async-jobs``."""
-    common = _global_options()
+    output, api, metafold_api = _output_options(), _api_options(), _metafold_options()
     parser = argparse.ArgumentParser(
         prog="async-jobs",
         description="Watch remote long-running jobs: Zoo async operations, Zoo dataset "
         "conversions and whole datasets, Metafold jobs and workflows.",
         epilog=EPILOG,
-        parents=[common],
+        parents=[output, api, metafold_api],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"async-jobs {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def leaf(
-        group: Any, name: str, handler: Handler, help: str, **defaults: Any
+        group: Any,
+        name: str,
+        handler: Handler,
+        help: str,
+        parents: list[argparse.ArgumentParser],
+        epilog: str = EPILOG,
+        **defaults: Any,
     ) -> argparse.ArgumentParser:
         sub: argparse.ArgumentParser = group.add_parser(
             name,
             help=help,
             description=help,
-            epilog=EPILOG,
-            parents=[common],
+            epilog=epilog,
+            parents=parents,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         sub.set_defaults(handler=handler, **defaults)
@@ -442,31 +645,41 @@ def build_parser() -> argparse.ArgumentParser:
         cmds: Any,
         helps: tuple[str, str],
         ids: Ids,
-        positionals: tuple[str, ...],
+        positionals: tuple[tuple[str, str], ...],
+        parents: list[argparse.ArgumentParser],
         *,
         wait: Handler = wait_job,
         project: bool = False,
         names: tuple[str, str] = ("get", "wait"),
     ) -> None:
         """The ``get`` and ``wait`` commands of one kind (called ``names``): ``positionals``
-        become its ids."""
+        (name, help) become its ids."""
         for name, handler, help in zip(names, (get_job, wait), helps, strict=True):
-            p = leaf(cmds, name, handler, help, ids=ids)
-            for positional in positionals:
-                p.add_argument(positional)
+            p = leaf(cmds, name, handler, help, parents, ids=ids, waits=handler is wait)
+            for positional, what in positionals:
+                p.add_argument(positional, type=_non_empty, help=what)
             if project:
-                p.add_argument("--project", default=argparse.SUPPRESS, help="project id")
+                p.add_argument("--project", **PROJECT)
             if handler is wait:
-                p.add_argument("--timeout", type=_seconds, help="seconds (default: no limit)")
+                p.add_argument("--timeout", type=_seconds, metavar="SECONDS", help=TIMEOUT)
 
-    p = leaf(commands, "demo", demo, "run a demo against the embedded fake server (no token)")
-    p.add_argument("--speed", type=float, default=1.0, help="scale the fake's timelines")
+    p = leaf(
+        commands,
+        "demo",
+        demo,
+        "run a demo against the embedded fake server (no token, no network)",
+        [output],
+        waits=True,
+    )
+    p.add_argument("--speed", type=_speed, default=1.0, metavar="X", help=SPEED)
 
     durable = commands.add_parser(
-        "durable", help="durable watches in Redis (the redis extra)", parents=[common]
+        "durable", help="durable watches in Redis (the redis extra)", parents=[output]
     )
     durable_cmds = durable.add_subparsers(dest="action", metavar="ACTION", required=True)
-    p = leaf(durable_cmds, "status", durable_status, "what the durable watches in Redis hold")
+    p = leaf(
+        durable_cmds, "status", durable_status, "what the durable watches in Redis hold", [output]
+    )
     p.add_argument(
         "--redis-url",
         default=None,
@@ -482,57 +695,115 @@ def build_parser() -> argparse.ArgumentParser:
         help="the URL names a node of a Redis Cluster (redis.asyncio.RedisCluster)",
     )
 
-    p = leaf(commands, "fake-server", fake_server, "run the fake API server until interrupted")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    p.add_argument("--scenario", choices=["demo", "empty"], default="demo")
-    p.add_argument("--speed", type=float, default=1.0, help="scale the fake's timelines")
+    p = leaf(
+        commands,
+        "fake-server",
+        fake_server,
+        "run the fake API server (Zoo and Metafold) until interrupted; print its URL, token "
+        "and seeded ids",
+        [],
+        epilog=fake_server_epilog(),
+    )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="the address to listen on (default 127.0.0.1; the fake is for tests and demos: "
+        "keep it on loopback)",
+    )
+    p.add_argument("--port", type=int, default=0, help="the port (default 0: a free one)")
+    p.add_argument(
+        "--scenario",
+        choices=FAKE_SCENARIOS,
+        default="demo",
+        help="the jobs to seed: demo (operations, a dataset's conversions, Metafold jobs and "
+        "a workflow; some end within seconds, some run for minutes) or empty",
+    )
+    p.add_argument("--speed", type=_speed, default=1.0, metavar="X", help=SPEED)
+    p.add_argument(
+        "--token-file",
+        dest="server_token_file",
+        metavar="FILE",
+        help="the token the server accepts, read from this file (default: "
+        "$ASYNC_JOBS_FAKE_TOKEN, else a fixed test token, printed)",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        dest="server_json",
+        help="print the URL, token and seeded ids as one JSON line instead",
+    )
 
-    zoo = commands.add_parser("zoo", help="the Zoo API", parents=[common])
+    zoo_parents = [output, api]
+    zoo = commands.add_parser("zoo", help="the Zoo API", parents=zoo_parents)
     zoo.set_defaults(client=ZooClient)
     zoo_groups = zoo.add_subparsers(dest="group", metavar="GROUP", required=True)
-    ops = zoo_groups.add_parser("ops", help="async operations", parents=[common])
+    ops = zoo_groups.add_parser("ops", help="async operations", parents=zoo_parents)
     ops.set_defaults(kind=ASYNC_OPERATION)
     ops_cmds = ops.add_subparsers(dest="action", metavar="ACTION", required=True)
-    p = leaf(ops_cmds, "list", list_jobs, "list async operations", lister=_operations)
+    p = leaf(ops_cmds, "list", list_jobs, "list async operations", zoo_parents, lister=_operations)
     p.add_argument(
-        "--status", action="append", choices=OPERATION_STATUSES, help="repeatable; default all"
+        "--status",
+        action="append",
+        choices=OPERATION_STATUSES,
+        help="only operations in this status (repeatable; default: all)",
     )
-    p.add_argument("--sort", choices=OPERATION_SORT_MODES, default="created_at_ascending")
-    p.add_argument("--limit", type=_positive_int, help="page size")
-    p.add_argument("--max-items", type=_positive_int)
+    p.add_argument(
+        "--sort",
+        choices=OPERATION_SORT_MODES,
+        default="created_at_ascending",
+        help="the order (default: created_at_ascending)",
+    )
+    p.add_argument("--limit", type=_positive_int, help=PAGE_SIZE)
+    p.add_argument("--max-items", type=_positive_int, help=MAX_ITEMS)
     helps = ("get one async operation", "wait for an async operation to finish")
-    get_and_wait(ops_cmds, helps, _job_id, ("id",))
+    get_and_wait(ops_cmds, helps, _job_id, (("id", "the operation's id"),), zoo_parents)
 
-    convs = zoo_groups.add_parser("conversions", help="org dataset conversions", parents=[common])
+    convs = zoo_groups.add_parser(
+        "conversions", help="org dataset conversions", parents=zoo_parents
+    )
     convs.set_defaults(kind=DATASET_CONVERSION)
     conv_cmds = convs.add_subparsers(dest="action", metavar="ACTION", required=True)
-    p = leaf(conv_cmds, "list", list_jobs, "list a dataset's conversions", lister=_conversions)
-    p.add_argument("dataset")
-    p.add_argument("--sort", choices=CONVERSION_SORT_MODES, default="created_at_descending")
-    p.add_argument("--limit", type=_positive_int, help="page size")
-    p.add_argument("--max-items", type=_positive_int)
-    p.add_argument("--filter", help="e.g. status:success")
-    p.add_argument("--q", help="search text")
-    p.add_argument("--phase", help="only conversions in this phase")
+    p = leaf(
+        conv_cmds,
+        "list",
+        list_jobs,
+        "list a dataset's conversions",
+        zoo_parents,
+        lister=_conversions,
+    )
+    p.add_argument("dataset", type=_non_empty, help=DATASET_ID)
+    p.add_argument(
+        "--sort",
+        choices=CONVERSION_SORT_MODES,
+        default="created_at_descending",
+        help="the order (default: created_at_descending)",
+    )
+    p.add_argument("--limit", type=_positive_int, help=PAGE_SIZE)
+    p.add_argument("--max-items", type=_positive_int, help=MAX_ITEMS)
+    p.add_argument("--filter", type=_non_empty, help="the API's filter, e.g. status:success")
+    p.add_argument("--q", type=_non_empty, help="search text")
+    p.add_argument("--phase", type=_non_empty, help="only conversions in this phase")
     helps = ("get one conversion", "wait for a conversion to finish")
-    get_and_wait(conv_cmds, helps, _dataset_ids, ("dataset", "id"))
+    positionals = (("dataset", DATASET_ID), ("id", "the conversion's id"))
+    get_and_wait(conv_cmds, helps, _dataset_ids, positionals, zoo_parents)
     p = leaf(
         conv_cmds,
         "retrigger",
         zoo_retrigger,
         "run one conversion again, or a dataset's conversions (POST, never sent twice blindly)",
+        zoo_parents,
     )
-    p.add_argument("dataset")
-    p.add_argument("id", nargs="?", help="one conversion (default: the dataset's)")
+    p.add_argument("dataset", type=_non_empty, help=DATASET_ID)
+    p.add_argument("id", nargs="?", type=_non_empty, help="one conversion (default: the dataset's)")
     p.add_argument(
         "--statuses",
+        type=_statuses,
         help="comma-separated statuses to retrigger, e.g. error_user,canceled (default: every "
         "conversion that did not succeed, in_progress ones running for over 5 minutes)",
     )
 
     datasets = zoo_groups.add_parser(
-        "datasets", help="org datasets, each as one job", parents=[common]
+        "datasets", help="org datasets, each as one job", parents=zoo_parents
     )
     datasets.set_defaults(kind=DATASET)
     dataset_cmds = datasets.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -540,41 +811,50 @@ def build_parser() -> argparse.ArgumentParser:
         "a dataset's conversions counted by status",
         "wait until no conversion of a dataset is under way (one progress bar)",
     )
-    get_and_wait(dataset_cmds, helps, _job_id, ("id",), names=("stats", "wait"))
+    get_and_wait(
+        dataset_cmds, helps, _job_id, (("id", DATASET_ID),), zoo_parents, names=("stats", "wait")
+    )
 
-    metafold = commands.add_parser("metafold", help="the Metafold API", parents=[common])
+    mf_parents = [output, api, metafold_api]
+    metafold = commands.add_parser("metafold", help="the Metafold API", parents=mf_parents)
     metafold.set_defaults(client=MetafoldClient)
     mf_groups = metafold.add_subparsers(dest="resource", metavar="GROUP", required=True)
     for resource, kind, list_method, wait in (
         ("jobs", METAFOLD_JOB, MetafoldClient.list_jobs, wait_job),
         ("workflows", METAFOLD_WORKFLOW, MetafoldClient.list_workflows, metafold_workflow_wait),
     ):
-        group = mf_groups.add_parser(resource, help=f"project {resource}", parents=[common])
-        group.add_argument("--project", default=None, help="project id (METAFOLD_PROJECT_ID)")
+        group = mf_groups.add_parser(resource, help=f"project {resource}", parents=mf_parents)
+        group.add_argument("--project", **{**PROJECT, "default": None})
         group.set_defaults(kind=kind)
         mf_cmds = group.add_subparsers(dest="action", metavar="ACTION", required=True)
         lister = _whole_list(list_method)
-        p = leaf(mf_cmds, "list", list_jobs, f"list a project's {resource}", lister=lister)
-        p.add_argument("--project", default=argparse.SUPPRESS, help="project id")
+        p = leaf(
+            mf_cmds, "list", list_jobs, f"list a project's {resource}", mf_parents, lister=lister
+        )
+        p.add_argument("--project", **PROJECT)
         p.add_argument("--sort", help="field:1 or field:-1, e.g. created:-1")
         p.add_argument("--q", help='search, e.g. "state:started AND type:implicit/*"')
-        p.add_argument("--max-items", type=_positive_int)
+        p.add_argument("--max-items", type=_positive_int, help=MAX_ITEMS)
         helps = (f"get one of a project's {resource}", f"wait for one of a project's {resource}")
-        get_and_wait(mf_cmds, helps, _project_ids, ("id",), wait=wait, project=True)
+        the_id = (("id", f"the {resource[:-1]}'s id"),)
+        get_and_wait(mf_cmds, helps, _project_ids, the_id, mf_parents, wait=wait, project=True)
         if kind.cancel is not None:
-            p = leaf(mf_cmds, "cancel", cancel_job, f"cancel one of a project's {resource}")
+            p = leaf(
+                mf_cmds, "cancel", cancel_job, f"cancel one of a project's {resource}", mf_parents
+            )
             p.set_defaults(ids=_project_ids)
-            p.add_argument("id")
-            p.add_argument("--project", default=argparse.SUPPRESS, help="project id")
+            p.add_argument("id", type=_non_empty, help=f"the {resource[:-1]}'s id")
+            p.add_argument("--project", **PROJECT)
         if resource == "workflows":
             p = leaf(
                 mf_cmds,
                 "create",
                 metafold_workflow_create,
                 "dispatch a workflow from a YAML definition file",
+                mf_parents,
             )
             p.add_argument("file", help="the workflow definition (YAML)")
-            p.add_argument("--project", default=argparse.SUPPRESS, help="project id")
+            p.add_argument("--project", **PROJECT)
             for option, what in (("--asset", "asset filename"), ("--param", "parameter")):
                 p.add_argument(
                     option,
@@ -584,7 +864,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"a job's {what} (repeatable)",
                 )
             p.add_argument("--wait", action="store_true", help="then wait for its jobs")
-            p.add_argument("--timeout", type=_seconds, help="seconds (default: no limit)")
+            p.add_argument(
+                "--timeout", type=_seconds, metavar="SECONDS", help=TIMEOUT + " (with --wait)"
+            )
     return parser
 
 
@@ -611,6 +893,32 @@ def library_logging(verbosity: int, out: Output) -> Iterator[logging.Handler]:
         handler.close()
 
 
+#: Library messages that name a keyword argument, as the CLI says them: (the library's words,
+#: the command line's). The library's messages are right for library users; a CLI user has
+#: flags and variables instead.
+CLI_TERMS = (
+    (
+        "pass project_id= or set one on the client (or METAFOLD_PROJECT_ID)",
+        "pass --project or set METAFOLD_PROJECT_ID",
+    ),
+    ("pass allow_insecure_http=True", "pass --allow-insecure-http"),
+    (
+        # --base-url and --token-url are checked by the parser: this one came from a variable
+        "base_url must be an http(s) URL",
+        "the base URL (ZOO_HOST or METAFOLD_BASE_URL) must be an http(s) URL",
+    ),
+    ("sort must look like", "--sort must look like"),
+    ("project_id must be", "--project must be"),
+)
+
+
+def cli_terms(message: str) -> str:
+    """``message`` with the library's keyword arguments named as the CLI's options."""
+    for library, command_line in CLI_TERMS:
+        message = message.replace(library, command_line)
+    return message
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, ApiError):
         text = f"HTTP {exc.status}: {exc.message}"
@@ -619,16 +927,51 @@ def _describe(exc: BaseException) -> str:
         if exc.request_id:
             text += f" (request id {exc.request_id})"
         return text
-    return str(exc)
+    return cli_terms(str(exc))
+
+
+def _waits(args: argparse.Namespace) -> bool:
+    """True for a command whose exit code says how a job ended (a wait)."""
+    return bool(getattr(args, "waits", False) or getattr(args, "wait", False))
+
+
+async def _run(handler: Handler, args: argparse.Namespace, out: Output) -> int:
+    """Run ``handler``; cancel it when ``out`` finds its reader gone (a closed pipe)."""
+    with anyio.CancelScope() as scope:
+        out.on_closed = scope.cancel
+        return await handler(args, out)
+    # Only the closed output cancels the scope: the command was cut short.
+    return EXIT_PIPE if _waits(args) else EXIT_OK
+
+
+def _check_applies(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """A usage error for an option given (before the command's name) to a command it does
+    not apply to: ``--base-url`` to ``demo``, ``--token-url`` to ``zoo``, ``-v`` to
+    ``fake-server``."""
+    applies = {
+        "zoo": {**OUTPUT_OPTIONS, **API_OPTIONS},
+        "metafold": {**OUTPUT_OPTIONS, **API_OPTIONS, **METAFOLD_OPTIONS},
+        "fake-server": {},
+    }.get(args.command, OUTPUT_OPTIONS)
+    if args.command == "fake-server" and hasattr(args, "json"):
+        args.server_json = args.server_json or args.json  # its own --json, given first
+        del args.json
+    every = {**OUTPUT_OPTIONS, **API_OPTIONS, **METAFOLD_OPTIONS}
+    for dest, option in every.items():
+        if hasattr(args, dest) and dest not in applies:
+            parser.error(f"{option} does not apply to {args.command}")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    _check_applies(parser, args)
     for name, default in (
         ("base_url", None),
         ("token_file", None),
+        ("allow_insecure_http", False),
+        ("token_url", None),
         ("json", False),
         ("verbose", 0),
     ):
@@ -638,7 +981,10 @@ def main(argv: list[str] | None = None) -> int:
     handler: Handler = args.handler
     with library_logging(args.verbose, out):
         try:
-            return anyio.run(handler, args, out)
+            return anyio.run(_run, handler, args, out)
+        except BrokenPipeError:  # a write the output does not guard (a terminal gone, ...)
+            out.reader_gone(sys.stdout)
+            return EXIT_PIPE if _waits(args) else EXIT_OK
         except (KeyboardInterrupt, asyncio.CancelledError):
             # Ctrl-C: the event loop's runner cancels the main task, then raises
             # KeyboardInterrupt on 3.11+; on 3.10 (no Task.uncancel) the CancelledError itself

@@ -17,6 +17,7 @@ import re
 import signal
 import subprocess
 import sys
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -106,8 +107,10 @@ def test_console_script_is_installed() -> None:
 def test_fake_server_answers_cli_and_library(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """``fake-server`` until SIGINT (130, no traceback); a ``list`` through the console script
-    (exit 0, JSON lines on standard output), a ``get`` in process and the library answered."""
+    """``fake-server`` until SIGINT (130, no traceback): it prints the seeded ids and the
+    control route (never a token read from a file); a ``list`` through the console script
+    (exit 0, JSON lines on standard output), a ``get`` in process, the library and the
+    control route answered."""
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN)
     proc = subprocess.Popen(
@@ -126,6 +129,22 @@ def test_fake_server_answers_cli_and_library(
         assert "listening on" in first
         url = first.split()[-1]
         assert TOKEN.encode() not in proc.stdout.readline()
+        banner = []  # the seeded ids, the commands to try, the control route
+        while not banner or not banner[-1].lstrip().startswith("-d"):
+            banner.append(proc.stdout.readline().decode())
+        text = "".join(banner)
+        assert TOKEN not in text and f"$(cat {token_file})" in text
+        assert "Zoo dataset:      f9919813-76e4-5c69-b665-16ccdf83591e" in text
+        assert "Metafold project: demo-project" in text
+        # The control route, from this process: a job the CLI then gets.
+        request = urllib.request.Request(
+            url + "/_control/jobs",
+            data=json.dumps({"kind": "zoo.async_operation"}).encode(),
+            headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            added = json.loads(response.read())
+        assert response.status == 201
         common = ["--base-url", url, "--token-file", str(token_file), "--json"]
         listed = subprocess.run(
             _command("zoo", "ops", "list", *common), capture_output=True, env=_env(), timeout=30
@@ -134,6 +153,8 @@ def test_fake_server_answers_cli_and_library(
         op_id = _lines(listed.stdout)[0]["id"]
         code = cli.main(["zoo", "ops", "get", str(op_id), *common])
         assert code == 0 and _lines(capsys.readouterr().out)[0]["id"] == op_id
+        assert cli.main(["zoo", "ops", "get", added["id"], *common]) == 0
+        assert _lines(capsys.readouterr().out)[0]["state"] in ("pending", "running")
 
         async def library_get() -> aj.AsyncOperation:
             async with aj.ZooClient(token=TOKEN, base_url=url) as zoo:

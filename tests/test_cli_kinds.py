@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -16,7 +17,9 @@ import rich.console as rich_console
 import async_jobs as aj
 from async_jobs import cli
 from async_jobs._cli_output import JsonOutput, RichOutput, job_record
+from async_jobs.metafold import METAFOLD_JOB
 from async_jobs.testing import FakeApiServer
+from async_jobs.zoo import ASYNC_OPERATION, DATASET_CONVERSION
 
 from .conftest import TOKEN
 
@@ -182,3 +185,65 @@ def test_output_methods_take_a_bare_kind_name_too() -> None:
     with out.watching():
         out.update("mine.op", Op(id="o", status="in_progress"))
     assert "mine.op" in console.export_text()
+
+
+# -- bars without progress, listing columns ---------------------------------------------------
+
+SPINNER = set("⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏")  # rich's default "dots" spinner
+ELAPSED = re.compile(r"\d:\d\d:\d\d")
+
+
+def _line(text: str, marker: str) -> str:
+    (line,) = [line for line in text.splitlines() if marker in line]
+    return line
+
+
+def test_a_job_without_progress_gets_a_spinner_and_its_time_not_a_0_percent_bar() -> None:
+    console = _console()
+    out = RichOutput(console=console)
+    with out.watching():
+        out.update(ASYNC_OPERATION, aj.AsyncOperation(id="op-0001", status="in_progress"))
+        out.update(METAFOLD_JOB, aj.MetafoldJob(id="mf-0001", state="started"))
+        phase = aj.DatasetConversion(id="cv-0001", status="in_progress", phase="snapshot_original")
+        out.update(DATASET_CONVERSION, phase)
+    text = console.export_text()
+    for running in ("op-0001", "mf-0001"):
+        line = _line(text, running)
+        assert "%" not in line, line  # no percentage it does not have
+        assert SPINNER & set(line) and ELAPSED.search(line), line
+        assert "━" * 20 in line, line  # a pulsing bar (an empty one is blank without colour)
+    conversion = _line(text, "cv-0001")
+    assert "18%" in conversion and SPINNER & set(conversion), conversion
+
+
+def test_a_finished_job_stops_its_spinner() -> None:
+    console = _console()
+    out = RichOutput(console=console)
+    with out.watching():
+        out.update(METAFOLD_JOB, aj.MetafoldJob(id="mf-0002", state="started"))
+        out.final(METAFOLD_JOB, aj.MetafoldJob(id="mf-0002", state="success"))
+    line = _line(console.export_text(), "mf-0002")
+    assert "succeeded" in line and "100%" in line and not SPINNER & set(line), line
+
+
+def test_listings_show_name_and_type_when_the_jobs_have_them() -> None:
+    console = _console()
+    out = RichOutput(console=console)
+    out.item(METAFOLD_JOB, aj.MetafoldJob(id="mf-1", state="started", name="voxelize"))
+    out.item(METAFOLD_JOB, aj.MetafoldJob(id="mf-2", state="success", type="implicit/from-mesh"))
+    out.end_items()
+    out.item(
+        DATASET_CONVERSION,
+        aj.DatasetConversion(id="cv-1", status="in_progress", phase="snapshot_original"),
+    )
+    out.end_items()
+    out.item(ASYNC_OPERATION, aj.AsyncOperation(id="op-1", status="queued", type="file_volume"))
+    out.end_items()
+    metafold, conversions, operations = console.export_text().split("┏")[1:]
+    header = _line(metafold, "state").split()
+    assert header[:4] == ["┃", "id", "┃", "name"] and "type" in header
+    assert "progress" not in header  # no Metafold job reports progress
+    assert "voxelize" in metafold and "implicit/from-mesh" in metafold
+    assert "name" not in conversions and "type" not in conversions
+    assert "progress" in conversions  # a conversion reports one
+    assert "type" in operations and "name" not in operations and "file_volume" in operations

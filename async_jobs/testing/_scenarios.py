@@ -10,7 +10,7 @@ from ..models.zoo import CONVERSION_PHASES
 from ..zoo import ASYNC_OPERATION, DATASET_CONVERSION
 from ._apis import FakeApiServer
 
-__all__ = ["SCENARIOS", "ScenarioJob", "populate"]
+__all__ = ["DEMO_DATASET", "DEMO_PROJECT", "SCENARIOS", "ScenarioJob", "populate"]
 
 SCENARIOS = ("demo", "empty")
 #: The demo dataset's id: fixed, and a UUID as the real API's dataset ids are.
@@ -25,6 +25,54 @@ class ScenarioJob:
     kind: str
     ids: tuple[str, ...]
     expected_state: str
+
+
+def _long_running(server: FakeApiServer) -> list[ScenarioJob]:
+    """Jobs that run for minutes (at speed 1), for a user to list, wait on or cancel while
+    they run: the quick ones of the demo are over within seconds."""
+    jobs: list[ScenarioJob] = []
+    operations: list[tuple[str, list[tuple[str, float | None]], str | None]] = [
+        ("text_to_cad", [("queued", 5.0), ("in_progress", 60.0), ("completed", None)], None),
+        ("file_conversion", [("queued", 2.0), ("in_progress", 300.0), ("completed", None)], None),
+        (
+            "file_mass",
+            [("uploaded", 10.0), ("in_progress", 120.0), ("failed", None)],
+            "the model is not a closed solid",
+        ),
+        ("file_volume", [("in_progress", 3600.0), ("completed", None)], None),
+    ]
+    for kind, steps, error in operations:
+        op = server.zoo.add_operation(kind, steps, error=error)
+        jobs.append(ScenarioJob(ASYNC_OPERATION.name, (op.id,), "failed" if error else "succeeded"))
+    dataset = server.conversions.add_dataset(DEMO_DATASET)
+    for step, failing in ((10.0, False), (30.0, False), (15.0, True)):
+        timeline: list[tuple[str, float | None] | tuple[str, str, float | None]]
+        timeline = [("queued", step), *((phase, step) for phase in _WALK)]
+        error = None
+        if failing:
+            timeline = [*timeline[:5], ("error_internal", None)]
+            error = "the converter crashed"
+        else:
+            timeline.append(("success", None))
+        conversion = server.conversions.add_conversion(dataset, timeline, error=error)
+        expected = "failed" if failing else "succeeded"
+        jobs.append(ScenarioJob(DATASET_CONVERSION.name, (dataset, conversion.id), expected))
+    for name, kind, steps, error in (
+        ("long-render", "render", [("pending", 5.0), ("started", 45.0), ("success", None)], None),
+        (
+            "big-lattice",
+            "sample_lattice",
+            [("pending", 20.0), ("started", 120.0), ("failure", None)],
+            "out of memory",
+        ),
+    ):
+        job = server.metafold.add_job(DEMO_PROJECT, kind, steps, name=name, error=error)
+        jobs.append(
+            ScenarioJob(
+                METAFOLD_JOB.name, (DEMO_PROJECT, job.id), "failed" if error else "succeeded"
+            )
+        )
+    return jobs
 
 
 def _demo(server: FakeApiServer) -> list[ScenarioJob]:
@@ -98,10 +146,13 @@ def _demo_workflow(server: FakeApiServer) -> list[ScenarioJob]:
     ]
 
 
-def populate(server: FakeApiServer, scenario: str) -> list[ScenarioJob]:
-    """Create ``scenario``'s jobs on ``server`` and return them."""
+def populate(
+    server: FakeApiServer, scenario: str, *, long_running: bool = True
+) -> list[ScenarioJob]:
+    """Create ``scenario``'s jobs on ``server`` and return them. The demo's jobs end within
+    seconds; with ``long_running``, some more run for minutes (one for an hour), at speed 1."""
     if scenario == "empty":
         return []
     if scenario == "demo":
-        return _demo(server)
+        return _demo(server) + (_long_running(server) if long_running else [])
     raise ValueError(f"unknown scenario {scenario!r}; choose one of {', '.join(SCENARIOS)}")
