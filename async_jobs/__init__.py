@@ -25,13 +25,14 @@ from ._errors import (
 from ._http import ErrorDecoder, ErrorDetails, StaticTokenAuth, api_path
 from ._paging import Page, iter_items
 from ._policy import PollPolicy, RetryPolicy, next_delay
-from ._poll import ActiveListing, Job, JobRef, wait_until, wait_until_terminal, watch
+from ._poll import ActiveListing, Job, JobRef, wait_all, wait_until, wait_until_terminal, watch
 from ._version import __version__
 from ._watcher import Watcher
 from .events import add_listener
 from .metafold import MetafoldClient, MetafoldQuery, wait_for_workflow_jobs
 from .metafold import Not as MetafoldNot
 from .metafold import q as metafold_q
+from .models._builtins import to_builtins
 from .models._state import TERMINAL_STATES, JobModel, JobState, StateTable
 from .models.metafold import MetafoldAsset, MetafoldIO, MetafoldJob, MetafoldWorkflow
 from .models.zoo import AsyncOperation, DatasetConversion, DatasetSnapshotImage, DatasetStats
@@ -89,6 +90,8 @@ __all__ = [
     "iter_items",
     "metafold_q",
     "next_delay",
+    "to_builtins",
+    "wait_all",
     "wait_for_workflow_jobs",
     "wait_until",
     "wait_until_terminal",

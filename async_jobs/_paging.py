@@ -28,7 +28,7 @@ __all__ = ["Page", "iter_items", "merge_streams"]
 T = TypeVar("T")
 
 
-class Page(msgspec.Struct, Generic[T], kw_only=True):
+class Page(msgspec.Struct, Generic[T], kw_only=True, repr_omit_defaults=True):
     """One page of a paginated listing: ``items`` and the opaque token of the next page."""
 
     items: list[T]

@@ -21,6 +21,7 @@ the record a second time (through the bars). The root logger is never touched; t
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import json
 import logging
@@ -984,7 +985,10 @@ def main(argv: list[str] | None = None) -> int:
         except BrokenPipeError:  # a write the output does not guard (a terminal gone, ...)
             out.reader_gone(sys.stdout)
             return EXIT_PIPE if _waits(args) else EXIT_OK
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            # Ctrl-C: the event loop's runner cancels the main task, then raises
+            # KeyboardInterrupt on 3.11+; on 3.10 (no Task.uncancel) the CancelledError itself
+            # comes out of anyio.run. Nothing else cancels the main task.
             print("interrupted", file=sys.stderr, flush=True)
             return EXIT_INTERRUPTED
         except WaitTimeout as exc:

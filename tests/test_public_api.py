@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import async_jobs as aj
@@ -18,6 +19,8 @@ def test_all_is_sorted_and_unique() -> None:
 def test_every_public_name_exists_and_is_documented() -> None:
     for name in aj.__all__:
         obj = getattr(aj, name)
+        if typing.get_origin(obj) is not None:
+            continue  # a type alias such as ErrorDecoder (on 3.10 isclass() says True for it)
         if inspect.isclass(obj) or inspect.isfunction(obj):
             assert inspect.getdoc(obj), f"{name} has no docstring"
 

@@ -19,6 +19,7 @@ import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -260,7 +261,7 @@ async def test_quick_start_zoo(env: FakeApiServer, capsys: pytest.CaptureFixture
     # The get, then the wait's first look: only then does the operation complete.
     await run_moving_clock(block(QUICK_ZOO), env, lambda: requests_to(env, path) >= 2, 3600)
     assert capsys.readouterr().out.splitlines() == [
-        "in_progress JobState.RUNNING False",
+        "in_progress running False",
         "in_progress",
         "completed",
         # The list, oldest first (one stream per status, merged by created_at ascending).
@@ -272,7 +273,7 @@ async def test_quick_start_zoo(env: FakeApiServer, capsys: pytest.CaptureFixture
 async def test_decoding_a_stored_body(capsys: pytest.CaptureFixture[str]) -> None:
     namespace = await run(block(QUICK_ZOO, 2))
     assert namespace["page"].items[0].id == OPERATION_ID
-    assert capsys.readouterr().out == "JobState.SUCCEEDED None\n"
+    assert capsys.readouterr().out == "succeeded None\n"
 
 
 async def test_quick_start_conversions(
@@ -318,7 +319,7 @@ async def test_whole_dataset_and_retriggers(
         "3 2 1 {'success': 2, 'error_internal': 1}",
         "67% queued 1, success 2",
         "100% success 3",
-        "JobState.SUCCEEDED None",
+        "succeeded None",
     ]
     assert broken.retriggers == 1
 
@@ -376,7 +377,7 @@ async def test_quick_start_metafold(env: FakeApiServer, capsys: pytest.CaptureFi
     lines = capsys.readouterr().out.splitlines()
     # Only the started implicit/* job not named "scratch *" is listed.
     assert lines[0].startswith(f"{gear.id} started 20") and lines[0].endswith("+00:00")
-    assert lines[1].startswith("JobState.SUCCEEDED None MetafoldIO(")
+    assert lines[1].startswith("succeeded None MetafoldIO(")
     mesh_id, lattice_id = workflow.jobs
     assert lines[2:] == ["mesh success ()", f"lattice success ('{mesh_id}',)"]
     assert lattice_id != mesh_id
@@ -406,11 +407,11 @@ async def test_watching_many_jobs(env: FakeApiServer, capsys: pytest.CaptureFixt
     assert lines[0] == "3 0"
     ids = (CONVERSION_ID, SECOND_CONVERSION_ID, METAFOLD_JOB_ID)
     completed = [line for line in lines if line.split(" ")[0] in ids]
-    assert sorted(completed) == sorted(f"{job_id} JobState.SUCCEEDED" for job_id in ids)
+    assert sorted(completed) == sorted(f"{job_id} succeeded" for job_id in ids)
     # on_update=print: each job once running (from its group's listing), once terminal.
     updates = [line for line in lines if line not in completed][1:-2]
     assert len(updates) == 6
-    assert lines[-2:] == ["0 3 JobState.SUCCEEDED", "['succeeded', 'succeeded', 'succeeded']"]
+    assert lines[-2:] == ["0 3 succeeded", "['succeeded', 'succeeded', 'succeeded']"]
     # The snapshot was taken with every job pending: it names all three, and no token.
     assert len(msgspec.json.decode(namespace["state"])["jobs"]) == 3
     assert TOKEN.encode() not in namespace["state"]
@@ -455,7 +456,13 @@ async def test_embedding_in_fastapi(env: FakeApiServer) -> None:
                 response = await client.get(f"/ops/{op.id}/wait")
             after = await client.get(f"/ops/{op.id}/last")
     assert response.status_code == 200
-    assert response.json() == {"id": op.id, "state": "failed", "error": "bad mesh"}
+    body = response.json()
+    # The whole model, as JSON: wire fields, ISO datetimes, and what it works out itself.
+    assert body["id"] == op.id and body["status"] == "failed" and body["error"] == "bad mesh"
+    assert body["job_state"] == "failed" and body["is_terminal"] is True
+    assert body["progress"] == 1.0 and body["type"] == "file_volume"
+    assert datetime.fromisoformat(body["created_at"].replace("Z", "+00:00")).tzinfo is not None
+    assert msgspec.convert(body, aj.AsyncOperation).id == op.id
     assert after.status_code == 200 and after.json() is None  # its wait ended
 
 

@@ -465,12 +465,14 @@ async def test_a_wait_after_an_idle_spell_is_not_stalled(
     first = server.zoo.add_operation(timeline=[("queued", 0.05), ("completed", None)])
     second = server.zoo.add_operation(timeline=[("queued", 0.05), ("completed", None)])
     async with (
-        running_service(server, coalesce=coalesce, stall_timeout=0.2) as svc,
+        # 1 s: a first answer (a new connection, through uvicorn) can take longer than 0.2 s
+        # on a busy machine, which failed the first wait with PollStalled (seen on 3.13).
+        running_service(server, coalesce=coalesce, stall_timeout=1.0) as svc,
         http_client(svc) as http,
     ):
         response = await http.get(f"/wait/operation/{first.id}")
         assert response.status_code == 200 and response.json()["status"] == "completed"
-        await anyio.sleep(0.4)  # nothing watched for longer than stall_timeout
+        await anyio.sleep(1.3)  # nothing watched for longer than stall_timeout
         before = len(server.requests)
         response = await http.get(f"/wait/operation/{second.id}")
         assert response.status_code == 200, response.json()

@@ -26,6 +26,14 @@ class JobState(str, enum.Enum):
     CANCELED = "canceled"
     UNKNOWN = "unknown"
 
+    def __str__(self) -> str:
+        """The value (``"running"``), as ``str()`` and f-strings show it on every Python."""
+        return self.value
+
+    def __format__(self, format_spec: str) -> str:
+        """The value, formatted as a string (``f"{state:>9}"`` pads ``"running"``)."""
+        return format(self.value, format_spec)
+
     @property
     def is_terminal(self) -> bool:
         """True for SUCCEEDED, FAILED and CANCELED."""
@@ -97,10 +105,12 @@ class StateTable:
         return f"StateTable({self.name!r}, {len(self.states)} states)"
 
 
-class JobModel(msgspec.Struct, kw_only=True, frozen=True):
+class JobModel(msgspec.Struct, kw_only=True, frozen=True, repr_omit_defaults=True):
     """The base of every job model: ``job_state``, ``is_terminal`` and ``progress`` come from
     the class's :class:`StateTable` (``state_table``) applied to its raw status field
-    (``status_field``, ``"status"`` unless the API calls it something else).
+    (``status_field``, ``"status"`` unless the API calls it something else). Its repr leaves
+    out the fields equal to their defaults; :func:`~async_jobs.to_builtins` turns it into
+    JSON-ready builtins.
 
     A model of your own API subclasses it::
 
@@ -116,6 +126,9 @@ class JobModel(msgspec.Struct, kw_only=True, frozen=True):
     #: The attribute holding when the job was created, for displays such as the CLI's
     #: listing (a field or a property; a model without it shows nothing there).
     created_field: ClassVar[str] = "created_at"
+    #: Fields holding a datetime as its raw wire string -> the property giving it as a
+    #: ``datetime`` (what :func:`~async_jobs.to_builtins` writes out, in ISO 8601).
+    raw_datetimes: ClassVar[Mapping[str, str]] = MappingProxyType({})
 
     @property
     def job_state(self) -> JobState:

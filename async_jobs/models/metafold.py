@@ -150,7 +150,7 @@ def _check_datetimes(*raws: str | None) -> None:
             parse_metafold_datetime(raw)  # ValueError -> msgspec.ValidationError on decode
 
 
-class MetafoldAsset(msgspec.Struct, kw_only=True, frozen=True):
+class MetafoldAsset(msgspec.Struct, kw_only=True, frozen=True, repr_omit_defaults=True):
     """A file a job reads or writes (an entry of ``inputs.assets`` / ``outputs.assets``)."""
 
     id: str
@@ -161,6 +161,10 @@ class MetafoldAsset(msgspec.Struct, kw_only=True, frozen=True):
     modified_raw: str | None = msgspec.field(name="modified", default=None)
     project_id: str | None = None
     job_id: str | None = None
+    #: The raw datetime fields and the properties parsing them (see :attr:`JobModel.raw_datetimes`).
+    raw_datetimes: ClassVar[Mapping[str, str]] = MappingProxyType(
+        {"created_raw": "created", "modified_raw": "modified"}
+    )
 
     def __post_init__(self) -> None:
         _check_datetimes(self.created_raw, self.modified_raw)
@@ -176,7 +180,7 @@ class MetafoldAsset(msgspec.Struct, kw_only=True, frozen=True):
         return _as_datetime(self.modified_raw)
 
 
-class MetafoldIO(msgspec.Struct, kw_only=True, frozen=True):
+class MetafoldIO(msgspec.Struct, kw_only=True, frozen=True, repr_omit_defaults=True):
     """A job's ``inputs`` or ``outputs``: assets by name and parameters by name (string
     values, often JSON-encoded)."""
 
@@ -192,6 +196,9 @@ class _Lifecycle(JobModel, kw_only=True, frozen=True):
     state_table: ClassVar[StateTable] = METAFOLD_TABLE
     status_field: ClassVar[str] = "state"
     created_field: ClassVar[str] = "created"
+    raw_datetimes: ClassVar[Mapping[str, str]] = MappingProxyType(
+        {"created_raw": "created", "started_raw": "started", "finished_raw": "finished"}
+    )
     id: str
     state: str
     created_raw: str | None = msgspec.field(name="created", default=None)

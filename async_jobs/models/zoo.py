@@ -238,11 +238,17 @@ def conversion_state(status: str) -> JobState:
     return CONVERSION_TABLE.state(status)
 
 
-class DatasetSnapshotImage(msgspec.Struct, kw_only=True, frozen=True):
+class DatasetSnapshotImage(msgspec.Struct, kw_only=True, frozen=True, repr_omit_defaults=True):
     """A snapshot image of a conversion stage (``OrgDatasetSnapshotImage``)."""
 
     data_base64: str = ""
     mime_type: str | None = None
+
+    def __repr__(self) -> str:
+        """The MIME type and the size of the base64 text, never the image itself."""
+        return (
+            f"DatasetSnapshotImage(mime_type={self.mime_type!r}, <{len(self.data_base64)} chars>)"
+        )
 
     @property
     def data(self) -> bytes:
