@@ -162,15 +162,6 @@ class Leases:
             await pipe.execute()
 
 
-async def owners(redis: RedisClient, keys: PartitionKeys) -> list[str | None]:
-    """Each partition's lease holder, or None."""
-    async with redis.pipeline(transaction=False) as pipe:
-        for partition in range(keys.count):
-            pipe.get(keys.lease(partition))
-        replies = await pipe.execute()
-    return [None if reply is None else _str(reply) for reply in replies]
-
-
 async def worker_ages(redis: RedisClient, keys: PartitionKeys) -> dict[str, float]:
     """The workers counted as live (until one silent for a lease's time to live is pruned by
     another's heartbeat): name -> seconds since their last heartbeat."""

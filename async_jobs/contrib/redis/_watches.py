@@ -16,7 +16,7 @@ from redis import exceptions as redis_errors
 from ..._client import ApiClient
 from ..._policy import PollSchedule, RetryPolicy
 from ..._poll import JobRef
-from ._partitions import DEFAULT_PARTITIONS, PartitionKeys, owners, worker_ages
+from ._partitions import DEFAULT_PARTITIONS, PartitionKeys, worker_ages
 from ._records import WatchEntry, encode_context
 from ._replies import RedisClient, _is_nogroup, _str
 from ._settle import Handler
@@ -309,17 +309,17 @@ class DurableWatches:
                 pipe.xlen(keys.stream_of(index))
                 pipe.xpending(keys.stream_of(index), self.group)
                 pipe.xinfo_consumers(keys.stream_of(index), self.group)
+                pipe.get(keys.lease(index))
             replies = await pipe.execute(raise_on_error=False)
         for reply in replies:
             if isinstance(reply, Exception) and not _is_no_stream(reply):
                 raise reply
         dead, results = (int(reply) for reply in replies[:2])
-        holders = await owners(self.redis, keys)
         parts: list[PartitionStatus] = []
         names: set[str] = set()
         in_flight: dict[str, int] = {}
         for index in range(self.partitions):
-            length, summary, consumers = replies[2 + 3 * index : 5 + 3 * index]
+            length, summary, consumers, owner = replies[2 + 4 * index : 6 + 4 * index]
             length = 0 if isinstance(length, Exception) else int(length)
             summary = {} if isinstance(summary, Exception) else summary
             if not isinstance(consumers, Exception):
@@ -335,7 +335,7 @@ class DurableWatches:
                 PartitionStatus(
                     index=index,
                     stream=keys.stream_of(index),
-                    owner=holders[index],
+                    owner=None if owner is None else _str(owner),
                     pending=length,
                     undelivered=max(length - delivered, 0),
                     in_flight=held,
