@@ -63,3 +63,29 @@ def test_a_given_directory_and_config_lines(tmp_path: Path) -> None:
         server.close()
     assert not server.running
     assert (folder / "redis.conf").exists()  # a given directory is the caller's: kept
+
+
+def test_a_picked_port_taken_meanwhile_moves_and_a_given_one_fails(
+    redis_server: RedisServer,
+) -> None:
+    """A port found free can be taken before redis-server binds it (by another test process,
+    say): a picked one is picked again; a given one fails, never mistaking the server that
+    holds it for its own."""
+    from async_jobs.testing._redis_server import free_port
+
+    picks = iter([redis_server.port])
+    moved = RedisServer(port_picker=lambda: next(picks, None) or free_port())
+    assert moved.port == redis_server.port
+    try:
+        moved.start()
+        assert moved.port != redis_server.port
+        assert _command(moved, "SET", "k", "v") == b"+OK\r\n"
+        assert _command(redis_server, "EXISTS", "k") == b":0\r\n"  # its own data
+    finally:
+        moved.close()
+    given = RedisServer(port=redis_server.port)
+    try:
+        with pytest.raises(RuntimeError, match="Address already in use"):
+            given.start()
+    finally:
+        given.close()

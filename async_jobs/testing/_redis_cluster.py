@@ -128,17 +128,22 @@ class RedisCluster:
             'cluster-config-file "nodes.conf"',
             f"cluster-node-timeout {round(node_timeout * 1000)}",
         ]
-        taken: set[int] = set()
         #: The masters, in the order their slots were given (node 0 holds the lowest slots).
         self.nodes: list[RedisServer] = []
         for index in range(masters):
-            port = _cluster_port(self.host, taken)
-            taken |= {port, port + BUS_OFFSET}
             node = RedisServer(
-                port=port, executable=server, directory=self.dir / f"node-{index}", config=config
+                executable=server,
+                directory=self.dir / f"node-{index}",
+                config=config,
+                port_picker=self._free_node_port,
             )
             self.nodes.append(node)
         self._formed = False
+
+    def _free_node_port(self) -> int:
+        """A free port, whose bus port is free too, that no other node has."""
+        taken = {port for node in self.nodes for port in (node.port, node.port + BUS_OFFSET)}
+        return _cluster_port(self.host, taken)
 
     @property
     def addresses(self) -> list[tuple[str, int]]:

@@ -13,7 +13,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -47,6 +47,10 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+class _PortTaken(Exception):
+    """The picked port was taken before the server could bind it."""
+
+
 class RedisServer:
     """``redis-server`` on 127.0.0.1 in a temporary directory, append-only file on.
 
@@ -57,7 +61,14 @@ class RedisServer:
     ``appendfsync="always"`` makes every acknowledged write durable across a restart.
     ``directory`` (default: a new temporary one, deleted by :meth:`close`; a given one is
     kept) holds its config, log and AOF; ``config`` adds lines to its config file.
+
+    A port found free (no ``port`` given, or one from ``port_picker``) can be taken by another
+    process before the server binds it (an outgoing connection, another test process): the
+    first start then tries another one, a few times.
     """
+
+    #: Starts tried on other ports when the picked one was taken meanwhile.
+    PORT_RETRIES = 5
 
     def __init__(
         self,
@@ -69,6 +80,7 @@ class RedisServer:
         start_timeout: float = 10.0,
         directory: Path | None = None,
         config: Sequence[str] = (),
+        port_picker: Callable[[], int] | None = None,
     ) -> None:
         found = executable or find_redis_server()
         if found is None:
@@ -78,7 +90,11 @@ class RedisServer:
             )
         self.executable = found
         self.host = "127.0.0.1"
-        self.port: int = port or free_port(self.host)
+        if port is None and port_picker is None:
+            port_picker = self._free_port
+        #: Picks another port when the one picked was taken before the first start bound it.
+        self.port_picker: Callable[[], int] | None = None if port else port_picker
+        self.port: int = port or (port_picker or self._free_port)()
         self.password = password
         self.appendfsync = appendfsync
         self.start_timeout = start_timeout
@@ -119,8 +135,22 @@ class RedisServer:
         path.chmod(0o600)
         return path
 
+    def _free_port(self) -> int:
+        return free_port(self.host)
+
     def start(self) -> None:
         """Start the server and wait until it answers (its AOF loaded)."""
+        for attempt in range(self.PORT_RETRIES + 1):
+            try:
+                self._start(may_move=attempt < self.PORT_RETRIES)
+                break
+            except _PortTaken:
+                assert self.port_picker is not None
+                self.port = self.port_picker()
+        # Once served, the port stays: a restart serves the same data on the same port.
+        self.port_picker = None
+
+    def _start(self, *, may_move: bool = False) -> None:
         if self.running:
             return
         config = self._write_config()
@@ -134,21 +164,35 @@ class RedisServer:
         deadline = time.monotonic() + self.start_timeout
         while not self._answers():
             if self._proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited at start:\n{self.log[-2000:]}")
+                log = self.log
+                if may_move and self.port_picker and "Address already in use" in log:
+                    (self.dir / "redis.log").unlink(missing_ok=True)
+                    raise _PortTaken(self.port)
+                raise RuntimeError(f"redis-server exited at start:\n{log[-2000:]}")
             if time.monotonic() > deadline:
                 self.stop(kill=True)
                 raise RuntimeError(f"redis-server did not answer in time:\n{self.log[-2000:]}")
             time.sleep(0.02)
 
     def _answers(self) -> bool:
-        """PING answered (NOAUTH counts: the server is up and loaded)."""
+        """PING answered by this server (NOAUTH counts: the server is up and loaded), not by
+        another one that took the port first: ``INFO server`` names this process."""
         try:
             with socket.create_connection((self.host, self.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                reply = sock.recv(64)
+                sock.sendall(b"PING\r\nINFO server\r\n")
+                reply = b""
+                # process_id comes before run_id in INFO's server section.
+                while not reply.startswith(b"-") and b"\r\nrun_id:" not in reply:
+                    chunk = sock.recv(4096)
+                    if not chunk:
+                        break
+                    reply += chunk
         except OSError:
             return False
-        return reply.startswith((b"+PONG", b"-NOAUTH"))
+        if reply.startswith(b"-NOAUTH"):
+            return True
+        pid = self._proc.pid if self._proc is not None else -1
+        return reply.startswith(b"+PONG") and f"\r\nprocess_id:{pid}\r\n".encode() in reply
 
     def stop(self, *, kill: bool = False, timeout: float = 10.0) -> None:
         """Stop the server: SIGTERM (graceful, the AOF flushed) or SIGKILL."""
