@@ -18,7 +18,9 @@ own interval) with at most 32 requests in flight:
   job under ``asyncio.gather``.
 
 async_jobs gets ``PollPolicy(initial=poll, multiplier=1, maximum=poll, jitter=0)``: the same
-fixed interval as the others. One more row keeps the default jitter (0.1: each delay spread by
+fixed interval as the others. Two more rows run async_jobs with no ``poll=`` at all (its
+default schedule, what a user gets), for the defaults' goals: lag and requests against the
+SDK's sweep at its 1 s interval. One more row keeps the default jitter (0.1: each delay spread by
 +/-10%, so that many waits do not poll in lockstep), which costs CPU here: spread wake-ups no
 longer share event-loop turns. Its clients and the naive loop cap requests in flight at 32;
 the SDK's requests session gets a pool of 32 connections (its default of 10 would make 22 of
@@ -64,20 +66,33 @@ MODES = (
     "metafold SDK, 32 threads, a job per task",
     "metafold SDK, 32 threads, sweep every interval",
     "naive asyncio + aiohttp, sleep(interval)",
+    "async_jobs Watcher, default policy",
+    "async_jobs wait_until_terminal, gather, default policy",
 )
-AJ_MODES, SDK_MODES = MODES[:3], MODES[3:5]
+AJ_MODES, SDK_MODES = (*MODES[:3], *MODES[6:]), MODES[3:5]
+NAIVE, WATCHER_DEFAULT, WAIT_DEFAULT = MODES[5], MODES[6], MODES[7]
 #: The async_jobs rows held to the target (the jitter row shows what the default costs).
 TARGET_MODES = MODES[:2]
+#: The cohort the goals of the defaults and of the wait loop's CPU are measured on.
+GOALS_SIZE = 300
+#: The SDK row the defaults are held to: every job polled every second.
+SWEEP = SDK_MODES[1]
+#: The row whose profile is always taken (the wait loop), at GOALS_SIZE.
+PROFILED = MODES[1]
 
 
 async def _async_jobs(mode: str, p: dict[str, Any], ids: list[str], resolved: dict[str, float]):
     jitter = 0.1 if mode == MODES[2] else 0.0
-    poll = aj.PollPolicy(initial=p["poll"], multiplier=1.0, maximum=p["poll"], jitter=jitter)
+    poll: aj.PollPolicy | None = aj.PollPolicy(
+        initial=p["poll"], multiplier=1.0, maximum=p["poll"], jitter=jitter
+    )
+    if mode in (WATCHER_DEFAULT, WAIT_DEFAULT):
+        poll = None  # the library's own default schedule
     async with aj.MetafoldClient(
         token=p["token"], base_url=p["url"], project_id=p["project"], max_concurrency=WORKERS
     ) as mf:
         refs = [mf.job(job_id) for job_id in ids]
-        if mode == MODES[0]:
+        if mode in (MODES[0], WATCHER_DEFAULT):
             watcher: aj.Watcher
             async with aj.Watcher(mf, poll=poll, max_concurrency=WORKERS) as watcher:
                 for ref in refs:
@@ -261,6 +276,42 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                         "met": ratio >= TARGET and lag <= their_lag + slack,
                     }
                 )
+    return out + goals(results)
+
+
+#: The goals of issue 18 at the GOALS_SIZE cohort: (row, against, what, limit, most?).
+GOALS: tuple[tuple[str, str, str, float], ...] = (
+    (MODES[1], NAIVE, "cpu_s", 1.0),
+    (WAIT_DEFAULT, SWEEP, "lag_p95_s", 1.2),
+    (WAIT_DEFAULT, SWEEP, "requests", 0.85),
+    (WATCHER_DEFAULT, SWEEP, "lag_p95_s", 1.0),
+    (WATCHER_DEFAULT, SWEEP, "requests", 0.2),
+    (WATCHER_DEFAULT, SWEEP, "cpu_s", 0.06),
+)
+_FIGURES = {"cpu_s": "CPU s", "lag_p95_s": "lag p95 s", "requests": "requests"}
+
+
+def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The defaults' and the wait loop's goals: a row's figure over another row's, at most a
+    limit, on the GOALS_SIZE cohort (each a median of the repeats)."""
+    runs = results["runs"].get(str(GOALS_SIZE))
+    if runs is None:
+        return []
+    out = []
+    for mode, against, figure, limit in GOALS:
+        if mode not in runs or against not in runs:
+            continue
+        ours, theirs = _median(runs[mode], figure), _median(runs[against], figure)
+        ratio = ours / max(theirs, 1e-9)
+        out.append(
+            {
+                "benchmark": NAME,
+                "what": f"wait {GOALS_SIZE} jobs: {mode} vs {against}, {_FIGURES[figure]}",
+                "target": f"<= {limit:g}x",
+                "value": f"{ratio:.2f}x ({ours:,.3g} vs {theirs:,.3g})",
+                "met": ratio <= limit,
+            }
+        )
     return out
 
 
@@ -272,11 +323,18 @@ def profile(cfg: dict[str, Any], results: dict[str, Any]) -> dict[str, Any]:
     }
     out = {}
     with ServerProcess("waits") as server:
+        if GOALS_SIZE in cfg["sizes"]:  # the wait loop, always (before/after comparisons)
+            figures = run_one(server, PROFILED, GOALS_SIZE, cfg, profile=True)
+            out[f"wait {GOALS_SIZE:,} jobs: {PROFILED}"] = figures["profile"]
         for mode in TARGET_MODES:
             if mode in missed:
                 figures = run_one(server, mode, size, cfg, profile=True)
                 out[f"wait {size:,} jobs: {mode}"] = figures["profile"]
     return out
+
+
+#: Take this module's profiles on every full run, not only when a target is missed.
+PROFILE_ALWAYS = True
 
 
 def render(results: dict[str, Any]) -> str:
@@ -305,6 +363,8 @@ def render(results: dict[str, Any]) -> str:
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for mode in MODES:
+            if mode not in runs:  # a run from before the row existed
+                continue
             r = runs[mode]
             cpu = _median(r, "cpu_s")
             per_request = [x["cpu_s"] / max(x["requests"], 1) * 1e6 for x in r]
