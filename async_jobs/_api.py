@@ -12,7 +12,7 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
-from ._http import ErrorDecoder, api_path, no_error_details
+from ._http import ErrorDecoder, api_path, encode_segment, no_error_details
 from ._poll import Job
 from .models._state import StateTable
 
@@ -73,13 +73,21 @@ class JobKind(Generic[J]):
     id_names: tuple[str, ...] = field(init=False)
     #: A msgspec decoder of ``model``, built once.
     decoder: msgspec.json.Decoder[J] = field(init=False, repr=False)
-    _segments: tuple[str, ...] = field(init=False, repr=False)
+    # The encoded path around its fields: ``/async/operations/{id}`` -> ("/async/operations/", "")
+    _chunks: tuple[str, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.name:
             raise ValueError("a JobKind needs a name")
         segments, names = _path_fields(self.path)
-        object.__setattr__(self, "_segments", segments)
+        chunks = [""]
+        for segment in segments:
+            if segment:
+                chunks[-1] += api_path(segment)
+            else:
+                chunks[-1] += "/"
+                chunks.append("")
+        object.__setattr__(self, "_chunks", tuple(chunks))
         object.__setattr__(self, "id_names", names)
         if not isinstance(getattr(self.model, "state_table", None), StateTable):
             raise TypeError(f"{self.model!r} has no state_table (subclass aj.JobModel)")
@@ -103,8 +111,11 @@ class JobKind(Generic[J]):
                 f"{self.name} takes {len(self.id_names)} ids "
                 f"({', '.join(self.id_names)}), got {len(ids)}"
             )
-        values = iter(ids)
-        return api_path(*(segment or next(values) for segment in self._segments))
+        chunks = self._chunks
+        path = chunks[0]
+        for index, value in enumerate(ids, 1):
+            path += encode_segment(value) + chunks[index]
+        return path
 
     def __repr__(self) -> str:
         return f"JobKind({self.name!r})"

@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import random
+import re
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, NamedTuple, Protocol, TypeAlias, TypeVar
 from urllib.parse import quote
@@ -36,7 +36,7 @@ from ._errors import (
 )
 from ._outage import Outage
 from ._policy import Outcome, PollStep, RetryPolicy, parse_retry_after
-from ._ratelimit import REQUEST_LIMITS, RateLimiter
+from ._ratelimit import REQUEST_LIMITS, RateLimiter, RequestLimits
 from ._redact import get_logger, redact, register_secret, unregister_secret
 from ._version import __version__
 
@@ -72,12 +72,16 @@ QueryValue = str | int | float | bool | None
 logger = get_logger("async_jobs.http")
 
 USER_AGENT = f"async-jobs/{__version__}"
+#: The headers of every request (the Authorization header is added for the API's origin).
+BASE_HEADERS: Mapping[str, str] = {"User-Agent": USER_AGENT, "Accept": "application/json"}
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_MAX_BODY_SIZE = 32 * 1024 * 1024
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS = 5
 EXCERPT_CHARS = 200
+#: A path segment quote() would leave unchanged (RFC 3986 unreserved characters only).
+_UNRESERVED = re.compile(r"[A-Za-z0-9._~-]+")
 
 
 class Auth(Protocol):
@@ -99,14 +103,20 @@ class Auth(Protocol):
 class StaticTokenAuth:
     """A fixed bearer token (or none)."""
 
-    __slots__ = ("_token",)
+    __slots__ = ("_header", "_token")
 
     def __init__(self, token: str | None) -> None:
         self._token = token or None
+        self._header = f"Bearer {self._token}" if self._token else None
+
+    @property
+    def header(self) -> str | None:
+        """``Bearer <token>`` or None, without an await (the transport's fast path)."""
+        return self._header
 
     async def authorization(self) -> str | None:
         """``Bearer <token>`` or None when there is no token."""
-        return f"Bearer {self._token}" if self._token else None
+        return self._header
 
     async def refresh(self) -> bool:
         """A static token cannot be renewed."""
@@ -120,9 +130,8 @@ class StaticTokenAuth:
         return f"StaticTokenAuth(token={'***' if self._token else None})"
 
 
-@dataclass(frozen=True, slots=True)
-class Response:
-    """A fully read HTTP response."""
+class Response(NamedTuple):
+    """A fully read HTTP response (a tuple: built once per request, on the hot path)."""
 
     status: int
     headers: Mapping[str, str]
@@ -134,10 +143,17 @@ class Response:
 def api_path(*segments: str) -> str:
     """An encoded path from raw segments: ``api_path("async", "operations", op_id)``. Each
     segment is percent-encoded whole, so an id can never add a path level."""
-    for segment in segments:
-        if not isinstance(segment, str) or not segment:
-            raise ValueError(f"path segments must be non-empty strings, got {segment!r}")
-    return "/" + "/".join(quote(segment, safe="") for segment in segments)
+    return "/" + "/".join([encode_segment(segment) for segment in segments])
+
+
+def encode_segment(segment: str) -> str:
+    """One raw path segment percent-encoded whole (``/`` too); ValueError unless it is a
+    non-empty string."""
+    if not isinstance(segment, str) or not segment:
+        raise ValueError(f"path segments must be non-empty strings, got {segment!r}")
+    # quote() leaves unreserved characters as they are: skip it for segments of only those
+    # (every literal and most ids), which is most of what it would cost per request.
+    return segment if _UNRESERVED.fullmatch(segment) else quote(segment, safe="")
 
 
 def build_url(base_url: str, path: str, params: Mapping[str, QueryValue] | None = None) -> URL:
@@ -429,15 +445,36 @@ class HttpTransport:
             else build_url(self.base_url, path, params)
         )
         retryable = method == "GET" if idempotent is None else idempotent
-        step = PollStep(self.retry)
+        step: PollStep | None = None  # made at the first retry: most requests need none
         refreshed = False
+        auth = self._auth
         while True:
             try:
                 # The credential comes first, outside the concurrency slot: getting it may
                 # itself send a request through this transport (an OAuth2 token exchange).
-                authorization = await self._auth.authorization() if authenticate else None
-                attempt = step.misses + 1
-                response = await self._send_limited(method, url, data, json, authorization, attempt)
+                if not authenticate:
+                    authorization = None
+                elif type(auth) is StaticTokenAuth:
+                    authorization = auth.header
+                else:
+                    authorization = await auth.authorization()
+                attempt = step.misses + 1 if step is not None else 1
+                caller = REQUEST_LIMITS.get()
+                if caller is None and self._concurrency is None:  # no slot to hold
+                    if self.limiter.rate is not None:
+                        await self.limiter.acquire()
+                    response = await self._send_observed(
+                        method, url, data, json, authorization, attempt
+                    )
+                else:
+                    response = await self._send_limited(
+                        caller, method, url, data, json, authorization, attempt
+                    )
+                if response.status == 429:  # slows this client and the caller down
+                    now = anyio.current_time()
+                    self.limiter.throttled(now)
+                    if caller is not None:
+                        caller.rate.throttled(now)
                 if response.status == 401 and authenticate and not refreshed:
                     refreshed = True
                     if await self._auth.refresh():
@@ -462,6 +499,8 @@ class HttpTransport:
             except _Transient as transient:
                 if not (retryable or transient.unsent):
                     raise transient.error from None
+                if step is None:
+                    step = PollStep(self.retry)
                 decision = step.record(
                     Outcome.MISSED, anyio.current_time(), hint=transient.hint, rand=random.random()
                 )
@@ -492,6 +531,7 @@ class HttpTransport:
 
     async def _send_limited(
         self,
+        caller: RequestLimits | None,
         method: str,
         url: URL,
         data: Any,
@@ -499,30 +539,16 @@ class HttpTransport:
         authorization: str | None,
         attempt: int,
     ) -> Response:
-        """One attempt within this client's limits and the caller's (:data:`REQUEST_LIMITS`);
-        a 429 slows both down."""
-        caller = REQUEST_LIMITS.get()
-        if caller is None and self._concurrency is None:  # the common case: no slot to hold
-            await self.limiter.acquire()
-            response = await self._send_observed(method, url, data, json, authorization, attempt)
-        else:
-            async with AsyncExitStack() as slots:
-                if caller is not None:
-                    await caller.rate.acquire()
-                    if caller.concurrency is not None:
-                        await slots.enter_async_context(caller.concurrency)
-                await self.limiter.acquire()
-                if self._concurrency is not None:
-                    await slots.enter_async_context(self._concurrency)
-                response = await self._send_observed(
-                    method, url, data, json, authorization, attempt
-                )
-        if response.status == 429:
-            now = anyio.current_time()
-            self.limiter.throttled(now)
+        """One attempt within this client's limits and the caller's (:data:`REQUEST_LIMITS`)."""
+        async with AsyncExitStack() as slots:
             if caller is not None:
-                caller.rate.throttled(now)
-        return response
+                await caller.rate.acquire()
+                if caller.concurrency is not None:
+                    await slots.enter_async_context(caller.concurrency)
+            await self.limiter.acquire()
+            if self._concurrency is not None:
+                await slots.enter_async_context(self._concurrency)
+            return await self._send_observed(method, url, data, json, authorization, attempt)
 
     async def _send_observed(
         self,
@@ -586,14 +612,36 @@ class HttpTransport:
     ) -> Response:
         """One attempt, following redirects by hand so credentials never cross origins."""
         session = self._get_session()
-        headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
         origin = url
         for _ in range(MAX_REDIRECTS + 1):
-            send_headers = dict(headers)
-            if authorization and _same_origin(url, origin):
-                send_headers["Authorization"] = authorization
+            if authorization and (url is origin or _same_origin(url, origin)):
+                headers = {**BASE_HEADERS, "Authorization": authorization}
+            else:
+                headers = dict(BASE_HEADERS)
             try:
-                response = await self._exchange(session, method, url, send_headers, data, json)
+                async with session.request(
+                    method,
+                    url,
+                    headers=headers,
+                    data=data,
+                    json=json,
+                    allow_redirects=False,
+                    timeout=self._client_timeout,
+                ) as resp:
+                    length = resp.content_length
+                    if (
+                        length is not None
+                        and length <= self._max_body_size
+                        and "Content-Encoding" not in resp.headers
+                    ):
+                        # Not compressed, and a length within the cap: the body cannot
+                        # outgrow it (aiohttp reads exactly Content-Length bytes), so read it
+                        # in one go. A body cut short is a ClientPayloadError either way.
+                        body = await resp.read()
+                    else:
+                        body = await self._read_capped(resp, method, url)
+                    response = Response(resp.status, resp.headers, body, method, str(url))
+                logger.debug("%s %s -> %d (%d bytes)", method, url, response.status, len(body))
             except aiohttp.ClientConnectorError as exc:
                 # No connection was made, so nothing was sent: safe to send again, even a POST.
                 raise _Transient(
@@ -623,29 +671,6 @@ class HttpTransport:
             return response
         raise TransportError(f"{method} {origin}: more than {MAX_REDIRECTS} redirects")
 
-    async def _exchange(
-        self,
-        session: aiohttp.ClientSession,
-        method: str,
-        url: URL,
-        headers: dict[str, str],
-        data: Any,
-        json: Any,
-    ) -> Response:
-        logger.debug("%s %s", method, url)
-        async with session.request(
-            method,
-            url,
-            headers=headers,
-            data=data,
-            json=json,
-            allow_redirects=False,
-            timeout=self._client_timeout,
-        ) as resp:
-            body = await self._read_capped(resp, method, url)
-            logger.debug("%s %s -> %d (%d bytes)", method, url, resp.status, len(body))
-            return Response(resp.status, resp.headers, body, method, str(url))
-
     async def _read_capped(self, resp: aiohttp.ClientResponse, method: str, url: URL) -> bytes:
         cap = self._max_body_size
         if resp.content_length is not None and resp.content_length > cap:
@@ -654,11 +679,6 @@ class HttpTransport:
                 f"{cap}-byte limit",
                 status=resp.status,
             )
-        if resp.content_length is not None and "Content-Encoding" not in resp.headers:
-            # Not compressed, and a length within the cap: the body cannot outgrow it (aiohttp
-            # reads exactly Content-Length bytes), so read it in one go. A body cut short is a
-            # ClientPayloadError either way.
-            return await resp.read()
         chunks: list[bytes] = []
         size = 0
         async for chunk in resp.content.iter_chunked(64 * 1024):
