@@ -13,7 +13,6 @@ import ipaddress
 import random
 import re
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import AsyncExitStack
 from datetime import datetime, timezone
 from typing import Any, NamedTuple, Protocol, TypeAlias, TypeVar
 from urllib.parse import quote
@@ -36,7 +35,7 @@ from ._errors import (
 )
 from ._outage import Outage
 from ._policy import Outcome, PollStep, RetryPolicy, parse_retry_after
-from ._ratelimit import REQUEST_LIMITS, RateLimiter, RequestLimits
+from ._ratelimit import REQUEST_LIMITS, RateLimiter, RequestLimits, Slots
 from ._redact import get_logger, redact, register_secret, unregister_secret
 from ._version import __version__
 
@@ -336,7 +335,7 @@ class HttpTransport:
         self._host = URL(self.base_url).host or self.base_url
         self._outage = Outage(self._host, logger, after=OUTAGE_AFTER)
         self.limiter = RateLimiter(rate_limit)
-        self._concurrency: anyio.CapacityLimiter | None = None
+        self._concurrency: Slots | None = None
         self.set_limits(rate_limit=rate_limit, max_concurrency=max_concurrency)
         self._auth = auth
         for secret in auth.secrets():
@@ -362,7 +361,7 @@ class HttpTransport:
         if max_concurrency is not None:
             if max_concurrency < 1:
                 raise ValueError("max_concurrency must be >= 1")
-            self._concurrency = anyio.CapacityLimiter(max_concurrency)
+            self._concurrency = Slots(max_concurrency)
 
     @property
     def secrets(self) -> Sequence[str]:
@@ -539,15 +538,30 @@ class HttpTransport:
         authorization: str | None,
         attempt: int,
     ) -> Response:
-        """One attempt within this client's limits and the caller's (:data:`REQUEST_LIMITS`)."""
-        async with AsyncExitStack() as slots:
-            if caller is not None:
-                await caller.rate.acquire()
-                if caller.concurrency is not None:
-                    await slots.enter_async_context(caller.concurrency)
+        """One attempt within this client's limits and the caller's (:data:`REQUEST_LIMITS`):
+        the caller's rate, the caller's slot, this client's rate, then this client's slot."""
+        if caller is not None:
+            await caller.rate.acquire()
+            if caller.concurrency is not None:
+                async with caller.concurrency:
+                    return await self._send_within(method, url, data, json, authorization, attempt)
+        return await self._send_within(method, url, data, json, authorization, attempt)
+
+    async def _send_within(
+        self,
+        method: str,
+        url: URL,
+        data: Any,
+        json: Any,
+        authorization: str | None,
+        attempt: int,
+    ) -> Response:
+        """One attempt within this client's own rate and concurrency limits."""
+        if self.limiter.rate is not None:
             await self.limiter.acquire()
-            if self._concurrency is not None:
-                await slots.enter_async_context(self._concurrency)
+        if self._concurrency is None:
+            return await self._send_observed(method, url, data, json, authorization, attempt)
+        async with self._concurrency:
             return await self._send_observed(method, url, data, json, authorization, attempt)
 
     async def _send_observed(

@@ -17,10 +17,10 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from functools import partial
 from typing import Generic, TypeVar
 
-import anyio
 import msgspec
 
 from ._errors import DecodeError
+from ._ratelimit import Slots
 from ._tasks import run_concurrently
 
 __all__ = ["Page", "iter_items", "merge_streams"]
@@ -96,7 +96,7 @@ class _Cursor(Generic[T]):
             ranked.append((rank, item))
         return ranked
 
-    async def fill(self, limiter: anyio.CapacityLimiter) -> None:
+    async def fill(self, limiter: Slots) -> None:
         """Fetch the next page into the buffer (and on past empty pages, to the next item or
         the end)."""
         while True:
@@ -116,7 +116,7 @@ class _Cursor(Generic[T]):
                 return
 
 
-async def _fill(cursors: Sequence[_Cursor[T]], limiter: anyio.CapacityLimiter) -> None:
+async def _fill(cursors: Sequence[_Cursor[T]], limiter: Slots) -> None:
     """Fetch the next page of each of ``cursors`` concurrently; the first error is raised as
     itself (never inside an exception group) and stops the other fetches."""
     if len(cursors) == 1:
@@ -156,7 +156,7 @@ async def merge_streams(
     """
     if max_items is not None and max_items <= 0:
         return
-    limiter = anyio.CapacityLimiter(max_concurrency)
+    limiter = Slots(max_concurrency)
     rank: Callable[[T], float] | None = None
     if key is not None:
         sort_key = key

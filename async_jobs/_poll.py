@@ -50,6 +50,7 @@ from ._policy import (
     check_schedule,
     policy_for,
 )
+from ._ratelimit import Slots
 from ._redact import get_logger
 from ._tasks import run_concurrently
 from .models._state import JobState
@@ -657,7 +658,7 @@ async def wait_all(
         raise ValueError(f"max_concurrency must be an int >= 1, got {max_concurrency!r}")
     latest: dict[int, J] = {}
     done: dict[int, J] = {}
-    limiter = anyio.CapacityLimiter(max_concurrency)
+    limiter = Slots(max_concurrency)
 
     def limited(ref: JobRef[J]) -> JobRef[J]:
         async def fetch() -> J:

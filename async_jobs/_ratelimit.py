@@ -1,5 +1,6 @@
-"""A client's request-rate limit: a leaky bucket that halves its rate when the server answers
-429 and creeps back up to the configured rate while requests succeed.
+"""Request limits: a client's request rate (a leaky bucket that halves its rate when the
+server answers 429 and creeps back up to the configured rate while requests succeed) and
+:class:`Slots`, the library's one bound on work in flight.
 
 The arithmetic (:meth:`RateLimiter.reserve`, :meth:`RateLimiter.throttled`) takes "now" as an
 argument and never sleeps, so it is tested without an event loop; :meth:`acquire` is the thin
@@ -8,12 +9,15 @@ async wrapper the transport awaits.
 
 from __future__ import annotations
 
+import asyncio
 import math
+from collections import deque
 from contextvars import ContextVar
+from types import TracebackType
 
 import anyio
 
-__all__ = ["REQUEST_LIMITS", "RateLimiter", "RequestLimits"]
+__all__ = ["REQUEST_LIMITS", "RateLimiter", "RequestLimits", "Slots"]
 
 #: At most one halving per this many seconds: one burst of 429s is one signal.
 COOLDOWN = 1.0
@@ -88,6 +92,69 @@ class RateLimiter:
             await anyio.sleep(delay)
 
 
+class Slots:
+    """At most ``total`` holders at once: ``async with slots:`` around each piece of work.
+
+    Taking a free slot does not yield to the event loop (anyio's ``CapacityLimiter`` yields
+    twice per acquire, which costs a whole loop turn per request under a concurrency cap);
+    waiters are served first come, first served. A waiter cancelled while queued leaves the
+    queue; one cancelled just after being handed a slot passes it on.
+    """
+
+    __slots__ = ("_free", "_waiters", "total")
+
+    def __init__(self, total: int) -> None:
+        if isinstance(total, bool) or not isinstance(total, int) or total < 1:
+            raise ValueError(f"total must be an int >= 1, got {total!r}")
+        self.total = total
+        self._free = total
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def in_use(self) -> int:
+        """How many slots are held now."""
+        return self.total - self._free
+
+    @property
+    def waiting(self) -> int:
+        """How many callers are queued for a slot."""
+        return sum(1 for waiter in self._waiters if not waiter.done())
+
+    async def __aenter__(self) -> None:
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self._release()  # handed a slot, then cancelled: the next waiter gets it
+            elif waiter in self._waiters:  # a release may have dropped it already
+                self._waiters.remove(waiter)
+            raise
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot goes straight to the next waiter
+                return
+        self._free += 1
+
+    def __repr__(self) -> str:
+        return f"Slots(total={self.total}, in_use={self.in_use}, waiting={self.waiting})"
+
+
 class RequestLimits:
     """Limits a caller puts on every request sent on its behalf, on top of the client's own:
     at most ``rate`` requests per second (adaptive, as :class:`RateLimiter`) and
@@ -101,9 +168,7 @@ class RequestLimits:
         if max_concurrency is not None and max_concurrency < 1:
             raise ValueError("max_concurrency must be >= 1")
         self.rate = RateLimiter(rate)
-        self.concurrency = (
-            anyio.CapacityLimiter(max_concurrency) if max_concurrency is not None else None
-        )
+        self.concurrency = Slots(max_concurrency) if max_concurrency is not None else None
 
 
 #: The caller's :class:`RequestLimits` for requests sent from the current context, if any.

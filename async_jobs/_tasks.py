@@ -13,7 +13,7 @@ __all__ = ["run_concurrently"]
 async def run_concurrently(calls: Iterable[Callable[[], Awaitable[object]]]) -> None:
     """Run each of ``calls`` in one task group and return once all are done. The first one to
     raise cancels the others, and its exception is raised as itself once they have stopped.
-    Bound the work with a ``CapacityLimiter`` inside the calls."""
+    Bound the work with :class:`~async_jobs._ratelimit.Slots` inside the calls."""
     errors: list[Exception] = []
 
     async def run(call: Callable[[], Awaitable[object]], scope: anyio.CancelScope) -> None:

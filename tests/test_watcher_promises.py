@@ -214,7 +214,7 @@ async def test_a_watcher_never_changes_its_clients_limits(server: FakeApiServer)
         async with aj.Watcher(zoo, max_concurrency=2, rate_limit=5.0):
             assert (zoo._http._concurrency, zoo._http.limiter) == before
         assert zoo._http._concurrency is not None
-        assert zoo._http._concurrency.total_tokens == 64
+        assert zoo._http._concurrency.total == 64
 
 
 async def test_the_watchers_own_max_concurrency_bounds_all_its_requests(

@@ -17,6 +17,7 @@ from anyio.abc import TaskGroup
 
 from ..._outage import Outage
 from ..._policy import RetryPolicy, Stop
+from ..._ratelimit import Slots
 from ..._redact import get_logger
 from ..._watcher import Watcher
 from ._backoff import _Backoff
@@ -80,7 +81,7 @@ class Settler:
     holding: Holding
     handler: Handler
     retry: RetryPolicy
-    limiter: anyio.CapacityLimiter
+    limiter: Slots
     health: Outage
     counts: Counts
     watcher: Watcher | None = None

@@ -18,6 +18,7 @@ from ..._client import ApiClient
 from ..._outage import Outage
 from ..._policy import PollSchedule, RetryPolicy
 from ..._poll import JobRef
+from ..._ratelimit import Slots
 from ..._redact import get_logger, register_secret, unregister_secret
 from ..._watcher import Watcher
 from ._backoff import RECOVERABLE_ERRORS, REDIS_QUIET, _Backoff
@@ -121,7 +122,7 @@ class DurableWorker:
             holding=self._held,
             handler=handler,
             retry=retry,
-            limiter=anyio.CapacityLimiter(concurrency),
+            limiter=Slots(concurrency),
             health=self._health,
             counts=self,
         )
