@@ -16,6 +16,7 @@ from contextvars import ContextVar
 from types import TracebackType
 
 import anyio
+from anyio.lowlevel import checkpoint_if_cancelled
 
 __all__ = ["REQUEST_LIMITS", "RateLimiter", "RequestLimits", "Slots"]
 
@@ -96,9 +97,10 @@ class Slots:
     """At most ``total`` holders at once: ``async with slots:`` around each piece of work.
 
     Taking a free slot does not yield to the event loop (anyio's ``CapacityLimiter`` yields
-    twice per acquire, which costs a whole loop turn per request under a concurrency cap);
-    waiters are served first come, first served. A waiter cancelled while queued leaves the
-    queue; one cancelled just after being handed a slot passes it on.
+    twice per acquire, which costs a whole loop turn per request under a concurrency cap),
+    but entering is a cancellation point: a caller whose scope is cancelled raises there
+    instead of starting its work. Waiters are served first come, first served; one cancelled
+    while queued leaves the queue, one cancelled just after being handed a slot passes it on.
     """
 
     __slots__ = ("_free", "_waiters", "total")
@@ -121,6 +123,7 @@ class Slots:
         return sum(1 for waiter in self._waiters if not waiter.done())
 
     async def __aenter__(self) -> None:
+        await checkpoint_if_cancelled()  # a cancelled caller starts no new work
         if self._free > 0 and not self._waiters:
             self._free -= 1
             return

@@ -120,3 +120,12 @@ def test_any_mix_of_work_and_cancellations_keeps_the_bound_and_frees_every_slot(
         assert slots.in_use == 0 and slots.waiting == 0
 
     asyncio.run(main())
+
+
+async def test_a_cancelled_caller_takes_no_free_slot() -> None:
+    slots = Slots(1)
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        async with slots:
+            pytest.fail("a cancelled caller entered")
+    assert slots.in_use == 0
