@@ -24,7 +24,7 @@ from ._errors import (
 )
 from ._http import ErrorDecoder, ErrorDetails, StaticTokenAuth, api_path
 from ._paging import Page, iter_items
-from ._policy import PollPolicy, RetryPolicy, next_delay
+from ._policy import DEFAULT_POLL, PollPolicy, RetryPolicy, next_delay
 from ._poll import ActiveListing, Job, JobRef, wait_all, wait_until, wait_until_terminal, watch
 from ._version import __version__
 from ._watcher import Watcher
@@ -49,6 +49,7 @@ __all__ = [
     "ClientOptions",
     "ClientSettings",
     "ConditionNotMet",
+    "DEFAULT_POLL",
     "DatasetConversion",
     "DatasetSnapshotImage",
     "DatasetStats",

@@ -25,7 +25,7 @@ from ._http import (
     HttpTransport,
     QueryValue,
 )
-from ._policy import PollPolicy, PollSchedule, RetryPolicy, check_schedule
+from ._policy import DEFAULT_POLL, PollSchedule, RetryPolicy, check_schedule
 from ._poll import ActiveListing, Job, JobRef
 
 if TYPE_CHECKING:
@@ -132,7 +132,7 @@ class ApiClient:
             decode_error=self.api.decode_error,
             request_id_header=self.api.request_id_header,
         )
-        self.poll: PollSchedule = check_schedule(self.options.poll) or PollPolicy()
+        self.poll: PollSchedule = check_schedule(self.options.poll) or DEFAULT_POLL
         self._listings: dict[Hashable, ActiveListing[Any]] = {}
 
     def _listing(

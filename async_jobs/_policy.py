@@ -12,11 +12,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
+from types import MappingProxyType
 from typing import NamedTuple, TypeAlias
 
 from .models._state import JobState
 
 __all__ = [
+    "DEFAULT_PENDING_POLL",
+    "DEFAULT_POLL",
+    "DEFAULT_RUNNING_POLL",
     "Decision",
     "Outcome",
     "PollPolicy",
@@ -40,17 +44,25 @@ def _check_positive(name: str, value: float) -> None:
 class PollPolicy:
     """How often to look at a job: start at ``initial`` seconds, grow by ``multiplier`` up to
     ``maximum``; each delay is spread by +/- ``jitter`` (a fraction) so many waits don't poll
-    in lockstep. The interval drops back to ``initial`` when the job visibly changes."""
+    in lockstep. The interval drops back to ``initial`` when the job visibly changes.
+
+    ``age_fraction`` makes the interval follow the job instead of the count of polls: each
+    delay is at least that fraction of the time since the job last visibly changed (so with
+    ``multiplier=1`` a job is looked at every ``initial`` seconds while it is young in its
+    state, and a job quiet for 100 s every ``0.15 * 100`` s at 0.15), capped at ``maximum``.
+    The default schedule (:data:`~async_jobs.DEFAULT_POLL`) is built on it."""
 
     initial: float = 1.0
     multiplier: float = 1.5
     maximum: float = 15.0
     jitter: float = 0.1
+    age_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         _check_positive("initial", self.initial)
         _check_positive("maximum", self.maximum)
         _check_positive("multiplier", self.multiplier)
+        _check_positive("age_fraction", self.age_fraction)
         if self.multiplier < 1:
             raise ValueError("multiplier must be >= 1")
         if not 0 <= self.jitter <= 1:
@@ -80,9 +92,36 @@ def check_schedule(schedule: PollSchedule | None) -> PollSchedule | None:
     return schedule
 
 
+#: How a job in a state other than PENDING is polled by default: every 0.9 s while it is
+#: young in its state (with the +/-10% spread, a finished job is seen within a second), then
+#: every 15% of the time it has looked the same, at most every 15 s.
+DEFAULT_RUNNING_POLL = PollPolicy(initial=0.9, multiplier=1.0, maximum=15.0, age_fraction=0.15)
+#: How a queued job is polled by default: every 1.75 s, then every 30% of the time it has
+#: been queued, at most every 15 s.
+DEFAULT_PENDING_POLL = PollPolicy(initial=1.75, multiplier=1.0, maximum=15.0, age_fraction=0.3)
+
+#: The schedule of a wait, a watch or a Watcher given no ``poll=`` (nor its client).
+#:
+#: A running job is looked at every 0.9 s while it is young in its state, then at 15% of the
+#: time it has looked the same (at most every 15 s): the delay follows how long the job has
+#: taken so far, the cheapest guess at how long it will still take, so a short job is seen
+#: finished within about a second and a long one costs few requests (a job running for an
+#: hour is looked at every 15 s). A queued job (PENDING) is looked at every 1.75 s, then at
+#: 30% of its time queued: it has to start before it can succeed, and its start is a visible
+#: change that brings the running pace in. Every delay is spread by +/-10%. A state the
+#: mapping leaves out polls as RUNNING.
+DEFAULT_POLL: Mapping[JobState, PollPolicy] = MappingProxyType(
+    {
+        JobState.PENDING: DEFAULT_PENDING_POLL,
+        JobState.RUNNING: DEFAULT_RUNNING_POLL,
+        JobState.UNKNOWN: DEFAULT_RUNNING_POLL,
+    }
+)
+
+
 def policy_for(state: JobState | None, *schedules: PollSchedule | None) -> PollPolicy:
     """The policy of a job in ``state`` (None: not seen yet): the first of ``schedules``
-    that is a PollPolicy or maps ``state``; the default PollPolicy if none does."""
+    that is a PollPolicy or maps ``state``; :data:`DEFAULT_POLL`'s if none does."""
     for schedule in schedules:
         if schedule is None:
             continue
@@ -91,7 +130,9 @@ def policy_for(state: JobState | None, *schedules: PollSchedule | None) -> PollP
         policy = schedule.get(state) if state is not None else None
         if policy is not None:
             return policy
-    return PollPolicy()
+    if state is None:
+        return DEFAULT_RUNNING_POLL
+    return DEFAULT_POLL.get(state, DEFAULT_RUNNING_POLL)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -130,17 +171,22 @@ def next_delay(
     *,
     hint: float | None = None,
     rand: float | None = None,
+    age: float = 0.0,
 ) -> float:
     """Seconds to wait before the next poll or retry.
 
     ``attempt`` counts from 0 (the first delay). ``hint`` is the server's own hint in seconds
     (``Retry-After``); when given it wins over the schedule, clamped to ``[0, policy.maximum]``.
-    ``rand`` in [0, 1] applies jitter (``None``: no jitter): full jitter for a RetryPolicy,
-    +/- ``policy.jitter`` for a PollPolicy. The result always lies in ``[0, policy.maximum]``.
+    ``age`` is how long the job has looked the same: a PollPolicy's delay is at least its
+    ``age_fraction`` of it. ``rand`` in [0, 1] applies jitter (``None``: no jitter): full
+    jitter for a RetryPolicy, +/- ``policy.jitter`` for a PollPolicy. The result always lies
+    in ``[0, policy.maximum]``.
     """
     if hint is not None and not math.isnan(hint):
         return min(max(hint, 0.0), policy.maximum)
     base = _backoff(policy.initial, policy.multiplier, policy.maximum, attempt)
+    if isinstance(policy, PollPolicy) and policy.age_fraction and age > 0:
+        base = min(max(base, policy.age_fraction * age), policy.maximum)
     if rand is None:
         return base
     rand = min(max(rand, 0.0), 1.0)
@@ -208,7 +254,8 @@ class PollStep:
     Pure: ``now`` (a monotonic clock reading) and ``rand`` (in [0, 1], for jitter) are
     arguments. ``attempt`` is the position in the policy's schedule: a change resets it, so
     polling speeds up again; ``misses`` counts consecutive missed polls; ``ok_at`` is when the
-    loop last succeeded (or started).
+    loop last succeeded (or started); ``changed_at`` when it last saw a change (or started),
+    the start of the age a PollPolicy's ``age_fraction`` reads.
     """
 
     policy: PollPolicy | RetryPolicy
@@ -216,12 +263,15 @@ class PollStep:
     ok_at: float = 0.0
     attempt: int = 0
     misses: int = 0
+    changed_at: float | None = None
 
     def __post_init__(self) -> None:
         if self.stall_timeout is not None and not (
             isinstance(self.stall_timeout, (int, float)) and self.stall_timeout > 0
         ):
             raise ValueError(f"stall_timeout must be > 0 or None, got {self.stall_timeout!r}")
+        if self.changed_at is None:
+            self.changed_at = self.ok_at
 
     @property
     def stall_deadline(self) -> float:
@@ -258,6 +308,8 @@ class PollStep:
             self.ok_at = now
             if outcome is Outcome.CHANGED:
                 self.attempt = 0
-        delay = next_delay(self.policy, self.attempt, hint=hint, rand=rand)
+                self.changed_at = now
+        age = now - self.changed_at if self.changed_at is not None else 0.0
+        delay = next_delay(self.policy, self.attempt, hint=hint, rand=rand, age=age)
         self.attempt += 1
         return Decision(min(delay, max(self.stall_deadline - now, 0.0)), None)

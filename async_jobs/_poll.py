@@ -297,6 +297,19 @@ class Poller(Generic[J]):
                 events.emit(moved, self.listeners)
         return job, changed, decision
 
+    def unchanged(self, now: float) -> None:
+        """Record a look (in a group's listing) at a job that is just as it was last seen:
+        what :meth:`seen` records for it, without working out a next poll the listing's own
+        pace decides."""
+        self.polls += 1
+        self.error = None
+        self.step.misses = 0
+        self.step.ok_at = now
+        if events.enabled(self.listeners) and self.last is not None:
+            state = self.last.job_state.value
+            done = events.PollDone(key=self.key, state=state, changed=False, wait_id=self.wait_id)
+            events.emit(done, self.listeners)
+
     def listed(self, changed: bool) -> Decision:
         """Record a successful poll (a look at the job, or a group's listing)."""
         self.error = None

@@ -63,6 +63,12 @@ FALLBACK_ERRORS: tuple[type[Exception], ...] = (
     NotFoundError,
 )
 SNAPSHOT_VERSION = 1
+#: How often a group's listing is sent when the watcher has no ``poll=``: every 0.8 s while
+#: its jobs change, then every 15% of the time the listing has looked the same (at most every
+#: 15 s). A listing costs one request for all of the group's jobs, so it looks a little more
+#: often than one running job's default schedule (:data:`~async_jobs.DEFAULT_POLL`): a job
+#: that finishes is reported within about a second (the listing, then one confirming GET).
+DEFAULT_LISTING_POLL = PollPolicy(initial=0.8, multiplier=1.0, maximum=15.0, age_fraction=0.15)
 
 
 class _Entry:
@@ -389,8 +395,16 @@ class Watcher:
 
     def _group_poller(self, listing: ActiveListing[Any]) -> Poller[Any]:
         return Poller(
-            listing.name, self.poll, stall_timeout=self.stall_timeout, listeners=self.listeners
+            listing.name,
+            self._listing_policy(),
+            stall_timeout=self.stall_timeout,
+            listeners=self.listeners,
         )
+
+    def _listing_policy(self) -> PollPolicy:
+        """A group's pace before its jobs are seen: the watcher's own policy, or with no
+        ``poll=`` :data:`DEFAULT_LISTING_POLL`."""
+        return DEFAULT_LISTING_POLL if self.schedule is None else self.poll
 
     def _start_group(self, listing: ActiveListing[Any]) -> _Group:
         group = self._groups[listing.key] = _Group(listing, self._group_poller(listing))
@@ -491,18 +505,19 @@ class Watcher:
             if decision.stop is Stop.STALLED:
                 for entry in list(group.entries.values()):
                     self._stall(entry, group)
-                group.poller = Poller(
-                    group.name,
-                    self.poll,
-                    stall_timeout=self.stall_timeout,
-                    listeners=self.listeners,
-                )
+                group.poller = self._group_poller(group.listing)
                 return Decision(0.0, None)
             return decision
         changed = False
+        now = anyio.current_time()
         for entry in list(group.entries.values()):
             job = active.get(entry.ref.ids[-1])
-            if job is None:
+            if job is not None and job == entry.poller.last:
+                entry.poller.unchanged(now)  # most of a listing, most of the time: kept cheap
+            elif job is None:
+                # Gone from the active listing: a visible change of the group (the listing
+                # keeps its pace while jobs are finishing).
+                changed = True
                 entry.confirming = True
                 self._schedule(entry, anyio.current_time())
             else:
@@ -522,14 +537,14 @@ class Watcher:
         return min(policies, key=lambda policy: policy.initial, default=self.poll)
 
     async def _group_pause(self, group: _Group, delay: float) -> None:
-        """Sleep ``delay``, cut to ``poll.initial`` once a new job joins the group."""
+        """Sleep ``delay``, cut to the listing's initial interval once a new job joins."""
         deadline = anyio.current_time() + delay
         while (remaining := deadline - anyio.current_time()) > 0:
             with anyio.move_on_after(remaining):
                 await group.wake.wait()
             if group.wake.is_set():
                 group.wake = anyio.Event()
-                deadline = min(deadline, anyio.current_time() + self.poll.initial)
+                deadline = min(deadline, anyio.current_time() + group.poller.step.policy.initial)
 
     def _fall_back(self, group: _Group, exc: Exception) -> None:
         logger.warning(
