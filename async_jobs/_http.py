@@ -106,12 +106,7 @@ class StaticTokenAuth:
 
     def __init__(self, token: str | None) -> None:
         self._token = token or None
-        self._header = f"Bearer {self._token}" if self._token else None
-
-    @property
-    def header(self) -> str | None:
-        """``Bearer <token>`` or None, without an await (the transport's fast path)."""
-        return self._header
+        self._header = f"Bearer {self._token}" if self._token else None  # built once
 
     async def authorization(self) -> str | None:
         """``Bearer <token>`` or None when there is no token."""
@@ -446,23 +441,15 @@ class HttpTransport:
         retryable = method == "GET" if idempotent is None else idempotent
         step: PollStep | None = None  # made at the first retry: most requests need none
         refreshed = False
-        auth = self._auth
         while True:
             try:
                 # The credential comes first, outside the concurrency slot: getting it may
                 # itself send a request through this transport (an OAuth2 token exchange).
-                if not authenticate:
-                    authorization = None
-                elif type(auth) is StaticTokenAuth:
-                    authorization = auth.header
-                else:
-                    authorization = await auth.authorization()
+                authorization = await self._auth.authorization() if authenticate else None
                 attempt = step.misses + 1 if step is not None else 1
                 caller = REQUEST_LIMITS.get()
-                if caller is None and self._concurrency is None:  # no slot to hold
-                    if self.limiter.rate is not None:
-                        await self.limiter.acquire()
-                    response = await self._send_observed(
+                if caller is None:
+                    response = await self._send_within(
                         method, url, data, json, authorization, attempt
                     )
                 else:
@@ -530,7 +517,7 @@ class HttpTransport:
 
     async def _send_limited(
         self,
-        caller: RequestLimits | None,
+        caller: RequestLimits,
         method: str,
         url: URL,
         data: Any,
@@ -538,14 +525,13 @@ class HttpTransport:
         authorization: str | None,
         attempt: int,
     ) -> Response:
-        """One attempt within this client's limits and the caller's (:data:`REQUEST_LIMITS`):
-        the caller's rate, the caller's slot, this client's rate, then this client's slot."""
-        if caller is not None:
-            await caller.rate.acquire()
-            if caller.concurrency is not None:
-                async with caller.concurrency:
-                    return await self._send_within(method, url, data, json, authorization, attempt)
-        return await self._send_within(method, url, data, json, authorization, attempt)
+        """One attempt within the caller's limits (:data:`REQUEST_LIMITS`), then this
+        client's: the caller's rate, the caller's slot, then :meth:`_send_within`."""
+        await caller.rate.acquire()
+        if caller.concurrency is None:
+            return await self._send_within(method, url, data, json, authorization, attempt)
+        async with caller.concurrency:
+            return await self._send_within(method, url, data, json, authorization, attempt)
 
     async def _send_within(
         self,

@@ -280,6 +280,11 @@ class PollStep:
             return math.inf
         return self.ok_at + self.stall_timeout
 
+    def succeeded(self, now: float) -> None:
+        """A success at ``now``: the misses are cleared and the stall clock restarts."""
+        self.misses = 0
+        self.ok_at = now
+
     def record(
         self,
         outcome: Outcome,
@@ -304,8 +309,7 @@ class PollStep:
             if now >= self.stall_deadline:
                 return Decision(0.0, Stop.STALLED)
         else:
-            self.misses = 0
-            self.ok_at = now
+            self.succeeded(now)
             if outcome is Outcome.CHANGED:
                 self.attempt = 0
                 self.changed_at = now

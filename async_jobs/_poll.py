@@ -289,8 +289,7 @@ class Poller(Generic[J]):
         decision = self.listed(changed)
         if events.enabled(self.listeners):
             state = job.job_state.value
-            done = events.PollDone(key=self.key, state=state, changed=changed, wait_id=self.wait_id)
-            events.emit(done, self.listeners)
+            self._poll_done(state, changed)
             old = previous.job_state.value if previous is not None else None
             if old != state:
                 moved = events.StateChanged(key=self.key, old=old, new=state, wait_id=self.wait_id)
@@ -303,12 +302,13 @@ class Poller(Generic[J]):
         pace decides."""
         self.polls += 1
         self.error = None
-        self.step.misses = 0
-        self.step.ok_at = now
+        self.step.succeeded(now)
         if events.enabled(self.listeners) and self.last is not None:
-            state = self.last.job_state.value
-            done = events.PollDone(key=self.key, state=state, changed=False, wait_id=self.wait_id)
-            events.emit(done, self.listeners)
+            self._poll_done(self.last.job_state.value, changed=False)
+
+    def _poll_done(self, state: str, changed: bool) -> None:
+        done = events.PollDone(key=self.key, state=state, changed=changed, wait_id=self.wait_id)
+        events.emit(done, self.listeners)
 
     def listed(self, changed: bool) -> Decision:
         """Record a successful poll (a look at the job, or a group's listing)."""

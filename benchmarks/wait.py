@@ -279,7 +279,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     return out + goals(results)
 
 
-#: The goals of issue 18 at the GOALS_SIZE cohort: (row, against, what, limit, most?).
+#: The goals of issue 18 at the GOALS_SIZE cohort: (row, over this row, figure, at most).
 GOALS: tuple[tuple[str, str, str, float], ...] = (
     (MODES[1], NAIVE, "cpu_s", 1.0),
     (WAIT_DEFAULT, SWEEP, "lag_p95_s", 1.2),
