@@ -124,7 +124,9 @@ class Slots:
 
     async def __aenter__(self) -> None:
         await checkpoint_if_cancelled()  # a cancelled caller starts no new work
-        if self._free > 0 and not self._waiters:
+        # A release hands its slot straight to the first waiter, so a free slot means
+        # nobody is queued: taking it jumps no queue.
+        if self._free > 0:
             self._free -= 1
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
