@@ -227,26 +227,26 @@ async def test_a_new_job_cuts_its_groups_long_pause(server: FakeApiServer) -> No
     # 0.02 s after a sweep that saw a change, then 20 s.
     policy = aj.PollPolicy(initial=0.02, multiplier=1000.0, maximum=100.0, jitter=0.0)
     steady = server.zoo.add_operation(timeline=[("in_progress", None)])
-    leaving = server.zoo.add_operation(timeline=[("in_progress", None)])
     late = server.zoo.add_operation(timeline=[("in_progress", None)])
+    pausing = anyio.Event()
 
-    def finish(op: aj.AsyncOperation) -> None:
-        if op.status == "in_progress":
-            server.zoo.set_status(leaving.id, "completed")
+    def on_event(event: aj.events.Event) -> None:
+        # Sweep 2 sees `steady` unchanged: its PollDone comes last in the sweep, and the
+        # group's 20 s pause begins before this test's task runs again.
+        if isinstance(event, aj.events.PollDone) and event.key.endswith(steady.id):
+            if not event.changed:
+                pausing.set()
 
     seen = anyio.Event()
-    async with _zoo(server) as zoo, aj.Watcher(zoo, poll=policy) as watcher:
-        watcher.add(zoo.async_operation(steady.id))
-        gone = watcher.add(zoo.async_operation(leaving.id), on_update=finish)
-        # Sweep 2 misses `leaving` and changes nothing else: the group pauses for 20 s and
-        # only then is `leaving` confirmed with a GET, so its result means the pause began.
+    async with _zoo(server) as zoo, aj.Watcher(zoo, poll=policy, listeners=[on_event]) as w:
+        w.add(zoo.async_operation(steady.id))
         with anyio.fail_after(SOON):
-            assert (await gone).status == "completed"
+            await pausing.wait()
         added_at = anyio.current_time()
-        watcher.add(zoo.async_operation(late.id), on_update=lambda _op: seen.set())
+        w.add(zoo.async_operation(late.id), on_update=lambda _op: seen.set())
         with anyio.fail_after(SOON):
             await seen.wait()
-    assert len(_sweeps(server)) >= 3
+    assert len(_sweeps(server)) == 3
     assert _sweeps(server)[2][0] >= added_at + policy.initial - 1e-3  # cut to initial, not 0
     assert not arrivals(server, f"/async/operations/{late.id}")  # seen through the listing
 
