@@ -14,6 +14,7 @@ import random
 import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
+from functools import lru_cache
 from typing import Any, NamedTuple, Protocol, TypeAlias, TypeVar
 from urllib.parse import quote
 
@@ -22,7 +23,7 @@ import anyio
 import msgspec
 from yarl import URL
 
-from . import events
+from . import _clock, events
 from ._errors import (
     ApiError,
     AuthenticationError,
@@ -79,6 +80,8 @@ RETRY_STATUSES = frozenset({429, 502, 503, 504})
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS = 5
 EXCERPT_CHARS = 200
+#: Parsed URLs of paths without a query kept for reuse (a job's URL is asked for at each poll).
+PLAIN_URLS = 4096
 #: A path segment quote() would leave unchanged (RFC 3986 unreserved characters only).
 _UNRESERVED = re.compile(r"[A-Za-z0-9._~-]+")
 
@@ -131,7 +134,7 @@ class Response(NamedTuple):
     headers: Mapping[str, str]
     body: bytes
     method: str
-    url: str
+    url: URL | str
 
 
 def api_path(*segments: str) -> str:
@@ -153,6 +156,8 @@ def encode_segment(segment: str) -> str:
 def build_url(base_url: str, path: str, params: Mapping[str, QueryValue] | None = None) -> URL:
     """``base_url`` + an already encoded ``path`` + ``params`` percent-encoded byte for byte
     (``+``, ``&``, ``=``, ``/`` included); None values are left out."""
+    if not params:
+        return _plain_url(base_url, path)
     text = base_url.rstrip("/") + path
     if params:
         pairs = []
@@ -165,6 +170,13 @@ def build_url(base_url: str, path: str, params: Mapping[str, QueryValue] | None 
         if pairs:
             text += "?" + "&".join(pairs)
     return URL(text, encoded=True)
+
+
+@lru_cache(maxsize=PLAIN_URLS)
+def _plain_url(base_url: str, path: str) -> URL:
+    # A job's URL is asked for at each poll: one parse per URL, and aiohttp then reuses the
+    # parts yarl keeps on the object (yarl's own cache holds 128, fewer than jobs watched).
+    return URL(base_url.rstrip("/") + path, encoded=True)
 
 
 def excerpt(body: bytes, secrets: Sequence[str] = ()) -> str:
@@ -233,7 +245,7 @@ def error_for_response(
         "code": details.code,
         "request_id": request_id,
         "method": response.method,
-        "url": redact(response.url, secrets),
+        "url": redact(str(response.url), secrets),
     }
     cls = _error_class(response.status)
     if cls is RateLimitedError:
@@ -457,7 +469,7 @@ class HttpTransport:
                         caller, method, url, data, json, authorization, attempt
                     )
                 if response.status == 429:  # slows this client and the caller down
-                    now = anyio.current_time()
+                    now = _clock.now()
                     self.limiter.throttled(now)
                     if caller is not None:
                         caller.rate.throttled(now)
@@ -488,7 +500,7 @@ class HttpTransport:
                 if step is None:
                     step = PollStep(self.retry)
                 decision = step.record(
-                    Outcome.MISSED, anyio.current_time(), hint=transient.hint, rand=random.random()
+                    Outcome.MISSED, _clock.now(), hint=transient.hint, rand=random.random()
                 )
                 if decision.stop is not None:
                     raise transient.error from None
@@ -513,7 +525,7 @@ class HttpTransport:
                         wait_id=current.wait_id if current is not None else None,
                     )
                     events.emit(retry, local)
-                await anyio.sleep(decision.delay)
+                await _clock.sleep(decision.delay)
 
     async def _send_limited(
         self,
@@ -565,7 +577,7 @@ class HttpTransport:
         current = events.CURRENT_WAIT.get()
         local = self._local(current)
         observed = events.enabled(local)
-        started = anyio.current_time() if observed else 0.0
+        started = _clock.now() if observed else 0.0
         status: int | None = None
         error: BaseException | None = None
         request_id: str | None = None
@@ -577,7 +589,7 @@ class HttpTransport:
         except BaseException as exc:
             error = exc.error if isinstance(exc, _Transient) else exc
             if isinstance(exc, _Transient):
-                self._outage.failed(error, anyio.current_time())
+                self._outage.failed(error, _clock.now())
             if isinstance(error, DecodeError):
                 status = error.status
             raise
@@ -588,7 +600,7 @@ class HttpTransport:
                     url=_public_url(url, self.secrets),
                     status=status,
                     attempt=attempt,
-                    duration=anyio.current_time() - started,
+                    duration=_clock.now() - started,
                     request_id=request_id,
                     error=type(error).__name__ if error is not None else None,
                     key=current.key if current is not None else None,
@@ -596,9 +608,9 @@ class HttpTransport:
                 )
                 events.emit(done, local)
         if response.status in OUTAGE_STATUSES:
-            self._outage.failed(f"HTTP {response.status}", anyio.current_time())
+            self._outage.failed(f"HTTP {response.status}", _clock.now())
         elif self._outage.failures:
-            self._outage.answered(anyio.current_time())
+            self._outage.answered(_clock.now())
         return response
 
     def _local(self, current: events.CurrentWait | None) -> tuple[events.Listener, ...]:
@@ -640,7 +652,7 @@ class HttpTransport:
                         body = await resp.read()
                     else:
                         body = await self._read_capped(resp, method, url)
-                    response = Response(resp.status, resp.headers, body, method, str(url))
+                    response = Response(resp.status, resp.headers, body, method, url)
                 logger.debug("%s %s -> %d (%d bytes)", method, url, response.status, len(body))
             except aiohttp.ClientConnectorError as exc:
                 # No connection was made, so nothing was sent: safe to send again, even a POST.

@@ -26,7 +26,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import anyio
 import msgspec
 
-from . import events
+from . import _clock, events
 from ._errors import (
     ApiError,
     AsyncJobsError,
@@ -239,6 +239,7 @@ class Poller(Generic[J]):
 
     __slots__ = (
         "current",
+        "deadline",
         "error",
         "final_look",
         "key",
@@ -260,12 +261,13 @@ class Poller(Generic[J]):
         stall_timeout: float | None = None,
         listeners: Sequence[events.Listener] = (),
     ) -> None:
-        now = anyio.current_time()
+        now = _clock.now()
         self.key = key
         #: Where the policy of each state comes from, first match wins (see policy_for).
         self.schedules = schedules
         self.step = PollStep(policy_for(None, *schedules), stall_timeout=stall_timeout, ok_at=now)
         self.final_look = False  # the last sleep before the deadline was trimmed
+        self.deadline: float | None = None  # the enclosing deadline, once read
         self.latency = 0.0  # how long the last successful look took
         self.met = False  # a wait_until condition held on the last job seen
         self.last: J | None = None
@@ -314,7 +316,7 @@ class Poller(Generic[J]):
         """Record a successful poll (a look at the job, or a group's listing)."""
         self.error = None
         outcome = Outcome.CHANGED if changed else Outcome.UNCHANGED
-        return self.step.record(outcome, anyio.current_time(), rand=random.random())
+        return self.step.record(outcome, _clock.now(), rand=random.random())
 
     def missed(self, exc: BaseException) -> Decision:
         """Record a failed poll: a fatal error (400, 401/403, 404) ends the wait, anything
@@ -322,7 +324,7 @@ class Poller(Generic[J]):
         fatal = isinstance(exc, FATAL_ERRORS)
         hint = exc.retry_after if isinstance(exc, RateLimitedError) else None
         outcome = Outcome.FATAL if fatal else Outcome.MISSED
-        decision = self.step.record(outcome, anyio.current_time(), hint=hint, rand=random.random())
+        decision = self.step.record(outcome, _clock.now(), hint=hint, rand=random.random())
         if fatal:
             return decision
         if not isinstance(exc, _NoAnswer) or self.error is None:
@@ -353,7 +355,7 @@ class Poller(Generic[J]):
         """``fetch()``, given up at the stall deadline (a miss, as a timeout would be); its
         requests report this wait (:data:`~async_jobs.events.CURRENT_WAIT`)."""
         token = events.CURRENT_WAIT.set(self.current)
-        started = anyio.current_time()
+        started = _clock.now()
         try:
             remaining = self.step.stall_deadline - started
             if math.isinf(remaining):
@@ -363,7 +365,7 @@ class Poller(Generic[J]):
                     result = await fetch()
                 if stall.cancelled_caught:
                     raise _NoAnswer(f"no answer for {self.key} before its stall timeout")
-            self.latency = anyio.current_time() - started
+            self.latency = _clock.now() - started
             return result
         finally:
             events.CURRENT_WAIT.reset(token)
@@ -372,11 +374,20 @@ class Poller(Generic[J]):
         """``delay``, trimmed once so that the last look before the enclosing deadline (a
         wait's timeout, a caller's ``anyio.fail_after``) happens just before it instead of a
         sleep running past it; the look starts early by about twice the last look's latency
-        (0.1 s to 1 s), so that it ends before the deadline."""
-        deadline = anyio.current_effective_deadline()
-        if self.final_look or math.isinf(deadline):
+        (0.1 s to 1 s), so that it ends before the deadline.
+
+        The deadline is read at the first sleep and again only once the next look would come
+        within a second of it (reading it walks every enclosing cancel scope, on every poll
+        otherwise): a deadline an enclosing scope gets or brings forward later in the wait
+        still ends it, only without the trimmed last look."""
+        if self.final_look:
             return delay
-        now = anyio.current_time()
+        now = _clock.now()
+        deadline = self.deadline
+        if deadline is None or now + delay >= deadline - 1.0:
+            deadline = self.deadline = anyio.current_effective_deadline()
+            if math.isinf(deadline):
+                return delay
         look_at = deadline - min(max(2.0 * self.latency, FINAL_LOOK_LEAD), 1.0)
         if now + delay < look_at:
             return delay
@@ -415,7 +426,7 @@ class Poller(Generic[J]):
     def done_event(self, outcome: str) -> None:
         """Emit :class:`~async_jobs.events.WaitDone` with ``outcome``."""
         if events.enabled(self.listeners):
-            duration = anyio.current_time() - self.started
+            duration = _clock.now() - self.started
             done = events.WaitDone(
                 key=self.key,
                 outcome=outcome,
@@ -466,7 +477,7 @@ async def _follow(poller: Poller[J], ref: JobRef[J]) -> AsyncGenerator[J, None]:
     error, or :class:`~async_jobs.PollStalled` once nothing succeeded for the stall timeout."""
     while True:
         try:
-            job = await poller.fetch(ref.fetch)
+            job = await poller.fetch(ref._fetch)
         except MISSED_POLL_ERRORS as exc:
             decision = poller.missed(exc)
             if decision.stop is Stop.FATAL:
@@ -479,7 +490,7 @@ async def _follow(poller: Poller[J], ref: JobRef[J]) -> AsyncGenerator[J, None]:
                 yield job
                 if job.is_terminal:
                     return
-        await anyio.sleep(poller.until_deadline(decision.delay))
+        await _clock.sleep(poller.until_deadline(decision.delay))
 
 
 async def watch(

@@ -15,8 +15,9 @@ from collections import deque
 from contextvars import ContextVar
 from types import TracebackType
 
-import anyio
 from anyio.lowlevel import checkpoint_if_cancelled
+
+from . import _clock
 
 __all__ = ["REQUEST_LIMITS", "RateLimiter", "RequestLimits", "Slots"]
 
@@ -88,9 +89,9 @@ class RateLimiter:
         """Wait for this request's slot."""
         if self.rate is None:
             return  # no rate to keep: not even a clock read
-        delay = self.reserve(anyio.current_time())
+        delay = self.reserve(_clock.now())
         if delay > 0:
-            await anyio.sleep(delay)
+            await _clock.sleep(delay)
 
 
 class Slots:

@@ -37,7 +37,7 @@ import msgspec
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from . import events
+from . import _clock, events
 from ._client import ApiClient
 from ._errors import (
     ApiError,
@@ -383,7 +383,7 @@ class Watcher:
 
     def _spread(self) -> float:
         """A first poll spread over the initial interval: no thundering herd."""
-        return anyio.current_time() + random.random() * self.poll.initial
+        return _clock.now() + random.random() * self.poll.initial
 
     def _schedule(self, entry: _Entry, when: float) -> None:
         """Poll ``entry`` on its own at ``when`` (once: a job is never queued twice)."""
@@ -417,7 +417,7 @@ class Watcher:
         # must not stay referenced once its wait ended (memory stays flat in a service).
         while True:
             await self._send_due(send)
-            delay = self._heap[0][0] - anyio.current_time() if self._heap else math.inf
+            delay = self._heap[0][0] - _clock.now() if self._heap else math.inf
             if delay > 0:
                 with anyio.move_on_after(delay):
                     await self._wake.wait()
@@ -425,7 +425,7 @@ class Watcher:
 
     async def _send_due(self, send: MemoryObjectSendStream[_Entry]) -> None:
         """Hand the entries whose time has come to the workers."""
-        now = anyio.current_time()
+        now = _clock.now()
         while self._heap and self._heap[0][0] <= now:
             _, _, entry = heapq.heappop(self._heap)
             if self._entries.get(entry.ref.key) is entry:
@@ -478,7 +478,7 @@ class Watcher:
         entry.busy = False
         if confirming and entry.group is not None and not entry.group.fallback:
             return  # its group's listing takes over again
-        self._schedule(entry, anyio.current_time() + decision.delay)
+        self._schedule(entry, _clock.now() + decision.delay)
 
     async def _group_loop(self, group: _Group) -> None:
         while True:
@@ -509,7 +509,7 @@ class Watcher:
                 return Decision(0.0, None)
             return decision
         changed = False
-        now = anyio.current_time()
+        now = _clock.now()
         for entry in list(group.entries.values()):
             job = active.get(entry.ref.ids[-1])
             if job is not None and job == entry.poller.last:
@@ -519,7 +519,7 @@ class Watcher:
                 # keeps its pace while jobs are finishing).
                 changed = True
                 entry.confirming = True
-                self._schedule(entry, anyio.current_time())
+                self._schedule(entry, _clock.now())
             else:
                 seen_change, _ = await self._observe(entry, job)
                 changed = changed or seen_change
@@ -538,13 +538,13 @@ class Watcher:
 
     async def _group_pause(self, group: _Group, delay: float) -> None:
         """Sleep ``delay``, cut to the listing's initial interval once a new job joins."""
-        deadline = anyio.current_time() + delay
-        while (remaining := deadline - anyio.current_time()) > 0:
+        deadline = _clock.now() + delay
+        while (remaining := deadline - _clock.now()) > 0:
             with anyio.move_on_after(remaining):
                 await group.wake.wait()
             if group.wake.is_set():
                 group.wake = anyio.Event()
-                deadline = min(deadline, anyio.current_time() + group.poller.step.policy.initial)
+                deadline = min(deadline, _clock.now() + group.poller.step.policy.initial)
 
     def _fall_back(self, group: _Group, exc: Exception) -> None:
         logger.warning(

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias, TypeVar
 import anyio
 import msgspec
 
+from . import _clock
 from ._api import JobApi, JobKind
 from ._client import ApiClient, ClientOptions, ClientSettings, from_env
 from ._errors import WaitTimeout
@@ -589,7 +590,7 @@ async def wait_for_workflow_jobs(
     pid = mf.resolve_project_id(project_id)
     ref = mf.workflow(workflow_id, project_id=pid)
     check_timeout(timeout)
-    deadline = None if timeout is None else anyio.current_time() + timeout
+    deadline = None if timeout is None else _clock.now() + timeout
     workflow: MetafoldWorkflow | None = None
     with anyio.move_on_after(timeout):
         # A just-dispatched workflow may not list its jobs yet: watch it until it does.
@@ -600,7 +601,7 @@ async def wait_for_workflow_jobs(
                     break
     if workflow is None or not (workflow.jobs or workflow.is_terminal):
         raise WaitTimeout(f"{ref.key} listed no jobs within {timeout}s", last=workflow)
-    remaining = None if deadline is None else max(deadline - anyio.current_time(), 0.0)
+    remaining = None if deadline is None else max(deadline - _clock.now(), 0.0)
     refs = [mf.job(job_id, project_id=pid) for job_id in dict.fromkeys(workflow.jobs)]
     jobs = await wait_all(
         refs,

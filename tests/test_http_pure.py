@@ -33,6 +33,14 @@ def test_query_values_are_encoded_byte_for_byte() -> None:
     assert url.query["page_token"] == "a+b&c=d/=="
 
 
+def test_a_url_without_a_query_is_parsed_once() -> None:
+    url = build_url("https://api.zoo.dev/", "/async/operations/x%2Fy")
+    assert str(url) == "https://api.zoo.dev/async/operations/x%2Fy"
+    assert str(build_url("https://api.zoo.dev/", "/async/operations/x")).endswith("/x")
+    assert build_url("https://api.zoo.dev/", "/async/operations/x%2Fy") is url
+    assert build_url("https://api.zoo.dev/", "/async/operations/x%2Fy", {"a": None}) == url
+
+
 @given(st.text(min_size=1, max_size=40))
 def test_any_query_value_round_trips(value: str) -> None:
     url = build_url("https://h", "/p", {"q": value, "skip": None})

@@ -10,6 +10,7 @@ import anyio
 import pytest
 
 import async_jobs as aj
+from async_jobs._poll import Poller
 from async_jobs.testing import FakeApiServer
 
 from ._schedule import SOON, arrivals, at_least, gaps, polls
@@ -156,6 +157,23 @@ async def test_the_last_poll_lands_just_before_the_deadline(server: FakeApiServe
     times = arrivals(server, path)
     assert len(times) == 3, [t - started for t in times]
     assert times[-1] >= started + timeout - 0.3, [t - started for t in times]
+
+
+async def test_a_deadline_moved_during_the_wait_is_read_again_before_the_last_look() -> None:
+    """The enclosing deadline is read at the first sleep and again once a sleep would end
+    within a second of it: moved later, the last look goes with it; never before it."""
+    poller: Poller[Any] = Poller("k", None)
+    with anyio.move_on_after(100.0) as scope:  # noqa: ASYNC100 (only its deadline is read)
+        assert poller.until_deadline(1.0) == 1.0  # read: 100 s away
+        scope.deadline += 50.0
+        assert poller.until_deadline(1.0) == 1.0
+        # Would end within a second of the deadline read first: read again, 150 s away.
+        assert poller.until_deadline(99.5) == 99.5
+        trimmed = poller.until_deadline(1000.0)
+        assert 100.0 < trimmed < scope.deadline - anyio.current_time()
+        assert poller.until_deadline(1000.0) == 1000.0  # trimmed once only
+    outside: Poller[Any] = Poller("k", None)
+    assert outside.until_deadline(1000.0) == 1000.0  # no deadline at all
 
 
 class _CancelLog:

@@ -233,9 +233,10 @@ async def test_a_new_job_cuts_its_groups_long_pause(server: FakeApiServer) -> No
     def on_event(event: aj.events.Event) -> None:
         # Sweep 2 sees `steady` unchanged: its PollDone comes last in the sweep, and the
         # group's 20 s pause begins before this test's task runs again.
-        if isinstance(event, aj.events.PollDone) and event.key.endswith(steady.id):
-            if not event.changed:
-                pausing.set()
+        if not isinstance(event, aj.events.PollDone):
+            return
+        if not event.changed and event.key.endswith(steady.id):
+            pausing.set()
 
     seen = anyio.Event()
     async with _zoo(server) as zoo, aj.Watcher(zoo, poll=policy, listeners=[on_event]) as w:

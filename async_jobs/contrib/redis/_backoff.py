@@ -7,9 +7,9 @@ import logging
 import random
 from typing import TYPE_CHECKING
 
-import anyio
 from redis import exceptions as redis_errors
 
+from ... import _clock
 from ..._outage import Outage
 from ..._policy import Outcome, PollPolicy, PollStep
 from ..._redact import get_logger
@@ -75,7 +75,7 @@ class _Backoff:
             self.watches.forget_groups()  # the groups are gone (data lost): make them again
         elif not isinstance(exc, RECOVERABLE_ERRORS) and not is_transport_glitch(exc):
             raise exc
-        now = anyio.current_time()
+        now = _clock.now()
         decision = self.step.record(Outcome.MISSED, now, rand=random.random())
         self.health.failed(f"{type(exc).__name__}: {exc}, while {self.what}", now)
         logger.debug(
@@ -86,12 +86,12 @@ class _Backoff:
             self.step.misses,
             decision.delay,
         )
-        await anyio.sleep(decision.delay)
+        await _clock.sleep(decision.delay)
 
     def ok(self) -> None:
         """The loop's last Redis command was answered."""
         if self.step.misses or self.health.failures:
-            now = anyio.current_time()
+            now = _clock.now()
             if self.step.misses:
                 self.step.record(Outcome.CHANGED, now)
             self.health.answered(now)

@@ -9,6 +9,7 @@ from typing import Any
 
 import anyio
 
+from ... import _clock
 from ..._policy import Decision, Outcome, PollStep, RetryPolicy
 from ..._poll import JobRef
 from ._records import WatchEntry
@@ -52,7 +53,7 @@ class _Held:
         """Count one more failed attempt: how long until the next one, or EXHAUSTED."""
         if self.step is None:
             self.step = PollStep(retry)
-        return self.step.record(Outcome.MISSED, anyio.current_time(), rand=random.random())
+        return self.step.record(Outcome.MISSED, _clock.now(), rand=random.random())
 
 
 class Holding:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio
 from anyio.abc import TaskGroup
 
+from ... import _clock
 from ..._outage import Outage
 from ..._policy import RetryPolicy, Stop
 from ..._ratelimit import Slots
@@ -129,7 +130,7 @@ class Settler:
                 held.attempts,
                 self.retry.max_attempts,
             )
-            await anyio.sleep(decision.delay)
+            await _clock.sleep(decision.delay)
             if self.holding.holds(held):
                 self.watch(held)
             return
@@ -159,7 +160,7 @@ class Settler:
                     self.retry.max_attempts,
                     error,
                 )
-                await anyio.sleep(decision.delay)
+                await _clock.sleep(decision.delay)
                 if not self.holding.holds(held):
                     return  # taken over meanwhile: the new holder handles it
             else:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import anyio
 from anyio.abc import TaskGroup
 
+from ... import _clock
 from ..._client import ApiClient
 from ..._outage import Outage
 from ..._policy import PollSchedule, RetryPolicy
@@ -249,7 +250,7 @@ class DurableWorker:
             except Exception as exc:
                 await backoff.trouble(exc)
                 continue
-            await anyio.sleep(self._lease_every)
+            await _clock.sleep(self._lease_every)
 
     async def _rebalance(self) -> None:
         """Show this worker alive, renew its leases (a partition whose lease another worker
@@ -353,11 +354,11 @@ class DurableWorker:
         touched = -math.inf
         while True:
             if not first:  # at once when the partition is taken: hand-overs move at once
-                await anyio.sleep(self.keepalive)
+                await _clock.sleep(self.keepalive)
             first = False
             start = NO_MORE
             try:
-                now = anyio.current_time()
+                now = _clock.now()
                 tidy = now >= touched + self.claim_idle / 2
                 if tidy:
                     await part.consumer.touch()
@@ -400,7 +401,7 @@ class DurableWorker:
         backoff = _Backoff(self.watches, "refreshing held watches", self._health)
         orphan_ms = int(self.keepalive * 1000)
         while True:
-            await anyio.sleep(self.keepalive)
+            await _clock.sleep(self.keepalive)
             snapshot = self._held.snapshot(part.index)
             try:
                 mine = await part.consumer.own_pending()
