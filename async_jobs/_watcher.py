@@ -429,7 +429,11 @@ class Watcher:
         while self._heap and self._heap[0][0] <= now:
             _, _, entry = heapq.heappop(self._heap)
             if self._entries.get(entry.ref.key) is entry:
-                await send.send(entry)
+                # Without the checkpoint send() takes first: this loop yields when it waits.
+                try:
+                    send.send_nowait(entry)
+                except anyio.WouldBlock:
+                    await send.send(entry)
             else:
                 entry.busy = False
 
@@ -440,7 +444,10 @@ class Watcher:
 
     async def _work_one(self, receive: MemoryObjectReceiveStream[_Entry]) -> None:
         """Take the next due entry and poll it."""
-        entry = await receive.receive()
+        try:
+            entry = receive.receive_nowait()  # a loop turn (receive()'s checkpoint) saved
+        except anyio.WouldBlock:
+            entry = await receive.receive()
         if entry is self._entries.get(entry.ref.key):
             await self._poll_one(entry)
 
