@@ -306,14 +306,18 @@ class PollStep:
             self.misses += 1
             if isinstance(self.policy, RetryPolicy) and self.misses >= self.policy.max_attempts:
                 return Decision(0.0, Stop.EXHAUSTED)
-            if now >= self.stall_deadline:
+            stall_deadline = self.stall_deadline
+            if now >= stall_deadline:
                 return Decision(0.0, Stop.STALLED)
         else:
             self.succeeded(now)
+            stall_deadline = self.stall_deadline  # restarted by the success
             if outcome is Outcome.CHANGED:
                 self.attempt = 0
                 self.changed_at = now
         age = now - self.changed_at if self.changed_at is not None else 0.0
         delay = next_delay(self.policy, self.attempt, hint=hint, rand=rand, age=age)
         self.attempt += 1
-        return Decision(min(delay, max(self.stall_deadline - now, 0.0)), None)
+        if delay > stall_deadline - now:
+            delay = max(stall_deadline - now, 0.0)
+        return Decision(delay, None)

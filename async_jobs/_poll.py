@@ -19,7 +19,7 @@ from collections.abc import (
     Iterator,
     Sequence,
 )
-from contextlib import aclosing, contextmanager
+from contextlib import aclosing, contextmanager, nullcontext
 from functools import partial
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -558,7 +558,8 @@ async def _wait(
     poller = Poller.waiting_on(ref, poll, stall_timeout)
     with poller.reporting():
         try:
-            with anyio.move_on_after(timeout):
+            # No timeout, no scope of its own: the caller's deadlines still apply.
+            with anyio.move_on_after(timeout) if timeout is not None else nullcontext():
                 async with aclosing(_follow(poller, ref)) as updates:
                     async for job in updates:
                         if on_update is not None:
