@@ -80,8 +80,9 @@ RETRY_STATUSES = frozenset({429, 502, 503, 504})
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS = 5
 EXCERPT_CHARS = 200
-#: Parsed URLs of paths without a query kept for reuse (a job's URL is asked for at each poll).
-PLAIN_URLS = 4096
+#: Parsed URLs of paths without a query kept for reuse (a job's URL is asked for at each poll):
+#: about 1 KiB each with what aiohttp caches on them, so at most about 1 MiB.
+PLAIN_URLS = 1024
 #: A path segment quote() would leave unchanged (RFC 3986 unreserved characters only).
 _UNRESERVED = re.compile(r"[A-Za-z0-9._~-]+")
 
