@@ -366,11 +366,12 @@ async def test_a_fleet_costs_the_api_what_one_watcher_costs(
     print(line)
     assert ratio <= 1.05
     # Per group, as many list requests during the lifecycles as one Watcher sends (one
-    # lister per interval), give or take a sweep where the timing differs; two listers of a
-    # group would double them.
+    # lister per interval), give or take a sweep or two where the timing differs (a sweep of
+    # the Zoo operations is 3 requests, one per active status: the baseline's own count of
+    # that group varies from 18 to 24 between runs); two listers of a group would double them.
     assert len(fleet["lists"]) == len(baseline["lists"]) == 5
     for mine, one in zip(fleet["lists"], baseline["lists"], strict=True):
-        assert mine <= one * 1.5 + 2, (fleet["lists"], baseline["lists"])
+        assert mine <= one * 1.5 + 6, (fleet["lists"], baseline["lists"])
     assert sum(figures["handled"]) == figures["runs"]
 
 
