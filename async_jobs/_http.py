@@ -160,16 +160,15 @@ def build_url(base_url: str, path: str, params: Mapping[str, QueryValue] | None 
     if not params:
         return _plain_url(base_url, path)
     text = base_url.rstrip("/") + path
-    if params:
-        pairs = []
-        for key, value in params.items():
-            if value is None:
-                continue
-            if isinstance(value, bool):
-                value = "true" if value else "false"
-            pairs.append(f"{quote(key, safe='')}={quote(str(value), safe='')}")
-        if pairs:
-            text += "?" + "&".join(pairs)
+    pairs = []
+    for key, value in params.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        pairs.append(f"{quote(key, safe='')}={quote(str(value), safe='')}")
+    if pairs:
+        text += "?" + "&".join(pairs)
     return URL(text, encoded=True)
 
 
