@@ -115,6 +115,8 @@ MISSED_POLL_ERRORS: tuple[type[Exception], ...] = (ApiError, TransportError, Dec
 TOKEN_VERSION = 1
 #: The least time a wait's last look starts before its deadline (see Poller.until_deadline).
 FINAL_LOOK_LEAD = 0.1
+#: The most time a wait's last look starts before its deadline (twice a slow look's latency).
+MAX_FINAL_LOOK_LEAD = 1.0
 #: The longest a remote cancel after a timed-out or cancelled wait may take (shielded).
 CANCEL_GRACE = 5.0
 
@@ -377,18 +379,19 @@ class Poller(Generic[J]):
         (0.1 s to 1 s), so that it ends before the deadline.
 
         The deadline is read at the first sleep and again only once the next look would come
-        within a second of it (reading it walks every enclosing cancel scope, on every poll
-        otherwise): a deadline an enclosing scope gets or brings forward later in the wait
-        still ends it, only without the trimmed last look."""
+        within :data:`MAX_FINAL_LOOK_LEAD` of it, where a trim can start (reading it walks
+        every enclosing cancel scope, on every poll otherwise): a deadline an enclosing scope
+        gets or brings forward later in the wait still ends it, only without the trimmed last
+        look."""
         if self.final_look:
             return delay
         now = _clock.now()
         deadline = self.deadline
-        if deadline is None or now + delay >= deadline - 1.0:
+        if deadline is None or now + delay >= deadline - MAX_FINAL_LOOK_LEAD:
             deadline = self.deadline = anyio.current_effective_deadline()
             if math.isinf(deadline):
                 return delay
-        look_at = deadline - min(max(2.0 * self.latency, FINAL_LOOK_LEAD), 1.0)
+        look_at = deadline - min(max(2.0 * self.latency, FINAL_LOOK_LEAD), MAX_FINAL_LOOK_LEAD)
         if now + delay < look_at:
             return delay
         self.final_look = True
