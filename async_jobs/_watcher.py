@@ -526,7 +526,7 @@ class Watcher:
                 # keeps its pace while jobs are finishing).
                 changed = True
                 entry.confirming = True
-                self._schedule(entry, _clock.now())
+                self._schedule(entry, now)
             else:
                 seen_change, _ = await self._observe(entry, job)
                 changed = changed or seen_change
