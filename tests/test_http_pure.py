@@ -37,6 +37,8 @@ def test_a_url_without_a_query_is_parsed_once() -> None:
     url = build_url("https://api.zoo.dev/", "/async/operations/x%2Fy")
     assert str(url) == "https://api.zoo.dev/async/operations/x%2Fy"
     assert str(build_url("https://api.zoo.dev/", "/async/operations/x")).endswith("/x")
+    for index in range(300):  # more URLs than yarl's own cache keeps (128)
+        build_url("https://api.zoo.dev/", f"/async/operations/{index}")
     assert build_url("https://api.zoo.dev/", "/async/operations/x%2Fy") is url
     assert build_url("https://api.zoo.dev/", "/async/operations/x%2Fy", {"a": None}) == url
 
